@@ -1,0 +1,353 @@
+/// The effective configuration of a `nova` process: the keys of api.md, each with a default.
+///
+/// Loaded from JSON by ``NovaConfiguration/load(json:)``: an unknown key, a wrong type or a value
+/// outside its rule is an error naming the key path. Secrets never live here, only the names of the
+/// environment variables that hold them.
+public struct NovaConfiguration: Sendable, Equatable {
+    public struct Core: Sendable, Equatable {
+        /// This recorder's identity as a sync site.
+        public var siteId = "site-local"
+    }
+
+    public enum DatabaseType: String, Sendable, Equatable, CaseIterable {
+        case sqlite, timescaledb, dual
+    }
+
+    public enum Durability: String, Sendable, Equatable, CaseIterable {
+        /// `synchronous=NORMAL` in WAL: survives a process crash, may lose the last commits on power loss.
+        case normal
+        /// `synchronous=FULL`: survives power loss.
+        case full
+    }
+
+    public struct SQLite: Sendable, Equatable {
+        /// Relative paths are relative to the working directory.
+        public var path = "data/nova.db"
+        public var durability = Durability.normal
+    }
+
+    public struct Pool: Sendable, Equatable {
+        public var minSize = 2
+        public var maxSize = 20
+        /// Seconds.
+        public var commandTimeout = 60
+        /// Seconds.
+        public var connectionTimeout = 10
+    }
+
+    public struct Hypertable: Sendable, Equatable {
+        public var chunkInterval = "1 day"
+        public var compressionAfter = "7 days"
+        public var retentionAfter = "90 days"
+    }
+
+    public struct Postgres: Sendable, Equatable {
+        public var host = "localhost"
+        public var port = 5432
+        public var database = "nova"
+        public var user = "nova"
+        /// The environment variable that holds the password.
+        public var passwordEnv = "NOVA_DB_PASSWORD"
+        public var pool = Pool()
+        public var hypertable = Hypertable()
+    }
+
+    public struct Dual: Sendable, Equatable {
+        /// The store that answers reads: `sqlite` or `timescaledb`.
+        public var primary = DatabaseType.sqlite
+    }
+
+    public struct Database: Sendable, Equatable {
+        public var type = DatabaseType.sqlite
+        public var sqlite = SQLite()
+        public var timescaledb = Postgres()
+        public var dual = Dual()
+    }
+
+    public enum Role: String, Sendable, Equatable, CaseIterable {
+        case ingest, read, admin, sync
+    }
+
+    public struct Token: Sendable, Equatable {
+        /// Lowercase hex SHA-256 of the bearer token.
+        public var sha256: String
+        public var roles: [Role]
+        /// For `sync` tokens: the one site this token may ship for.
+        public var siteId: String?
+    }
+
+    public struct Server: Sendable, Equatable {
+        public var host = "127.0.0.1"
+        public var port = 8080
+        /// Larger request bodies are refused with 413 before anything is stored.
+        public var maxBodyBytes = 64 << 20
+        /// The largest `limit` a query may ask for.
+        public var maxQueryLimit = 100_000
+        public var tokens: [Token] = []
+    }
+
+    public struct Sync: Sendable, Equatable {
+        public var enabled = false
+        public var upstream = "http://127.0.0.1:8081"
+        /// The environment variable that holds this site's sync token.
+        public var tokenEnv = "NOVA_SYNC_TOKEN"
+        public var batchSize = 5000
+    }
+
+    public var core = Core()
+    public var database = Database()
+    public var server = Server()
+    public var sync = Sync()
+    public var limits = EventLimits()
+
+    public init() {}
+}
+
+/// A configuration key that is unknown, of the wrong type, or breaks its rule.
+public struct ConfigurationError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// Dotted key path, e.g. `database.sqlite.durability`.
+    public var key: String
+    public var rule: String
+    public var description: String { key.isEmpty ? rule : "\(key): \(rule)" }
+}
+
+extension NovaConfiguration {
+    /// Parses a configuration file's text; keys left out keep their defaults.
+    public static func load(json text: [UInt8]) throws(ConfigurationError) -> NovaConfiguration {
+        let root: JSONValue
+        do {
+            root = try JSONParser.parse(text)
+        } catch {
+            throw ConfigurationError(key: "", rule: error.description)
+        }
+        var config = NovaConfiguration()
+        let r = try ConfigObject(root, path: "")
+        if let core = try r.object("core") {
+            config.core.siteId = try core.string("siteId", default: config.core.siteId, nonEmpty: true)
+            try core.finish()
+        }
+        if let db = try r.object("database") {
+            config.database.type = try db.choice("type", default: config.database.type)
+            if let s = try db.object("sqlite") {
+                config.database.sqlite.path = try s.string("path", default: config.database.sqlite.path, nonEmpty: true)
+                config.database.sqlite.durability = try s.choice("durability", default: config.database.sqlite.durability)
+                try s.finish()
+            }
+            if let p = try db.object("timescaledb") {
+                var pg = config.database.timescaledb
+                pg.host = try p.string("host", default: pg.host, nonEmpty: true)
+                pg.port = try p.int("port", default: pg.port, in: 1...65535)
+                pg.database = try p.string("database", default: pg.database, nonEmpty: true)
+                pg.user = try p.string("user", default: pg.user, nonEmpty: true)
+                pg.passwordEnv = try p.string("password_env", default: pg.passwordEnv, nonEmpty: true)
+                if let pool = try p.object("pool") {
+                    pg.pool.minSize = try pool.int("minSize", default: pg.pool.minSize, in: 0...1000)
+                    pg.pool.maxSize = try pool.int("maxSize", default: pg.pool.maxSize, in: 1...1000)
+                    pg.pool.commandTimeout = try pool.int("commandTimeout", default: pg.pool.commandTimeout, in: 1...86_400)
+                    pg.pool.connectionTimeout = try pool.int("connectionTimeout", default: pg.pool.connectionTimeout, in: 1...3600)
+                    guard pg.pool.minSize <= pg.pool.maxSize else {
+                        throw ConfigurationError(key: "database.timescaledb.pool.minSize", rule: "must not exceed maxSize (\(pg.pool.maxSize))")
+                    }
+                    try pool.finish()
+                }
+                if let h = try p.object("hypertable") {
+                    pg.hypertable.chunkInterval = try h.interval("chunkInterval", default: pg.hypertable.chunkInterval)
+                    pg.hypertable.compressionAfter = try h.interval("compressionAfter", default: pg.hypertable.compressionAfter)
+                    pg.hypertable.retentionAfter = try h.interval("retentionAfter", default: pg.hypertable.retentionAfter)
+                    try h.finish()
+                }
+                try p.finish()
+                config.database.timescaledb = pg
+            }
+            if let d = try db.object("dual") {
+                config.database.dual.primary = try d.choice("primary", default: config.database.dual.primary)
+                guard config.database.dual.primary != .dual else {
+                    throw ConfigurationError(key: "database.dual.primary", rule: "must be \"sqlite\" or \"timescaledb\"")
+                }
+                try d.finish()
+            }
+            try db.finish()
+        }
+        if let s = try r.object("server") {
+            config.server.host = try s.string("host", default: config.server.host, nonEmpty: true)
+            config.server.port = try s.int("port", default: config.server.port, in: 0...65535)
+            config.server.maxBodyBytes = try s.int("maxBodyBytes", default: config.server.maxBodyBytes, in: 1...(1 << 34))
+            config.server.maxQueryLimit = try s.int("maxQueryLimit", default: config.server.maxQueryLimit, in: 1...10_000_000)
+            if let tokens = try s.array("tokens") {
+                config.server.tokens = try tokens.enumerated().map { (k, value) throws(ConfigurationError) in
+                    let t = try ConfigObject(value, path: "server.tokens[\(k)]")
+                    let hash = try t.string("sha256", default: nil, nonEmpty: true)
+                    guard hash.utf8.count == 64, hash.utf8.allSatisfy({ ($0 >= 48 && $0 <= 57) || ($0 >= 97 && $0 <= 102) }) else {
+                        throw ConfigurationError(key: "server.tokens[\(k)].sha256", rule: "must be 64 lowercase hex digits (the SHA-256 of the token)")
+                    }
+                    let roles = try t.stringArray("roles").map { (name: String) throws(ConfigurationError) -> Role in
+                        guard let role = Role(rawValue: name) else {
+                            throw ConfigurationError(key: "server.tokens[\(k)].roles", rule: "unknown role \(quoted(name)) (expected ingest, read, admin or sync)")
+                        }
+                        return role
+                    }
+                    guard !roles.isEmpty else { throw ConfigurationError(key: "server.tokens[\(k)].roles", rule: "must name at least one role") }
+                    let siteId = try t.optionalString("siteId")
+                    if roles.contains(.sync), siteId == nil {
+                        throw ConfigurationError(key: "server.tokens[\(k)].siteId", rule: "required for a token with the sync role")
+                    }
+                    try t.finish()
+                    return Token(sha256: hash, roles: roles, siteId: siteId)
+                }
+            }
+            try s.finish()
+        }
+        if let s = try r.object("sync") {
+            config.sync.enabled = try s.bool("enabled", default: config.sync.enabled)
+            config.sync.upstream = try s.string("upstream", default: config.sync.upstream, nonEmpty: true)
+            config.sync.tokenEnv = try s.string("token_env", default: config.sync.tokenEnv, nonEmpty: true)
+            config.sync.batchSize = try s.int("batchSize", default: config.sync.batchSize, in: 1...100_000)
+            try s.finish()
+        }
+        if let l = try r.object("limits") {
+            config.limits.maxStringBytes = try l.int("maxStringBytes", default: config.limits.maxStringBytes, in: 1...EventLimits.contract.maxStringBytes)
+            config.limits.maxFrameBytes = try l.int("maxFrameBytes", default: config.limits.maxFrameBytes, in: 0...EventLimits.contract.maxFrameBytes)
+            config.limits.maxPayloadBytes = try l.int("maxPayloadBytes", default: config.limits.maxPayloadBytes, in: 2...EventLimits.contract.maxPayloadBytes)
+            try l.finish()
+        }
+        try r.finish()
+        return config
+    }
+
+    /// The effective configuration as JSON, with token hashes masked, for `--print-config`.
+    public var printable: String {
+        func s(_ v: String) -> String {
+            var out = [UInt8]()
+            CanonicalJSON.writeString(v, into: &out)
+            return String(decoding: out, as: UTF8.self)
+        }
+        let pg = database.timescaledb
+        let tokens = server.tokens.map { t in
+            "{\"sha256\": \"***\", \"roles\": [\(t.roles.map { s($0.rawValue) }.joined(separator: ", "))]"
+                + (t.siteId.map { ", \"siteId\": \(s($0))" } ?? "") + "}"
+        }
+        return """
+        {
+          "core": { "siteId": \(s(core.siteId)) },
+          "database": {
+            "type": \(s(database.type.rawValue)),
+            "sqlite": { "path": \(s(database.sqlite.path)), "durability": \(s(database.sqlite.durability.rawValue)) },
+            "timescaledb": {
+              "host": \(s(pg.host)), "port": \(pg.port), "database": \(s(pg.database)), "user": \(s(pg.user)),
+              "password_env": \(s(pg.passwordEnv)),
+              "pool": { "minSize": \(pg.pool.minSize), "maxSize": \(pg.pool.maxSize), "commandTimeout": \(pg.pool.commandTimeout), "connectionTimeout": \(pg.pool.connectionTimeout) },
+              "hypertable": { "chunkInterval": \(s(pg.hypertable.chunkInterval)), "compressionAfter": \(s(pg.hypertable.compressionAfter)), "retentionAfter": \(s(pg.hypertable.retentionAfter)) }
+            },
+            "dual": { "primary": \(s(database.dual.primary.rawValue)) }
+          },
+          "server": { "host": \(s(server.host)), "port": \(server.port), "maxBodyBytes": \(server.maxBodyBytes), "maxQueryLimit": \(server.maxQueryLimit), "tokens": [\(tokens.joined(separator: ", "))] },
+          "sync": { "enabled": \(sync.enabled), "upstream": \(s(sync.upstream)), "token_env": \(s(sync.tokenEnv)), "batchSize": \(sync.batchSize) },
+          "limits": { "maxStringBytes": \(limits.maxStringBytes), "maxFrameBytes": \(limits.maxFrameBytes), "maxPayloadBytes": \(limits.maxPayloadBytes) }
+        }
+        """
+    }
+}
+
+/// One JSON object of a configuration file, read key by key; `finish()` rejects keys never read.
+private final class ConfigObject {
+    let members: [String: JSONValue]
+    let path: String
+    var used = Set<String>()
+
+    init(_ value: JSONValue, path: String) throws(ConfigurationError) {
+        guard case .object(let list) = value else {
+            throw ConfigurationError(key: path, rule: "must be an object, found \(value.typeName)")
+        }
+        var members = [String: JSONValue]()
+        for member in list { members[member.key] = member.value }
+        self.members = members
+        self.path = path
+    }
+
+    func key(_ name: String) -> String { path.isEmpty ? name : "\(path).\(name)" }
+
+    func value(_ name: String) -> JSONValue? {
+        used.insert(name)
+        return members[name]
+    }
+
+    func finish() throws(ConfigurationError) {
+        if let unknown = members.keys.sorted().first(where: { !used.contains($0) }) {
+            throw ConfigurationError(key: key(unknown), rule: "unknown key")
+        }
+    }
+
+    func object(_ name: String) throws(ConfigurationError) -> ConfigObject? {
+        guard let v = value(name) else { return nil }
+        return try ConfigObject(v, path: key(name))
+    }
+
+    func array(_ name: String) throws(ConfigurationError) -> [JSONValue]? {
+        guard let v = value(name) else { return nil }
+        guard case .array(let elements) = v else { throw ConfigurationError(key: key(name), rule: "must be an array, found \(v.typeName)") }
+        return elements
+    }
+
+    func string(_ name: String, default def: String?, nonEmpty: Bool = false) throws(ConfigurationError) -> String {
+        guard let v = value(name) else {
+            guard let def else { throw ConfigurationError(key: key(name), rule: "required") }
+            return def
+        }
+        guard case .string(let s) = v else { throw ConfigurationError(key: key(name), rule: "must be a string, found \(v.typeName)") }
+        if nonEmpty, s.isEmpty { throw ConfigurationError(key: key(name), rule: "must not be empty") }
+        return s
+    }
+
+    func optionalString(_ name: String) throws(ConfigurationError) -> String? {
+        guard members[name] != nil else {
+            used.insert(name)
+            return nil
+        }
+        return try string(name, default: nil, nonEmpty: true)
+    }
+
+    func stringArray(_ name: String) throws(ConfigurationError) -> [String] {
+        guard let elements = try array(name) else { throw ConfigurationError(key: key(name), rule: "required") }
+        return try elements.map { (e: JSONValue) throws(ConfigurationError) -> String in
+            guard case .string(let s) = e else { throw ConfigurationError(key: key(name), rule: "must hold strings, found \(e.typeName)") }
+            return s
+        }
+    }
+
+    func int(_ name: String, default def: Int, in range: ClosedRange<Int>) throws(ConfigurationError) -> Int {
+        guard let v = value(name) else { return def }
+        guard case .number(let n) = v, n.isIntegerLiteral, let i = n.int64 else {
+            throw ConfigurationError(key: key(name), rule: "must be an integer, found \(v.typeName == "a number" ? "a fraction" : v.typeName)")
+        }
+        guard range.contains(Int(i)) else {
+            throw ConfigurationError(key: key(name), rule: "must be between \(range.lowerBound) and \(range.upperBound), found \(i)")
+        }
+        return Int(i)
+    }
+
+    func bool(_ name: String, default def: Bool) throws(ConfigurationError) -> Bool {
+        guard let v = value(name) else { return def }
+        guard case .bool(let b) = v else { throw ConfigurationError(key: key(name), rule: "must be true or false, found \(v.typeName)") }
+        return b
+    }
+
+    func choice<T: RawRepresentable & CaseIterable>(_ name: String, default def: T) throws(ConfigurationError) -> T where T.RawValue == String {
+        let s = try string(name, default: def.rawValue)
+        guard let choice = T(rawValue: s) else {
+            let options = T.allCases.map { "\"\($0.rawValue)\"" }.joined(separator: ", ")
+            throw ConfigurationError(key: key(name), rule: "must be one of \(options), found \(quoted(s))")
+        }
+        return choice
+    }
+
+    /// A PostgreSQL interval such as `1 day`, `12 hours`, `90 days`.
+    func interval(_ name: String, default def: String) throws(ConfigurationError) -> String {
+        let s = try string(name, default: def)
+        let parts = s.split(separator: " ")
+        let units: Set<String> = ["minute", "minutes", "hour", "hours", "day", "days", "week", "weeks", "month", "months", "year", "years"]
+        guard parts.count == 2, let n = Int(parts[0]), n > 0, units.contains(String(parts[1])) else {
+            throw ConfigurationError(key: key(name), rule: "must be a positive count and a unit, like \"1 day\" or \"12 hours\", found \(quoted(s))")
+        }
+        return s
+    }
+}

@@ -1,0 +1,68 @@
+import GRDB
+import NovaCore
+
+extension SQLiteStore {
+    static let dialect = LaneSQL.Dialect(quote: { $0 }, placeholder: { "?\($0)" }, filterPrefix: "+")
+
+    public func read(_ read: LaneRead) async throws(StoreError) -> [Event] {
+        if read.limit <= 0 || read.from >= read.to { return [] }
+        do {
+            return try await pool.read { db in try Self.read(read, db: db) }
+        } catch {
+            throw Self.storeError(error, path: path)
+        }
+    }
+
+    /// The SQL of an ordered lane read, for `EXPLAIN QUERY PLAN` checks.
+    public static func selectSQL(_ read: LaneRead) -> String {
+        LaneSQL(read.lane).select(read.timebase, keyset: read.effectiveAfter != nil, hasFilter: read.filter != nil, dialect: dialect)
+    }
+
+    private static func read(_ read: LaneRead, db: Database) throws -> [Event] {
+        let after = read.effectiveAfter
+        let s = RawStatement(try db.cachedStatement(sql: selectSQL(read)))
+        s.reset()
+        s.bind(1, read.scopeId)
+        s.bind(2, read.to.microseconds)
+        s.bind(3, Int64(read.limit))
+        var next: Int32 = 4
+        if let after {
+            s.bind(from: 4, key: after)
+            next += after.lane == .raw ? 4 : 2
+        } else {
+            s.bind(4, read.from.microseconds)
+            next += 1
+        }
+        if let filter = read.filter { s.bind(next, filter) }
+        var events = [Event]()
+        events.reserveCapacity(min(read.limit, 1024))
+        while try s.step(db) {
+            events.append(try decode(s, lane: read.lane))
+        }
+        s.reset()
+        return events
+    }
+
+    /// A row of `LaneSQL.columns` back into an event.
+    static func decode(_ s: RawStatement, lane: Lane) throws -> Event {
+        guard let eventId = s.eventId(3) else {
+            throw DatabaseError(resultCode: .SQLITE_CORRUPT, message: "an eventId is not 32 bytes")
+        }
+        let fields: LaneFields
+        switch lane {
+        case .raw:
+            fields = .raw(connectionId: s.string(4), sequence: s.int64(5), bytes: s.bytes(6))
+        case .parsed:
+            fields = .parsed(streamId: s.string(4), streamType: s.string(5), schemaVersion: s.string(6), payload: CanonicalPayload(canonicalUTF8: s.bytes(7)))
+        case .ui:
+            fields = .ui(viewId: s.string(4), payload: CanonicalPayload(canonicalUTF8: s.bytes(5)))
+        case .command:
+            fields = .command(targetId: s.string(4), commandType: s.string(5), requestedBy: s.string(6), payload: CanonicalPayload(canonicalUTF8: s.bytes(7)))
+        case .metadata:
+            fields = .metadata(metadataType: s.string(4), payload: CanonicalPayload(canonicalUTF8: s.bytes(5)))
+        }
+        return Event(
+            scopeId: s.string(0), sourceTruthTime: Timestamp(microseconds: s.int64(1)),
+            canonicalTruthTime: Timestamp(microseconds: s.int64(2)), eventId: eventId, fields: fields)
+    }
+}

@@ -1,0 +1,57 @@
+import Foundation
+import NovaCore
+import NovaTestSupport
+import Testing
+
+@Suite struct ConfigurationTests {
+    func load(_ text: String) throws(ConfigurationError) -> NovaConfiguration {
+        try NovaConfiguration.load(json: Array(text.utf8))
+    }
+
+    @Test func repositoryDefaultIsTheEmbeddedDefault() throws {
+        let config = try NovaConfiguration.load(json: Array(Data(contentsOf: Fixtures.repositoryRoot.appendingPathComponent("config.json"))))
+        #expect(config.database.type == .sqlite)
+        #expect(config.database.sqlite.path == "data/nova.db")
+        #expect(config.server.host == "127.0.0.1" && config.server.port == 8080)
+        #expect(config.server.tokens.isEmpty && !config.sync.enabled)
+    }
+
+    @Test func emptyObjectGivesDefaults() throws {
+        #expect(try load("{}") == NovaConfiguration())
+    }
+
+    @Test(arguments: [
+        (#"{"bogus": 1}"#, "bogus: unknown key"),
+        (#"{"database": {"sqlite": {"pth": "x"}}}"#, "database.sqlite.pth: unknown key"),
+        (#"{"database": {"sqlite": {"durability": "fast"}}}"#, "database.sqlite.durability: must be one of"),
+        (#"{"server": {"port": 70000}}"#, "server.port: must be between 0 and 65535"),
+        (#"{"server": {"port": "80"}}"#, "server.port: must be an integer"),
+        (#"{"server": {"tokens": [{"sha256": "abc", "roles": ["read"]}]}}"#, "server.tokens[0].sha256: must be 64 lowercase hex"),
+        (#"{"server": {"tokens": [{"sha256": "\#(String(repeating: "a", count: 64))", "roles": ["root"]}]}}"#, "server.tokens[0].roles: unknown role"),
+        (#"{"server": {"tokens": [{"sha256": "\#(String(repeating: "a", count: 64))", "roles": ["sync"]}]}}"#, "server.tokens[0].siteId: required"),
+        (#"{"database": {"timescaledb": {"pool": {"minSize": 30, "maxSize": 20}}}}"#, "database.timescaledb.pool.minSize: must not exceed"),
+        (#"{"database": {"timescaledb": {"hypertable": {"chunkInterval": "daily"}}}}"#, "database.timescaledb.hypertable.chunkInterval: must be"),
+        (#"{"limits": {"maxStringBytes": 1000}}"#, "limits.maxStringBytes: must be between 1 and 256"),
+        (#"{"core": []}"#, "core: must be an object"),
+        ("{", "invalid JSON"),
+    ])
+    func errorsNameTheKey(text: String, expected: String) {
+        do {
+            _ = try load(text)
+            Issue.record("accepted \(text)")
+        } catch {
+            #expect(error.description.hasPrefix(expected), "\(error)")
+        }
+    }
+
+    @Test func printedConfigurationLoadsBackAndMasksTokens() throws {
+        var text = #"{"server": {"port": 9, "tokens": [{"sha256": "\#(String(repeating: "a", count: 64))", "roles": ["read", "sync"], "siteId": "s1"}]}, "#
+        text += #""database": {"type": "dual", "dual": {"primary": "timescaledb"}}}"#
+        let config = try load(text)
+        let printed = config.printable
+        #expect(!printed.contains(String(repeating: "a", count: 64)))
+        #expect(printed.contains("***"))
+        let reloaded = try load(printed.replacingOccurrences(of: "***", with: String(repeating: "a", count: 64)))
+        #expect(reloaded == config)
+    }
+}

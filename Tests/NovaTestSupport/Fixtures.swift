@@ -1,0 +1,59 @@
+import Foundation
+import NovaCore
+
+/// The contract's vectors (a copy of `shared/spec/vectors`, kept identical by a test) and helpers
+/// to read them.
+public enum Fixtures {
+    /// `Tests/Fixtures`, found from this file's location in the checkout.
+    public static let directory: URL = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Fixtures")
+
+    public static func vectorURL(_ name: String) -> URL {
+        directory.appendingPathComponent("vectors").appendingPathComponent(name)
+    }
+
+    /// A vector file parsed by NovaCore's strict parser (which keeps number literals exact).
+    public static func vector(_ name: String) throws -> JSONValue {
+        try JSONParser.parse(Array(Data(contentsOf: vectorURL(name))))
+    }
+
+    /// The repository root (for the built `nova` binary and scripts).
+    public static let repositoryRoot: URL = directory.deletingLastPathComponent().deletingLastPathComponent()
+}
+
+extension JSONValue {
+    public var stringValue: String? {
+        if case .string(let s) = self { return s }
+        return nil
+    }
+
+    public var arrayValue: [JSONValue] {
+        if case .array(let a) = self { return a }
+        return []
+    }
+
+    public var objectMembers: [JSONMember] {
+        if case .object(let m) = self { return m }
+        return []
+    }
+
+    /// Any valid JSON text for this value (canonical form, which is also valid JSON).
+    public var text: String { String(decoding: CanonicalJSON.serialize(self), as: UTF8.self) }
+}
+
+/// A unique empty directory under the system's temporary directory, removed by `remove()`.
+public struct TemporaryDirectory: Sendable {
+    public let path: String
+
+    public init(_ prefix: String = "nova-test") throws {
+        let base = FileManager.default.temporaryDirectory.appendingPathComponent("\(prefix)-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: base, withIntermediateDirectories: true)
+        path = base.path
+    }
+
+    public func file(_ name: String) -> String { (path as NSString).appendingPathComponent(name) }
+
+    public func remove() {
+        try? FileManager.default.removeItem(atPath: path)
+    }
+}
