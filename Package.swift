@@ -71,7 +71,7 @@ let package = Package(
         ),
         .target(
             name: "NovaTestSupport",
-            dependencies: ["NovaCore"],
+            dependencies: ["NovaCore", "NovaSQLite", .product(name: "Logging", package: "swift-log")],
             path: "Tests/NovaTestSupport",
             swiftSettings: swiftSettings
         ),

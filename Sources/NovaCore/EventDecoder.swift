@@ -57,7 +57,7 @@ public struct EventDecoder: Sendable {
         guard case .object(let members) = value else {
             throw EventValidationError(field: nil, rule: "expected a JSON object, found \(value.typeName)")
         }
-        var fields = Fields(members: members)
+        let fields = Fields(members: members)
         let laneName = try fields.string("lane", maxBytes: 64)
         guard let lane = Lane(rawValue: laneName) else {
             throw EventValidationError(field: "lane", rule: LaneListError(name: laneName).description)

@@ -15,6 +15,9 @@ public struct Timestamp: Sendable, Hashable, Comparable, Codable, CustomStringCo
     /// 9999-12-31T23:59:59.999999Z, the latest valid time.
     public static let max = Timestamp(microseconds: 253_402_300_799_999_999)
 
+    /// One microsecond past `max`: the exclusive upper bound of a range that includes every valid time.
+    public static let endOfTime = Timestamp(microseconds: max.microseconds + 1)
+
     public init(microseconds: Int64) {
         self.microseconds = microseconds
     }

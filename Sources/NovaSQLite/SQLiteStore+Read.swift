@@ -19,8 +19,20 @@ extension SQLiteStore {
     }
 
     private static func read(_ read: LaneRead, db: Database) throws -> [Event] {
+        let s = try prepare(read, sql: selectSQL(read), db: db)
+        var events = [Event]()
+        events.reserveCapacity(min(read.limit, 1024))
+        while try s.step(db) {
+            events.append(try decode(s, lane: read.lane))
+        }
+        s.reset()
+        return events
+    }
+
+    /// The cached statement of `sql` with the parameters of `read` bound in `LaneSQL` order.
+    private static func prepare(_ read: LaneRead, sql: String, db: Database) throws -> RawStatement {
         let after = read.effectiveAfter
-        let s = RawStatement(try db.cachedStatement(sql: selectSQL(read)))
+        let s = RawStatement(try db.cachedStatement(sql: sql))
         s.reset()
         s.bind(1, read.scopeId)
         s.bind(2, read.to.microseconds)
@@ -34,13 +46,7 @@ extension SQLiteStore {
             next += 1
         }
         if let filter = read.filter { s.bind(next, filter) }
-        var events = [Event]()
-        events.reserveCapacity(min(read.limit, 1024))
-        while try s.step(db) {
-            events.append(try decode(s, lane: read.lane))
-        }
-        s.reset()
-        return events
+        return s
     }
 
     /// A row of `LaneSQL.columns` back into an event.
@@ -64,5 +70,23 @@ extension SQLiteStore {
         return Event(
             scopeId: s.string(0), sourceTruthTime: Timestamp(microseconds: s.int64(1)),
             canonicalTruthTime: Timestamp(microseconds: s.int64(2)), eventId: eventId, fields: fields)
+    }
+}
+
+extension SQLiteStore {
+    /// SQLite's plan for an ordered lane read, one line per step, to prove it is an index range
+    /// scan with no sort step.
+    public func explainQueryPlan(_ read: LaneRead) async throws(StoreError) -> [String] {
+        do {
+            return try await pool.read { db in
+                let s = try Self.prepare(read, sql: "EXPLAIN QUERY PLAN " + Self.selectSQL(read), db: db)
+                var lines = [String]()
+                while try s.step(db) { lines.append(s.string(3)) }
+                s.reset()
+                return lines
+            }
+        } catch {
+            throw Self.storeError(error, path: path)
+        }
     }
 }

@@ -152,8 +152,17 @@ public final class SQLiteStore: EventStore, Sendable {
 
     public var description: String { "SQLite store \(path) (schema v\(SQLiteSchema.version), storeId \(storeId))" }
 
+    /// Checkpoints the WAL into the database file (so the file alone is a complete copy), then
+    /// closes every connection.
     public func close() async {
-        try? pool.close()
+        do {
+            if !pool.configuration.readonly {
+                try await pool.writeWithoutTransaction { db in _ = try db.checkpoint(.truncate) }
+            }
+            try pool.close()
+        } catch {
+            logger.error("closing the store failed", metadata: ["path": "\(path)", "error": "\(error)"])
+        }
     }
 
     public func checkReady() async throws(StoreError) {

@@ -31,7 +31,7 @@ public struct RandomEvents {
         self.scopes = scopes
     }
 
-    static let names = ["a", "B", "b", "é", "Z", "uart0", "uart10", "uart2", "ä", "日本", "A", ""]
+    public static let names = ["a", "B", "b", "é", "Z", "uart0", "uart10", "uart2", "ä", "日本", "A", ""]
 
     public mutating func time() -> Timestamp {
         Timestamp(microseconds: base.microseconds + Int64.random(in: 0..<40, using: &rng) * 250)

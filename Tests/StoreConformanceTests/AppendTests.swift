@@ -1,0 +1,79 @@
+import NovaCore
+import NovaTestSupport
+import Testing
+
+@Suite struct AppendTests {
+    func raw(_ scope: String, _ source: Int64, _ canonical: Int64, seq: Int64 = 1, bytes: [UInt8] = [1]) -> Event {
+        Event(scopeId: scope, sourceTruthTime: Timestamp(microseconds: source), canonicalTruthTime: Timestamp(microseconds: canonical),
+              fields: .raw(connectionId: "c", sequence: seq, bytes: bytes))
+    }
+
+    @Test(arguments: Backend.allCases)
+    func dedupeIsGlobalAndKeepsTheFirstCopy(backend: Backend) async throws {
+        let (store, cleanup) = try await backend.makeStore()
+        defer { Task { await cleanup() } }
+        let first = raw("s", 1_000, 5_000)
+        let sameContentLater = raw("s", 1_000, 9_000_000)
+        let other = raw("s", 1_000, 5_000, seq: 2)
+        let r1 = try await store.append([first, sameContentLater, other])
+        #expect(r1.ingestSeqs == [1, nil, 2])
+        let r2 = try await store.append([sameContentLater, raw("s", 2_000, 1, seq: 3), first])
+        #expect(r2.ingestSeqs == [nil, 3, nil])
+        let all = try await store.page(EventQuery(scopeId: "s", range: Timestamp.min..<Timestamp.endOfTime))
+        #expect(all.events.count == 3)
+        #expect(all.events.first { $0.eventId == first.eventId }?.canonicalTruthTime == first.canonicalTruthTime)
+        // Found again under the other timebase, at the first copy's canonical time only.
+        let late = try await store.page(EventQuery(scopeId: "s", range: Timestamp(microseconds: 8_000_000)..<Timestamp.endOfTime))
+        #expect(late.events.isEmpty)
+    }
+
+    @Test(arguments: Backend.allCases)
+    func everyLaneRoundTripsEveryField(backend: Backend) async throws {
+        let (store, cleanup) = try await backend.makeStore()
+        defer { Task { await cleanup() } }
+        let vectors = try Fixtures.vector("event-ids.json").arrayValue
+        let events = try vectors.map { try EventDecoder().decode($0["event"]!, receivedAt: .min).get() }
+        let result = try await store.append(events)
+        let unique = Set(events.map(\.eventId))
+        #expect(result.accepted == unique.count)
+        var got = [Event]()
+        for scope in Set(events.map(\.scopeId)) {
+            got += try await store.page(EventQuery(scopeId: scope, range: Timestamp.min..<Timestamp.endOfTime)).events
+        }
+        var firstCopies = [EventID: Event]()
+        for e in events where firstCopies[e.eventId] == nil { firstCopies[e.eventId] = e }
+        #expect(Set(got) == Set(firstCopies.values))
+        for e in got { #expect(e.computedEventId == e.eventId) }
+    }
+
+    @Test(arguments: Backend.allCases)
+    func rangesAreHalfOpenOnTheChosenTimebase(backend: Backend) async throws {
+        let (store, cleanup) = try await backend.makeStore()
+        defer { Task { await cleanup() } }
+        _ = try await store.append([raw("s", 10, 100), raw("s", 20, 200, seq: 2), raw("s", 30, 300, seq: 3)])
+        func ids(_ from: Int64, _ to: Int64, _ tb: Timebase) async throws -> [Int64] {
+            try await store.page(EventQuery(scopeId: "s", range: Timestamp(microseconds: from)..<Timestamp(microseconds: to), timebase: tb))
+                .events.map(\.sourceTruthTime.microseconds)
+        }
+        #expect(try await ids(100, 300, .canonical) == [10, 20])
+        #expect(try await ids(10, 30, .source) == [10, 20])
+        #expect(try await ids(20, 21, .source) == [20])
+        #expect(try await ids(20, 20, .source) == [])
+        #expect(try await ids(31, 1000, .source) == [])
+    }
+
+    @Test(arguments: Backend.allCases)
+    func statsCountPerScopeAndLane(backend: Backend) async throws {
+        let (store, cleanup) = try await backend.makeStore()
+        defer { Task { await cleanup() } }
+        let ui = Event(scopeId: "a", sourceTruthTime: Timestamp(microseconds: 7), canonicalTruthTime: Timestamp(microseconds: 8),
+                       fields: .ui(viewId: "v", payload: .empty))
+        _ = try await store.append([raw("b", 10, 100), raw("b", 20, 50, seq: 2), raw("b", 20, 50, seq: 2), ui])
+        let stats = try await store.stats()
+        #expect(stats.lanes.map { "\($0.scopeId)/\($0.lane)/\($0.count)" } == ["a/ui/1", "b/raw/2"])
+        let b = stats.lanes[1]
+        #expect(b.firstCanonicalTruthTime.microseconds == 50 && b.lastCanonicalTruthTime.microseconds == 100)
+        #expect(b.firstSourceTruthTime.microseconds == 10 && b.lastSourceTruthTime.microseconds == 20)
+        #expect(stats.totalEvents == 3 && stats.storeBytes > 0)
+    }
+}
