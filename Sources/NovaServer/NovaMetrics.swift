@@ -1,0 +1,37 @@
+import Prometheus
+
+/// The server's own Prometheus series. They live in a registry the server is given (not the
+/// process-global metrics system), so each server, in a test or in `nova`, reports its own.
+public final class NovaMetrics: Sendable {
+    public let registry: PrometheusCollectorRegistry
+    let ingestAccepted: Counter
+    let ingestDuplicates: Counter
+    let ingestRejected: Counter
+    let ingestBatches: Counter
+    let appendDuration: DurationHistogram
+    let queryDuration: DurationHistogram
+
+    static let latencyBuckets: [Duration] = [
+        .microseconds(250), .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10),
+        .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1),
+        .seconds(2.5), .seconds(5),
+    ]
+
+    public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
+        self.registry = registry
+        let help = "Events offered to POST /v1/events, by outcome."
+        ingestAccepted = registry.makeCounter(name: "nova_ingest_events_total", labels: [("result", "accepted")], help: help)
+        ingestDuplicates = registry.makeCounter(name: "nova_ingest_events_total", labels: [("result", "duplicate")], help: help)
+        ingestRejected = registry.makeCounter(name: "nova_ingest_events_total", labels: [("result", "rejected")], help: help)
+        ingestBatches = registry.makeCounter(name: "nova_ingest_batches_total", help: "Ingest requests committed.")
+        appendDuration = registry.makeDurationHistogram(
+            name: "nova_store_append_duration_seconds", buckets: Self.latencyBuckets,
+            help: "Time to commit one ingest batch to the store.")
+        queryDuration = registry.makeDurationHistogram(
+            name: "nova_query_duration_seconds", buckets: Self.latencyBuckets,
+            help: "Time to read one page of an ordered query from the store.")
+    }
+
+    /// Prometheus text exposition of every series in the registry.
+    public func exposition() -> [UInt8] { registry.emitToBuffer() }
+}

@@ -1,0 +1,113 @@
+import HummingbirdCore
+import Hummingbird
+import NovaCore
+
+/// The query string of a request, read parameter by parameter: a missing, repeated, malformed or
+/// unknown parameter is a 400 that names it.
+struct QueryParameters {
+    private var values: [String: String] = [:]
+    private var used = Set<String>()
+
+    init(_ uri: URI) throws(APIError) {
+        for (key, value) in uri.queryParameters {
+            let k = String(key)
+            guard values[k] == nil else { throw APIError(.badRequest, "\(k): given more than once") }
+            values[k] = String(value)
+        }
+    }
+
+    mutating func string(_ name: String) -> String? {
+        used.insert(name)
+        return values[name]
+    }
+
+    mutating func required(_ name: String) throws(APIError) -> String {
+        guard let v = string(name), !v.isEmpty else { throw APIError(.badRequest, "\(name): required") }
+        return v
+    }
+
+    mutating func time(_ name: String) throws(APIError) -> Timestamp {
+        let text = try required(name)
+        do {
+            return try Timestamp(rfc3339: text)
+        } catch {
+            throw APIError(.badRequest, "\(name): \(error.description)")
+        }
+    }
+
+    mutating func int(_ name: String, default def: Int, in range: ClosedRange<Int>) throws(APIError) -> Int {
+        guard let text = string(name) else { return def }
+        guard let n = Int(text), range.contains(n) else {
+            throw APIError(.badRequest, "\(name): must be an integer from \(range.lowerBound) to \(range.upperBound), found \(quotedParameter(text))")
+        }
+        return n
+    }
+
+    mutating func bool(_ name: String) throws(APIError) -> Bool {
+        switch string(name) {
+        case nil, "false": return false
+        case "true": return true
+        case let other?: throw APIError(.badRequest, "\(name): must be true or false, found \(quotedParameter(other))")
+        }
+    }
+
+    /// Rejects any parameter that no reader asked for.
+    func finish() throws(APIError) {
+        if let unknown = values.keys.sorted().first(where: { !used.contains($0) }) {
+            throw APIError(.badRequest, "\(quotedParameter(unknown)): unknown parameter")
+        }
+    }
+}
+
+/// A parameter value quoted for a message, cut short.
+func quotedParameter(_ text: String) -> String {
+    let cut = text.count > 64 ? String(text.prefix(64)) + "…" : text
+    var out = [UInt8]()
+    CanonicalJSON.writeString(cut, into: &out)
+    return String(decoding: out, as: UTF8.self)
+}
+
+extension EventQuery {
+    /// `GET /v1/events` parameters (api.md): `scope`, `from`, `to`, `timebase`, `lane`, the per-lane
+    /// filters, `limit`, `after`.
+    ///
+    /// A filter narrows the lane that owns its field. Without `lane`, the lanes are those named by
+    /// the filters given (all five when none); with `lane`, a filter on a lane not selected is an
+    /// error rather than silently ignored.
+    init(parameters p: inout QueryParameters, maxLimit: Int) throws(APIError) {
+        let scope = try p.required("scope")
+        let from = try p.time("from")
+        let to = try p.time("to")
+        guard from <= to else { throw APIError(.badRequest, "from: must not be after to") }
+        let timebase: Timebase
+        switch p.string("timebase") {
+        case nil, "canonical": timebase = .canonical
+        case "source": timebase = .source
+        case let other?: throw APIError(.badRequest, "timebase: must be canonical or source, found \(quotedParameter(other))")
+        }
+        var filters = [Lane: String]()
+        for lane in Lane.allCases {
+            if let value = p.string(lane.filterField) { filters[lane] = value }
+        }
+        var lanes = filters.isEmpty ? Lane.allCases : filters.keys.sorted()
+        if let list = p.string("lane") {
+            switch Lane.parseList(list) {
+            case .success(let parsed): lanes = parsed
+            case .failure(let error): throw APIError(.badRequest, "lane: \(error.description)")
+            }
+            if let stray = filters.keys.sorted().first(where: { !lanes.contains($0) }) {
+                throw APIError(.badRequest, "\(stray.filterField): filters the \(stray) lane, which the lane parameter does not select")
+            }
+        }
+        let limit = try p.int("limit", default: Swift.min(10_000, maxLimit), in: 1...maxLimit)
+        self.init(scopeId: scope, range: from..<to, timebase: timebase, lanes: lanes, filters: filters, limit: limit)
+        if let cursor = p.string("after") {
+            do {
+                after = try Cursor.decode(cursor, for: self)
+            } catch {
+                throw APIError(.badRequest, "after: \(error.description)")
+            }
+        }
+        try p.finish()
+    }
+}

@@ -1,0 +1,70 @@
+import Foundation
+import Prometheus
+import Hummingbird
+import NIOCore
+import NovaCore
+
+extension RecorderAPI {
+    /// `POST /v1/events`: validate every event, append the valid ones in one transaction, answer
+    /// only after the commit. A bad event is rejected alone; with `?atomic=true` the whole batch is
+    /// refused (422) and nothing stored. A body over `maxBodyBytes` is refused (413) unread.
+    func ingest(_ request: Request) async throws -> Response {
+        var parameters = try QueryParameters(request.uri)
+        let atomic = try parameters.bool("atomic")
+        try parameters.finish()
+        let format = try Self.ingestFormat(request.headers[.contentType])
+        let maxBytes = configuration.server.maxBodyBytes
+        if let length = request.headers[.contentLength].flatMap({ Int($0) }), length > maxBytes {
+            throw APIError(.contentTooLarge, "body: \(length) bytes exceeds the limit of \(maxBytes) (server.maxBodyBytes); nothing stored")
+        }
+        let body: ByteBuffer
+        do {
+            body = try await request.body.collect(upTo: maxBytes)
+        } catch is NIOTooManyBytesError {
+            throw APIError(.contentTooLarge, "body: exceeds the limit of \(maxBytes) bytes (server.maxBodyBytes); nothing stored")
+        }
+        let receivedAt = Timestamp.now()
+        let batch: IngestBatch
+        do {
+            batch = try body.withUnsafeReadableBytes { raw in
+                try IngestBatch(body: raw.bindMemory(to: UInt8.self), format: format, decoder: decoder, receivedAt: receivedAt)
+            }
+        } catch let error as EventValidationError {
+            throw APIError(.badRequest, error.description)
+        }
+        metrics.ingestRejected.increment(by: Int64(batch.rejected.count))
+        if atomic, !batch.rejected.isEmpty {
+            var error = APIError(.unprocessableContent, "batch rejected as a whole (atomic=true): \(batch.rejected.count) of \(batch.count) events are invalid; nothing stored")
+            error.rejected = batch.rejected
+            throw error
+        }
+        let result: AppendResult
+        let started = ContinuousClock.now
+        do {
+            result = try await store.append(batch.events)
+        } catch {
+            throw APIError.store(error)
+        }
+        metrics.appendDuration.record(ContinuousClock.now - started)
+        metrics.ingestAccepted.increment(by: Int64(result.accepted))
+        metrics.ingestDuplicates.increment(by: Int64(result.duplicates))
+        metrics.ingestBatches.increment()
+        var out = [UInt8]()
+        out.append(contentsOf: #"{"accepted":\#(result.accepted),"duplicates":\#(result.duplicates),"rejected":"#.utf8)
+        writeRejections(batch.rejected, into: &out)
+        out.append(contentsOf: "}\n".utf8)
+        return Response(status: .ok, headers: [.contentType: "application/json"], body: ResponseBody(byteBuffer: ByteBuffer(bytes: out)))
+    }
+
+    static func ingestFormat(_ contentType: String?) throws(APIError) -> IngestBatch.Format {
+        let mediaType = contentType?.split(separator: ";").first?.trimmingCharacters(in: .whitespaces).lowercased()
+        switch mediaType {
+        case "application/x-ndjson", "application/ndjson", "application/jsonl": return .ndjson
+        case "application/json": return .jsonArray
+        default:
+            throw APIError(
+                .unsupportedMediaType,
+                "Content-Type: must be application/x-ndjson (one event a line) or application/json (an array), found \(contentType.map(quotedParameter) ?? "none")")
+        }
+    }
+}

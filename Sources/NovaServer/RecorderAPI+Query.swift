@@ -1,0 +1,62 @@
+import HTTPTypes
+import Prometheus
+import Hummingbird
+import NovaCore
+
+extension RecorderAPI {
+    /// `GET /v1/events`: one page of an ordered query as NDJSON, with `Nova-Next-Cursor` when
+    /// more events follow.
+    func query(_ request: Request) async throws -> Response {
+        var parameters = try QueryParameters(request.uri)
+        let query = try EventQuery(parameters: &parameters, maxLimit: configuration.server.maxQueryLimit)
+        let started = ContinuousClock.now
+        let page: EventPage
+        do {
+            page = try await store.page(query)
+        } catch let error as StoreError {
+            throw APIError.store(error)
+        }
+        metrics.queryDuration.record(ContinuousClock.now - started)
+        var out = [UInt8]()
+        out.reserveCapacity(page.events.count * 200)
+        for event in page.events {
+            event.writeJSON(into: &out)
+            out.append(UInt8(ascii: "\n"))
+        }
+        var headers: HTTPFields = [.contentType: "application/x-ndjson"]
+        if let next = page.next {
+            headers[.novaNextCursor] = Cursor.encode(next, for: query)
+        }
+        return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: out)))
+    }
+
+    /// `GET /v1/stats`: per scope and lane, the count and the first and last times; the store size.
+    func stats(_ request: Request) async throws -> Response {
+        try QueryParameters(request.uri).finish()
+        let stats: StoreStats
+        do {
+            stats = try await store.stats()
+        } catch {
+            throw APIError.store(error)
+        }
+        var out = [UInt8]()
+        out.append(contentsOf: #"{"lanes":["#.utf8)
+        for (k, s) in stats.lanes.enumerated() {
+            if k > 0 { out.append(UInt8(ascii: ",")) }
+            out.append(contentsOf: #"{"scopeId":"#.utf8)
+            CanonicalJSON.writeString(s.scopeId, into: &out)
+            out.append(contentsOf: """
+                ,"lane":"\(s.lane)","count":\(s.count),\
+                "firstCanonicalTruthTime":"\(s.firstCanonicalTruthTime)","lastCanonicalTruthTime":"\(s.lastCanonicalTruthTime)",\
+                "firstSourceTruthTime":"\(s.firstSourceTruthTime)","lastSourceTruthTime":"\(s.lastSourceTruthTime)"}
+                """.utf8)
+        }
+        out.append(contentsOf: #"],"totalEvents":\#(stats.totalEvents),"storeBytes":\#(stats.storeBytes)}"#.utf8)
+        return jsonResponse(String(decoding: out, as: UTF8.self))
+    }
+}
+
+extension HTTPField.Name {
+    /// The cursor of the next page (api.md).
+    public static let novaNextCursor = HTTPField.Name("Nova-Next-Cursor")!
+}

@@ -1,0 +1,57 @@
+import ArgumentParser
+import NovaCore
+import NovaSQLite
+
+/// `nova schema create|check`: make a store's schema current, or report on it.
+struct SchemaCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "schema",
+        abstract: "Create or check a store's schema.",
+        subcommands: [Create.self, Check.self]
+    )
+
+    struct Create: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Create the store (or apply pending migrations) and print its schema report.")
+
+        @Argument(help: "Store locator: sqlite:PATH or postgres://USER@HOST:PORT/DB.")
+        var store: String
+
+        func run() async throws {
+            let store = try StoreLocator(store).open(create: true, logger: toolLogger())
+            try await printReport(store)
+            await store.close()
+        }
+    }
+
+    struct Check: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Report the store's schema version and mode without changing it; exit 1 if it is not current.")
+
+        @Argument(help: "Store locator: sqlite:PATH or postgres://USER@HOST:PORT/DB.")
+        var store: String
+
+        func run() async throws {
+            let store = try StoreLocator(store).open(create: false, readOnly: true, logger: toolLogger())
+            defer { Task { await store.close() } }
+            try await printReport(store)
+            do {
+                try await store.checkReady()
+            } catch {
+                throw CLIError(error.message)
+            }
+        }
+    }
+}
+
+private func printReport(_ store: any EventStore) async throws {
+    do {
+        if let sqlite = store as? SQLiteStore {
+            print(try await sqlite.schemaReport())
+        } else {
+            print(store.description)
+        }
+    } catch {
+        throw CLIError(error.message)
+    }
+}
