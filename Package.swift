@@ -10,6 +10,9 @@ let swiftSettings: [SwiftSetting] = [
     .enableUpcomingFeature("MemberImportVisibility"),
 ]
 
+/// Tests import what they use loosely; member-import strictness is for the product's modules.
+let testSwiftSettings: [SwiftSetting] = [.enableUpcomingFeature("ExistentialAny")]
+
 let package = Package(
     name: "nova",
     platforms: [.macOS(.v14)],
@@ -87,12 +90,23 @@ let package = Package(
         .testTarget(
             name: "NovaCoreTests",
             dependencies: ["NovaCore", "NovaTestSupport"],
-            swiftSettings: swiftSettings
+            swiftSettings: testSwiftSettings
+        ),
+        .testTarget(
+            name: "NovaServerTests",
+            dependencies: [
+                "NovaCore", "NovaSQLite", "NovaServer", "NovaTestSupport",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: testSwiftSettings
         ),
         .testTarget(
             name: "StoreConformanceTests",
             dependencies: ["NovaCore", "NovaSQLite", "NovaTestSupport"],
-            swiftSettings: swiftSettings
+            swiftSettings: testSwiftSettings
         ),
     ]
 )

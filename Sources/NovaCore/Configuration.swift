@@ -74,6 +74,12 @@ public struct NovaConfiguration: Sendable, Equatable {
         public var roles: [Role]
         /// For `sync` tokens: the one site this token may ship for.
         public var siteId: String?
+
+        public init(sha256: String, roles: [Role], siteId: String? = nil) {
+            self.sha256 = sha256
+            self.roles = roles
+            self.siteId = siteId
+        }
     }
 
     public struct Server: Sendable, Equatable {

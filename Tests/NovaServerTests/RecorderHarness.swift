@@ -1,0 +1,59 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import NIOCore
+import NovaCore
+import NovaServer
+import NovaSQLite
+import NovaTestSupport
+
+/// A recorder API on a fresh SQLite file, served over real loopback HTTP for one test.
+func withRecorder<T: Sendable>(
+    configure: (inout NovaConfiguration) -> Void = { _ in },
+    _ body: @Sendable (any TestClientProtocol, SQLiteStore, NovaMetrics) async throws -> T
+) async throws -> T {
+    let dir = try TemporaryDirectory("nova-server")
+    defer { dir.remove() }
+    var config = NovaConfiguration()
+    config.database.sqlite.path = dir.file("nova.db")
+    configure(&config)
+    let store = try SQLiteStore.open(path: config.database.sqlite.path, logger: quietLogger)
+    let metrics = NovaMetrics()
+    let api = RecorderAPI(store: store, configuration: config, metrics: metrics, logger: quietLogger)
+    let app = Application(router: api.router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)), logger: quietLogger)
+    do {
+        let result = try await app.test(.live) { client in try await body(client, store, metrics) }
+        await store.close()
+        return result
+    } catch {
+        await store.close()
+        throw error
+    }
+}
+
+extension TestClientProtocol {
+    func post(_ uri: String = "/v1/events", ndjson lines: [String], headers: HTTPFields = [:]) async throws -> TestResponse {
+        var h = headers
+        h[.contentType] = "application/x-ndjson"
+        return try await execute(uri: uri, method: .post, headers: h, body: ByteBuffer(string: lines.joined(separator: "\n") + "\n"))
+    }
+
+    func get(_ uri: String, headers: HTTPFields = [:]) async throws -> TestResponse {
+        try await execute(uri: uri, method: .get, headers: headers)
+    }
+}
+
+extension TestResponse {
+    var text: String { String(buffer: body) }
+    var json: JSONValue { (try? JSONParser.parse(text)) ?? .null }
+    var lines: [String] { text.split(separator: "\n").map(String.init) }
+    var errorMessage: String { json["error"]?.stringValue ?? "" }
+}
+
+/// Percent-encodes a query parameter value (RFC 3986 unreserved characters pass).
+func enc(_ s: String) -> String {
+    s.addingPercentEncoding(withAllowedCharacters: CharacterSet(charactersIn: "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~"))!
+}
+
+let everything = "from=1970-01-01T00:00:00Z&to=9999-12-31T23:59:59.999999Z"
