@@ -104,8 +104,17 @@ let package = Package(
             swiftSettings: testSwiftSettings
         ),
         .testTarget(
+            name: "EndToEndTests",
+            dependencies: [
+                "NovaCore", "NovaTestSupport",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: testSwiftSettings
+        ),
+        .testTarget(
             name: "StoreConformanceTests",
-            dependencies: ["NovaCore", "NovaSQLite", "NovaTestSupport"],
+            dependencies: ["NovaCore", "NovaSQLite", "NovaTestSupport", .product(name: "GRDB", package: "GRDB.swift")],
             swiftSettings: testSwiftSettings
         ),
     ]

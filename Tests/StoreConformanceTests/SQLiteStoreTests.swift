@@ -1,4 +1,5 @@
 import Foundation
+import GRDB
 import NovaCore
 import NovaSQLite
 import NovaTestSupport
@@ -76,11 +77,9 @@ import Testing
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let path = dir.file("other.db")
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["python3", "-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute('create table accounts(id integer)'); c.commit()", path]
-        try p.run()
-        p.waitUntilExit()
+        let other = try DatabaseQueue(path: path)
+        try other.write { try $0.execute(sql: "CREATE TABLE accounts (id INTEGER)") }
+        try other.close()
         try expectRefusedAndUntouched(path, mentioning: "not a NOVA store")
     }
 
@@ -89,11 +88,9 @@ import Testing
         defer { dir.remove() }
         let path = dir.file("nova.db")
         await (try SQLiteStore.open(path: path, logger: quietLogger)).close()
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["python3", "-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(\"insert into grdb_migrations values ('v99')\"); c.commit(); c.close()", path]
-        try p.run()
-        p.waitUntilExit()
+        let later = try DatabaseQueue(path: path)
+        try await later.write { try $0.execute(sql: "INSERT INTO grdb_migrations VALUES ('v99')") }
+        try later.close()
         try expectRefusedAndUntouched(path, mentioning: "schema is newer than this nova")
     }
 

@@ -1,0 +1,177 @@
+import Foundation
+import NovaCore
+import NovaTestSupport
+import Testing
+
+/// `nova record` as a real process: killed for real, restarted on the same file.
+@Suite(.serialized) struct RecorderProcessTests {
+    func writeConfig(_ dir: TemporaryDirectory, extra: String = "") throws -> String {
+        let path = dir.file("config.json")
+        try Data(#"{"database": {"sqlite": {"path": "\#(dir.file("nova.db"))"}}, "server": {"port": 0}\#(extra)}"#.utf8).write(to: URL(fileURLWithPath: path))
+        return path
+    }
+
+    static func batch(_ n: Int, offset: Int) -> (lines: String, ids: [String]) {
+        var lines = ""
+        var ids = [String]()
+        for k in 0..<n {
+            let seq = offset + k
+            let event = Event(
+                scopeId: "kill", sourceTruthTime: Timestamp(microseconds: 1_780_000_000_000_000 + Int64(seq) * 100),
+                canonicalTruthTime: Timestamp(microseconds: 1_780_000_000_000_000 + Int64(seq) * 100),
+                fields: .raw(connectionId: "dev-\(seq % 7)", sequence: Int64(seq), bytes: Array(repeating: UInt8(seq & 255), count: 24)))
+            lines += event.json + "\n"
+            ids.append(event.eventId.hex)
+        }
+        return (lines, ids)
+    }
+
+    /// Kill -9 during a stream of ingest requests, three times: every acknowledged event is
+    /// present after restart, exactly once.
+    @Test func killNineDuringIngestLosesNothingAcknowledged() async throws {
+        let dir = try TemporaryDirectory("nova-e2e")
+        defer { dir.remove() }
+        let config = try writeConfig(dir)
+        let acked = AckedIds()
+        var offset = 0
+        for round in 0..<3 {
+            let recorder = try NovaProcess(["record", "--config", config], directory: dir)
+            let base = try await recorder.waitUntilListening()
+            let start = offset
+            offset += 1_000_000
+            // Four concurrent writers; the kill lands while requests are in flight.
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for writer in 0..<4 {
+                    group.addTask {
+                        var k = 0
+                        while true {
+                            let (lines, ids) = Self.batch(250, offset: start + writer * 200_000 + k * 250)
+                            // Resend an already acknowledged batch now and then: a duplicate.
+                            guard let response = try? await HTTP.post("\(base)/v1/events", ndjson: lines) else { return }
+                            if response.status == 200 { await acked.add(ids) } else { return }
+                            k += 1
+                        }
+                    }
+                }
+                try await Task.sleep(for: .milliseconds(700 + round * 300))
+                recorder.kill(SIGKILL)
+                try await group.waitForAll()
+            }
+            #expect(try await recorder.wait() != 0)
+        }
+        let recorder = try NovaProcess(["record", "--config", config], directory: dir)
+        let base = try await recorder.waitUntilListening()
+        let stored = try await HTTP.allEventIds(base, scope: "kill")
+        let ackedIds = await acked.ids
+        #expect(ackedIds.count > 1000, "the test acknowledged too little to mean anything")
+        #expect(Set(stored).count == stored.count, "an event is stored twice")
+        let missing = ackedIds.subtracting(stored)
+        #expect(missing.isEmpty, "\(missing.count) acknowledged events lost")
+        recorder.kill(SIGTERM)
+        #expect(try await recorder.wait() == 0)
+    }
+
+    /// SIGTERM while requests are in flight: the server drains, every acknowledged event stays,
+    /// and the process exits 0.
+    @Test func sigtermShutsDownGracefully() async throws {
+        let dir = try TemporaryDirectory("nova-e2e")
+        defer { dir.remove() }
+        let config = try writeConfig(dir)
+        let recorder = try NovaProcess(["record", "--config", config], directory: dir)
+        let base = try await recorder.waitUntilListening()
+        let acked = AckedIds()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for writer in 0..<3 {
+                group.addTask {
+                    var k = 0
+                    while true {
+                        let (lines, ids) = Self.batch(500, offset: writer * 1_000_000 + k * 500)
+                        guard let response = try? await HTTP.post("\(base)/v1/events", ndjson: lines), response.status == 200 else { return }
+                        await acked.add(ids)
+                        k += 1
+                    }
+                }
+            }
+            try await Task.sleep(for: .milliseconds(500))
+            recorder.kill(SIGTERM)
+            try await group.waitForAll()
+        }
+        #expect(try await recorder.wait() == 0, "\(recorder.stderr)")
+        let again = try NovaProcess(["record", "--config", config], directory: dir)
+        let stored = Set(try await HTTP.allEventIds(try await again.waitUntilListening(), scope: "kill"))
+        #expect(await acked.ids.isSubset(of: stored))
+        again.kill(SIGTERM)
+        try await again.wait()
+    }
+
+    @Test func corruptOrForeignFileIsRefusedAndLeftUntouched() async throws {
+        let dir = try TemporaryDirectory("nova-e2e")
+        defer { dir.remove() }
+        let config = try writeConfig(dir)
+        let junk = Data((0..<4096).map { UInt8(truncatingIfNeeded: $0 &* 13) })
+        try junk.write(to: URL(fileURLWithPath: dir.file("nova.db")))
+        let (status, _, stderr) = try await NovaProcess.run(["record", "--config", config], directory: dir)
+        #expect(status != 0)
+        #expect(stderr.contains(dir.file("nova.db")), "\(stderr)")
+        #expect(stderr.contains("not a SQLite database"), "\(stderr)")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: dir.file("nova.db"))) == junk)
+    }
+
+    @Test func configurationErrorsAndPrintConfig() async throws {
+        let dir = try TemporaryDirectory("nova-e2e")
+        defer { dir.remove() }
+        let bad = dir.file("bad.json")
+        try Data(#"{"server": {"prot": 8080}}"#.utf8).write(to: URL(fileURLWithPath: bad))
+        let refused = try await NovaProcess.run(["record", "--config", bad], directory: dir)
+        #expect(refused.status != 0)
+        #expect(refused.stderr.contains("server.prot: unknown key"), "\(refused.stderr)")
+        let printed = try await NovaProcess.run(["record", "--config", try writeConfig(dir), "--port", "9999", "--print-config"], directory: dir)
+        #expect(printed.status == 0)
+        #expect(printed.stdout.contains(#""port": 9999"#), "\(printed.stdout)")
+        let open = try await NovaProcess.run(["record", "--config", try writeConfig(dir), "--host", "0.0.0.0"], directory: dir)
+        #expect(open.status != 0)
+        #expect(open.stderr.contains("not loopback"), "\(open.stderr)")
+        let flag = try await NovaProcess.run(["record", "--port", "70000"], directory: dir)
+        #expect(flag.status != 0)
+        #expect(flag.stderr.contains("--port"), "\(flag.stderr)")
+    }
+
+    /// `nova query` from the store file and from the server, NDJSON and CSV; `nova schema`.
+    @Test func queryAndSchemaCommands() async throws {
+        let dir = try TemporaryDirectory("nova-e2e")
+        defer { dir.remove() }
+        let config = try writeConfig(dir)
+        let recorder = try NovaProcess(["record", "--config", config], directory: dir)
+        let base = try await recorder.waitUntilListening()
+        let (lines, ids) = Self.batch(120, offset: 0)
+        #expect(try await HTTP.post("\(base)/v1/events", ndjson: lines).status == 200)
+        let metrics = try await HTTP.get("\(base)/metrics")
+        #expect(metrics.body.contains("http_server_request_duration_bucket"), "request latency histogram")
+        #expect(metrics.body.contains(#"nova_ingest_events_total{result="accepted"} 120"#))
+        let range = ["--scope", "kill", "--from", "2026-01-01T00:00:00Z", "--to", "2027-01-01T00:00:00Z", "--page-size", "7"]
+        let viaURL = try await NovaProcess.run(["query", base] + range, directory: dir)
+        #expect(viaURL.status == 0, "\(viaURL.stderr)")
+        let urlIds = viaURL.stdout.split(separator: "\n").compactMap { (try? JSONParser.parse(String($0)))?["eventId"] }
+        #expect(urlIds == ids.map { .string($0) })
+        recorder.kill(SIGTERM)
+        try await recorder.wait()
+        let viaStore = try await NovaProcess.run(["query", "sqlite:\(dir.file("nova.db"))"] + range, directory: dir)
+        #expect(viaStore.status == 0, "\(viaStore.stderr)")
+        #expect(viaStore.stdout == viaURL.stdout)
+        let csv = try await NovaProcess.run(["query", "sqlite:\(dir.file("nova.db"))", "--format", "csv"] + range, directory: dir)
+        let rows = csv.stdout.split(separator: "\r\n")
+        #expect(rows.first?.hasPrefix("lane,scopeId,sourceTruthTime,canonicalTruthTime,eventId,connectionId,sequence,bytes") == true)
+        #expect(rows.count == 121)
+        let check = try await NovaProcess.run(["schema", "check", "sqlite:\(dir.file("nova.db"))"], directory: dir)
+        #expect(check.status == 0 && check.stdout.contains("schema: v1"), "\(check.stdout)\(check.stderr)")
+        let missing = try await NovaProcess.run(["schema", "check", "sqlite:\(dir.file("none.db"))"], directory: dir)
+        #expect(missing.status != 0 && missing.stderr.contains("no such file"))
+        let create = try await NovaProcess.run(["schema", "create", "sqlite:\(dir.file("new.db"))"], directory: dir)
+        #expect(create.status == 0 && create.stdout.contains("storeId:"))
+    }
+}
+
+actor AckedIds {
+    var ids = Set<String>()
+    func add(_ new: [String]) { ids.formUnion(new) }
+}

@@ -1,0 +1,84 @@
+import Foundation
+
+/// A real `nova` process for end-to-end tests: started with arguments, its output captured to
+/// files, killed for real.
+public final class NovaProcess: @unchecked Sendable {
+    public let process = Process()
+    public let stdoutPath: String
+    public let stderrPath: String
+
+    /// The `nova` binary built next to the test bundle (or `NOVA_BIN`).
+    public static var binary: String {
+        if let env = ProcessInfo.processInfo.environment["NOVA_BIN"] { return env }
+        let testBinary = URL(fileURLWithPath: CommandLine.arguments[0])
+        var dir = testBinary.deletingLastPathComponent()
+        for _ in 0..<4 {
+            let candidate = dir.appendingPathComponent("nova").path
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+            dir = dir.deletingLastPathComponent()
+        }
+        return Fixtures.repositoryRoot.appendingPathComponent(".build/debug/nova").path
+    }
+
+    public init(_ arguments: [String], directory: TemporaryDirectory, name: String = "nova") throws {
+        stdoutPath = directory.file("\(name)-\(UUID().uuidString.prefix(6)).out")
+        stderrPath = directory.file("\(name)-\(UUID().uuidString.prefix(6)).err")
+        FileManager.default.createFile(atPath: stdoutPath, contents: nil)
+        FileManager.default.createFile(atPath: stderrPath, contents: nil)
+        process.executableURL = URL(fileURLWithPath: Self.binary)
+        process.arguments = arguments
+        process.currentDirectoryURL = URL(fileURLWithPath: directory.path)
+        process.standardOutput = FileHandle(forWritingAtPath: stdoutPath)
+        process.standardError = FileHandle(forWritingAtPath: stderrPath)
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+    }
+
+    public var stdout: String { (try? String(contentsOfFile: stdoutPath, encoding: .utf8)) ?? "" }
+    public var stderr: String { (try? String(contentsOfFile: stderrPath, encoding: .utf8)) ?? "" }
+
+    /// Waits for the "nova: listening on http://HOST:PORT" line and returns the base URL.
+    public func waitUntilListening(timeout: Duration = .seconds(60)) async throws -> String {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if let line = stdout.split(separator: "\n").first(where: { $0.hasPrefix("nova: listening on ") }) {
+                return String(line.dropFirst("nova: listening on ".count).split(separator: " ")[0])
+            }
+            if !process.isRunning {
+                throw ProcessError("nova exited (\(process.terminationStatus)) before listening: \(stderr)")
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        throw ProcessError("nova did not start listening within \(timeout): \(stderr)")
+    }
+
+    public func kill(_ signal: Int32 = SIGKILL) {
+        Foundation.kill(process.processIdentifier, signal)
+    }
+
+    /// Waits for the process to end and returns its exit status.
+    @discardableResult
+    public func wait(timeout: Duration = .seconds(60)) async throws -> Int32 {
+        let deadline = ContinuousClock.now + timeout
+        while process.isRunning {
+            guard ContinuousClock.now < deadline else {
+                kill()
+                throw ProcessError("nova did not exit within \(timeout)")
+            }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        return process.terminationStatus
+    }
+
+    /// Runs `nova` to completion: (status, stdout, stderr).
+    public static func run(_ arguments: [String], directory: TemporaryDirectory) async throws -> (status: Int32, stdout: String, stderr: String) {
+        let p = try NovaProcess(arguments, directory: directory)
+        let status = try await p.wait(timeout: .seconds(300))
+        return (status, p.stdout, p.stderr)
+    }
+}
+
+public struct ProcessError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
