@@ -1,0 +1,150 @@
+import Foundation
+import NovaCore
+
+/// What every benchmark reports alongside its figures: where and how it ran.
+struct BenchMachine: Codable {
+    var cores: Int
+    var memoryBytes: UInt64
+    var cpu: String
+    var os: String
+    var build: String
+
+    static func current() -> BenchMachine {
+        let cpuinfo = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
+        let model = cpuinfo.split(separator: "\n").first { $0.hasPrefix("model name") }?
+            .split(separator: ":", maxSplits: 1).last.map { $0.trimmingCharacters(in: .whitespaces) } ?? "unknown"
+        #if DEBUG
+        let build = "debug"
+        #else
+        let build = "release"
+        #endif
+        return BenchMachine(
+            cores: ProcessInfo.processInfo.activeProcessorCount, memoryBytes: ProcessInfo.processInfo.physicalMemory,
+            cpu: model, os: ProcessInfo.processInfo.operatingSystemVersionString, build: build)
+    }
+}
+
+/// One measured figure of a benchmark run.
+struct BenchFigure: Codable {
+    var name: String
+    var events: Int
+    var seconds: Double
+    var eventsPerSecond: Double
+}
+
+/// The JSON a benchmark writes (`--json FILE`), also the source of the README's table.
+struct BenchReport: Codable {
+    var benchmark: String
+    var date: String
+    var command: String
+    var machine: BenchMachine
+    var figure: BenchFigure
+    var baseline: BenchFigure
+    /// figure / baseline, both measured in this run.
+    var ratio: Double
+    var peakRSSBytes: Int?
+    var checks: [String]
+    var errors: [String]
+
+    func write(to path: String) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try encoder.encode(self).write(to: URL(fileURLWithPath: path))
+    }
+
+    func printTable() {
+        func row(_ f: BenchFigure) -> String {
+            "  \(f.name.padding(toLength: 58, withPad: " ", startingAt: 0)) \(String(format: "%12.0f", f.eventsPerSecond)) ev/s  \(String(format: "%8.2f", f.seconds)) s"
+        }
+        print("\n\(benchmark) benchmark, \(machine.cores) cores, \(machine.memoryBytes >> 30) GiB, \(machine.build) build")
+        print(row(figure))
+        print(row(baseline))
+        print("  ratio: \(String(format: "%.2f", ratio)) (nova / baseline, same run)")
+        if let rss = peakRSSBytes { print("  recorder peak RSS: \(rss >> 20) MiB") }
+        for check in checks { print("  check: \(check)") }
+        for error in errors { print("  ERROR: \(error)") }
+    }
+}
+
+/// Progress on a terminal (a rewritten line), or a plain log line every few seconds otherwise.
+final class Progress: @unchecked Sendable {
+    let label: String
+    let total: Int
+    let start = ContinuousClock.now
+    private var lastPrint = ContinuousClock.now
+    private let lock = NSLock()
+    private let tty = isatty(STDERR_FILENO) == 1
+
+    init(_ label: String, total: Int) {
+        self.label = label
+        self.total = total
+    }
+
+    func update(_ done: Int) {
+        lock.lock()
+        defer { lock.unlock() }
+        let now = ContinuousClock.now
+        guard now - lastPrint > (tty ? .milliseconds(250) : .seconds(5)) || done == total else { return }
+        lastPrint = now
+        let elapsed = Double((now - start).components.seconds) + Double((now - start).components.attoseconds) * 1e-18
+        let rate = elapsed > 0 ? Double(done) / elapsed : 0
+        let eta = rate > 0 ? Double(total - done) / rate : 0
+        let line = "\(label): \(done)/\(total) (\(total > 0 ? done * 100 / total : 100)%), \(Int(rate)) ev/s, ETA \(Int(eta)) s"
+        FileHandle.standardError.write(Data((tty ? "\r\u{1B}[K" + line + (done == total ? "\n" : "") : line + "\n").utf8))
+    }
+}
+
+extension Duration {
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) * 1e-18 }
+}
+
+/// Peak resident memory of a process (VmHWM), in bytes.
+func peakRSS(pid: Int32) -> Int? {
+    guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+          let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+          let kb = Int(line.split(separator: " ").dropFirst().first ?? "")
+    else { return nil }
+    return kb * 1024
+}
+
+/// The path of this executable, to start a recorder child process of the same build.
+func currentExecutable() -> String {
+    (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+}
+
+/// A `nova record` child process on a temporary store, for benchmarks.
+final class RecorderChild {
+    let process = Process()
+    let directory: String
+    let base: String
+
+    init(directory: String, extraConfig: String = "") async throws {
+        self.directory = directory
+        let config = (directory as NSString).appendingPathComponent("config.json")
+        try Data(#"{"database": {"sqlite": {"path": "\#((directory as NSString).appendingPathComponent("nova.db"))"}}, "server": {"port": 0}\#(extraConfig)}"#.utf8)
+            .write(to: URL(fileURLWithPath: config))
+        let out = (directory as NSString).appendingPathComponent("recorder.out")
+        FileManager.default.createFile(atPath: out, contents: nil)
+        process.executableURL = URL(fileURLWithPath: currentExecutable())
+        process.arguments = ["record", "--config", config, "--log-level", "warning"]
+        process.standardOutput = FileHandle(forWritingAtPath: out)
+        try process.run()
+        let deadline = ContinuousClock.now + .seconds(60)
+        while true {
+            let text = (try? String(contentsOfFile: out, encoding: .utf8)) ?? ""
+            if let line = text.split(separator: "\n").first(where: { $0.hasPrefix("nova: listening on ") }) {
+                base = String(line.dropFirst("nova: listening on ".count).split(separator: " ")[0])
+                return
+            }
+            guard process.isRunning, ContinuousClock.now < deadline else { throw CLIError("the recorder did not start: see \(out)") }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
+    var pid: Int32 { process.processIdentifier }
+
+    func stop() async {
+        process.terminate()
+        while process.isRunning { try? await Task.sleep(for: .milliseconds(10)) }
+    }
+}
