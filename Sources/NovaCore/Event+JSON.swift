@@ -34,7 +34,7 @@ extension Event {
             out.append(contentsOf: #","sequence":"#.utf8)
             out.append(contentsOf: String(sequence).utf8)
             out.append(contentsOf: #","bytes":""#.utf8)
-            out.append(contentsOf: Data(bytes).base64EncodedString().utf8)
+            out.append(contentsOf: Base64.encode(bytes).utf8)
             out.append(UInt8(ascii: "\""))
         case .parsed(let streamId, let streamType, let schemaVersion, let payload):
             field("streamId", streamId)

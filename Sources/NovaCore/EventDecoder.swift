@@ -51,7 +51,7 @@ public struct EventDecoder: Sendable {
         }
     }
 
-    private static let commonFields: Set<String> = ["lane", "scopeId", "sourceTruthTime", "canonicalTruthTime", "eventId"]
+    private static let commonFields = ["lane", "scopeId", "sourceTruthTime", "canonicalTruthTime", "eventId"]
 
     private func decodeThrowing(_ value: JSONValue, receivedAt: Timestamp) throws(EventValidationError) -> Event {
         guard case .object(let members) = value else {
@@ -114,11 +114,16 @@ public struct EventDecoder: Sendable {
 
 /// Typed access to the members of one event object, each failure naming the field and the rule.
 private struct Fields {
-    var members: [String: JSONValue] = [:]
+    /// An event has a handful of members: a linear scan beats hashing every key.
+    struct Members {
+        let list: [JSONMember]
+        subscript(name: String) -> JSONValue? { list.first { $0.key == name }?.value }
+    }
+
+    let members: Members
 
     init(members list: [JSONMember]) {
-        members.reserveCapacity(list.count)
-        for member in list { members[member.key] = member.value }
+        members = Members(list: list)
     }
 
     func required(_ name: String) throws(EventValidationError) -> JSONValue {
@@ -176,13 +181,13 @@ private struct Fields {
             throw EventValidationError(field: name, rule: "must be a base64 string, found \(members[name]!.typeName)")
         }
         if s.isEmpty { return [] }
-        guard let data = Data(base64Encoded: s) else {
+        guard let bytes = Base64.decode(s) else {
             throw EventValidationError(field: name, rule: "not valid base64 (RFC 4648, with padding)")
         }
-        guard data.count <= maxBytes else {
-            throw EventValidationError(field: name, rule: "more than \(maxBytes) bytes decoded (\(data.count))")
+        guard bytes.count <= maxBytes else {
+            throw EventValidationError(field: name, rule: "more than \(maxBytes) bytes decoded (\(bytes.count))")
         }
-        return [UInt8](data)
+        return bytes
     }
 
     func payload(maxBytes: Int) throws(EventValidationError) -> CanonicalPayload {

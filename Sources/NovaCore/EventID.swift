@@ -15,13 +15,16 @@ public struct EventID: Sendable, Hashable, Comparable, CustomStringConvertible {
     }
 
     /// From exactly 32 bytes; nil otherwise.
-    public init?<C: Collection>(bytes: C) where C.Element == UInt8 {
+    public init?(bytes: UnsafeRawBufferPointer) {
         guard bytes.count == 32 else { return nil }
-        var words: [UInt64] = [0, 0, 0, 0]
-        for (k, byte) in bytes.enumerated() {
-            words[k / 8] = words[k / 8] << 8 | UInt64(byte)
-        }
-        self.init(w0: words[0], w1: words[1], w2: words[2], w3: words[3])
+        func word(_ k: Int) -> UInt64 { UInt64(bigEndian: bytes.loadUnaligned(fromByteOffset: k * 8, as: UInt64.self)) }
+        self.init(w0: word(0), w1: word(1), w2: word(2), w3: word(3))
+    }
+
+    /// From exactly 32 bytes; nil otherwise.
+    public init?(bytes: some Collection<UInt8>) {
+        guard let id = Array(bytes).withUnsafeBytes({ EventID(bytes: $0) }) else { return nil }
+        self = id
     }
 
     /// From 64 hex digits (either case); nil otherwise.
@@ -48,13 +51,12 @@ public struct EventID: Sendable, Hashable, Comparable, CustomStringConvertible {
         self = digest.withUnsafeBytes { EventID(bytes: $0)! }
     }
 
-    public var bytes: [UInt8] {
-        var out = [UInt8]()
-        out.reserveCapacity(32)
-        for word in [w0, w1, w2, w3] {
-            for shift in stride(from: 56, through: 0, by: -8) { out.append(UInt8(truncatingIfNeeded: word >> UInt64(shift))) }
-        }
-        return out
+    public var bytes: [UInt8] { withUnsafeBytes { Array($0) } }
+
+    /// The 32 bytes, big-endian, without allocating.
+    public func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        var words = (w0.bigEndian, w1.bigEndian, w2.bigEndian, w3.bigEndian)
+        return try Swift.withUnsafeBytes(of: &words) { try body($0) }
     }
 
     public var hex: String {

@@ -87,13 +87,21 @@ public struct JSONParser {
             i += 1
             return .object(members)
         }
-        var seen = Set<String>()
+        // Objects are small: a linear scan finds duplicates without hashing, until one grows.
+        var seen: Set<String>?
         while true {
             skipWhitespace()
             guard i < bytes.count, bytes[i] == UInt8(ascii: "\"") else { throw error("expected a string key") }
             let keyOffset = i
             let key = try parseString()
-            guard seen.insert(key).inserted else {
+            let duplicate: Bool
+            if members.count < 16 {
+                duplicate = members.contains { $0.key == key }
+            } else {
+                if seen == nil { seen = Set(members.map(\.key)) }
+                duplicate = !seen!.insert(key).inserted
+            }
+            if duplicate {
                 throw JSONSyntaxError(reason: "duplicate key \(quoted(key))", offset: keyOffset)
             }
             skipWhitespace()

@@ -22,15 +22,15 @@ public enum Lane: String, Sendable, Hashable, CaseIterable, Comparable, Codable,
     public var description: String { rawValue }
 
     /// The lane's own fields, in the order they appear in JSON answers.
-    public var fieldNames: [String] {
-        switch self {
-        case .raw: ["connectionId", "sequence", "bytes"]
-        case .parsed: ["streamId", "streamType", "schemaVersion", "payload"]
-        case .ui: ["viewId", "payload"]
-        case .command: ["targetId", "commandType", "requestedBy", "payload"]
-        case .metadata: ["metadataType", "payload"]
-        }
-    }
+    public var fieldNames: [String] { Self.fieldNamesByRank[rank] }
+
+    private static let fieldNamesByRank: [[String]] = [
+        ["connectionId", "sequence", "bytes"],
+        ["streamId", "streamType", "schemaVersion", "payload"],
+        ["viewId", "payload"],
+        ["targetId", "commandType", "requestedBy", "payload"],
+        ["metadataType", "payload"],
+    ]
 
     /// Parses a comma list such as `raw,parsed`; answers the lanes in rank order without repeats.
     public static func parseList(_ text: String) -> Result<[Lane], LaneListError> {

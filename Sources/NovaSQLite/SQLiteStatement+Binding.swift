@@ -49,7 +49,9 @@ struct RawStatement {
     }
 
     func bind(_ index: Int32, _ id: EventID) {
-        bind(index, blob: id.bytes)
+        id.withUnsafeBytes { raw in
+            _ = sqlite3_bind_blob(handle, index, raw.baseAddress, 32, Self.transient)
+        }
     }
 
     /// Payloads are canonical JSON text.
@@ -94,5 +96,8 @@ struct RawStatement {
         return [UInt8](UnsafeRawBufferPointer(start: blob, count: count))
     }
 
-    func eventId(_ column: Int32) -> EventID? { EventID(bytes: bytes(column)) }
+    func eventId(_ column: Int32) -> EventID? {
+        guard sqlite3_column_bytes(handle, column) == 32, let blob = sqlite3_column_blob(handle, column) else { return nil }
+        return EventID(bytes: UnsafeRawBufferPointer(start: blob, count: 32))
+    }
 }

@@ -27,6 +27,8 @@ extension SQLiteStore {
         var seqs = [Int64?]()
         seqs.reserveCapacity(events.count)
         var stats = [StatsKey: LaneAggregate]()
+        // Batches mostly hold runs of one scope and lane: fold a run before hashing its key.
+        var run: (key: StatsKey, aggregate: LaneAggregate)?
         for event in events {
             let rank = event.lane.rank
             let s: RawStatement
@@ -68,11 +70,19 @@ extension SQLiteStore {
             if sqlite3_changes(db.sqliteConnection) == 1 {
                 seq += 1
                 seqs.append(seq)
-                stats[StatsKey(scopeId: event.scopeId, lane: event.lane), default: LaneAggregate(event)].add(event)
+                if let current = run, current.key.lane == event.lane, current.key.scopeId == event.scopeId {
+                    run!.aggregate.add(event)
+                } else {
+                    if let current = run { stats[current.key, default: .empty].merge(current.aggregate) }
+                    var aggregate = LaneAggregate(event)
+                    aggregate.add(event)
+                    run = (StatsKey(scopeId: event.scopeId, lane: event.lane), aggregate)
+                }
             } else {
                 seqs.append(nil)
             }
         }
+        if let current = run { stats[current.key, default: .empty].merge(current.aggregate) }
         if !stats.isEmpty {
             try db.execute(sql: "UPDATE novaStore SET value = ? WHERE key = 'lastIngestSeq'", arguments: [seq])
             let upsert = try db.cachedStatement(sql: """
@@ -108,11 +118,32 @@ private struct LaneAggregate {
     var firstSource: Int64
     var lastSource: Int64
 
+    /// Nothing yet: merging into it takes the other aggregate whole.
+    static let empty = LaneAggregate(count: 0, firstCanonical: 0, lastCanonical: 0, firstSource: 0, lastSource: 0)
+
+    init(count: Int64, firstCanonical: Int64, lastCanonical: Int64, firstSource: Int64, lastSource: Int64) {
+        (self.count, self.firstCanonical, self.lastCanonical, self.firstSource, self.lastSource) =
+            (count, firstCanonical, lastCanonical, firstSource, lastSource)
+    }
+
     init(_ event: Event) {
         firstCanonical = event.canonicalTruthTime.microseconds
         lastCanonical = firstCanonical
         firstSource = event.sourceTruthTime.microseconds
         lastSource = firstSource
+    }
+
+    /// Folds another aggregate of the same key in.
+    mutating func merge(_ other: LaneAggregate) {
+        if count == 0 {
+            self = other
+            return
+        }
+        count += other.count
+        firstCanonical = min(firstCanonical, other.firstCanonical)
+        lastCanonical = max(lastCanonical, other.lastCanonical)
+        firstSource = min(firstSource, other.firstSource)
+        lastSource = max(lastSource, other.lastSource)
     }
 
     mutating func add(_ event: Event) {

@@ -13,7 +13,7 @@ extension RecorderAPI {
         let page: EventPage
         do {
             page = try await store.page(query)
-        } catch let error as StoreError {
+        } catch {
             throw APIError.store(error)
         }
         metrics.queryDuration.record(ContinuousClock.now - started)

@@ -182,12 +182,20 @@ struct DeviceFrames {
     var start = Timestamp(microseconds: 1_780_000_000_000_000)
 
     func make(_ count: Int) -> [Event] {
-        var rng = SystemRandomNumberGenerator()
+        var state: UInt64 = 0x9E37_79B9_7F4A_7C15
         return (0..<count).map { k in
             let device = k % devices
             let tick = Int64(k / devices)
             let source = Timestamp(microseconds: start.microseconds + tick * 100_000 + Int64(device) * 7)
-            let bytes = (0..<(32 + (k % 33))).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            var bytes = [UInt8]()
+            bytes.reserveCapacity(64)
+            while bytes.count < 32 + k % 33 {
+                // xorshift: cheap filler for frame contents
+                state ^= state << 13
+                state ^= state >> 7
+                state ^= state << 17
+                withUnsafeBytes(of: state) { bytes.append(contentsOf: $0.prefix(32 + k % 33 - bytes.count)) }
+            }
             return Event(
                 scopeId: Self.scope, sourceTruthTime: source, canonicalTruthTime: source,
                 fields: .raw(connectionId: "dev-\(device)", sequence: tick, bytes: bytes))
@@ -197,7 +205,7 @@ struct DeviceFrames {
     /// The line a device would send: no `canonicalTruthTime` (the recorder assigns it), no id.
     static func writeIngestLine(_ event: Event, into out: inout [UInt8]) {
         guard case .raw(let connectionId, let sequence, let bytes) = event.fields else { return }
-        out.append(contentsOf: #"{"lane":"raw","scopeId":"\#(event.scopeId)","sourceTruthTime":"\#(event.sourceTruthTime.rfc3339)","connectionId":"\#(connectionId)","sequence":\#(sequence),"bytes":"\#(Data(bytes).base64EncodedString())"}"#.utf8)
+        out.append(contentsOf: #"{"lane":"raw","scopeId":"\#(event.scopeId)","sourceTruthTime":"\#(event.sourceTruthTime.rfc3339)","connectionId":"\#(connectionId)","sequence":\#(sequence),"bytes":"\#(Base64.encode(bytes))"}"#.utf8)
         out.append(UInt8(ascii: "\n"))
     }
 }

@@ -175,3 +175,22 @@ actor AckedIds {
     var ids = Set<String>()
     func add(_ new: [String]) { ids.formUnion(new) }
 }
+
+/// Each benchmark at a tiny size, so that it keeps working (figures are not checked: a debug
+/// build under test measures nothing).
+@Suite struct BenchSmokeTests {
+    @Test func ingestBenchmarkRunsAndChecksItsReadBack() async throws {
+        let dir = try TemporaryDirectory("nova-bench")
+        defer { dir.remove() }
+        let json = dir.file("ingest.json")
+        let run = try await NovaProcess.run(["bench", "ingest", "--events", "3000", "--batch", "500", "--allow-debug", "--json", json], directory: dir)
+        #expect(run.status == 0, "\(run.stderr)")
+        #expect(run.stdout.contains("ratio:"))
+        let report = try JSONParser.parse(Array(Data(contentsOf: URL(fileURLWithPath: json))))
+        #expect(report["benchmark"]?.stringValue == "ingest")
+        #expect(report["errors"]?.arrayValue.isEmpty == true)
+        #expect(report["figure"]?["events"] == .number(JSONNumber(3000)))
+        let refused = try await NovaProcess.run(["bench", "ingest", "--events", "10"], directory: dir)
+        #expect(refused.status != 0 && refused.stderr.contains("release"), "a debug build refuses without --allow-debug")
+    }
+}

@@ -24,20 +24,9 @@ import Testing
         }
     }
 
-    /// The expected field for each case's reason: the message must name it.
-    static let expectedField: [String: String] = [
-        "unknown lane": "lane", "missing scopeId": "scopeId", "empty scopeId": "scopeId",
-        "time not RFC 3339": "sourceTruthTime", "time without zone": "sourceTruthTime",
-        "time before 1970": "sourceTruthTime", "impossible date": "sourceTruthTime",
-        "sequence not an integer": "sequence", "sequence outside int64": "sequence", "sequence as string": "sequence",
-        "bytes not base64": "bytes", "missing connectionId": "connectionId", "scopeId with NUL": "scopeId",
-        "scopeId over 256 bytes": "scopeId", "payload not an object": "payload", "missing payload": "payload",
-        "eventId given and wrong": "eventId",
-    ]
-
     @Test func everyInvalidEventIsRejectedNamingItsField() throws {
         let cases = try Fixtures.vector("invalid-events.json").arrayValue
-        #expect(cases.count == Self.expectedField.count)
+        #expect(cases.count == VectorFields.expected.count)
         for item in cases {
             let why = item["why"]!.stringValue!
             let result = decoder.decode(item["event"]!, receivedAt: receivedAt)
@@ -45,8 +34,8 @@ import Testing
                 Issue.record("accepted an invalid event: \(why)")
                 continue
             }
-            #expect(error.field == Self.expectedField[why], "\(why): \(error)")
-            #expect(error.message(index: 3).hasPrefix("events[3].\(Self.expectedField[why]!): "), "\(why)")
+            #expect(error.field == VectorFields.expected[why], "\(why): \(error)")
+            #expect(error.message(index: 3).hasPrefix("events[3].\(VectorFields.expected[why]!): "), "\(why)")
         }
     }
 

@@ -145,16 +145,3 @@ import Testing
         }
     }
 }
-
-/// The field each invalid-event vector's message must name.
-enum VectorFields {
-    static let expected: [String: String] = [
-        "unknown lane": "lane", "missing scopeId": "scopeId", "empty scopeId": "scopeId",
-        "time not RFC 3339": "sourceTruthTime", "time without zone": "sourceTruthTime",
-        "time before 1970": "sourceTruthTime", "impossible date": "sourceTruthTime",
-        "sequence not an integer": "sequence", "sequence outside int64": "sequence", "sequence as string": "sequence",
-        "bytes not base64": "bytes", "missing connectionId": "connectionId", "scopeId with NUL": "scopeId",
-        "scopeId over 256 bytes": "scopeId", "payload not an object": "payload", "missing payload": "payload",
-        "eventId given and wrong": "eventId",
-    ]
-}

@@ -68,12 +68,15 @@ import Testing
         defer { Task { await cleanup() } }
         let ui = Event(scopeId: "a", sourceTruthTime: Timestamp(microseconds: 7), canonicalTruthTime: Timestamp(microseconds: 8),
                        fields: .ui(viewId: "v", payload: .empty))
-        _ = try await store.append([raw("b", 10, 100), raw("b", 20, 50, seq: 2), raw("b", 20, 50, seq: 2), ui])
+        let ui2 = Event(scopeId: "a", sourceTruthTime: Timestamp(microseconds: 9), canonicalTruthTime: Timestamp(microseconds: 3),
+                        fields: .ui(viewId: "w", payload: .empty))
+        _ = try await store.append([raw("b", 10, 100), ui, raw("b", 20, 50, seq: 2), raw("b", 20, 50, seq: 2), ui2])
         let stats = try await store.stats()
-        #expect(stats.lanes.map { "\($0.scopeId)/\($0.lane)/\($0.count)" } == ["a/ui/1", "b/raw/2"])
+        #expect(stats.lanes.map { "\($0.scopeId)/\($0.lane)/\($0.count)" } == ["a/ui/2", "b/raw/2"])
+        #expect(stats.lanes[0].firstCanonicalTruthTime.microseconds == 3 && stats.lanes[0].lastSourceTruthTime.microseconds == 9)
         let b = stats.lanes[1]
         #expect(b.firstCanonicalTruthTime.microseconds == 50 && b.lastCanonicalTruthTime.microseconds == 100)
         #expect(b.firstSourceTruthTime.microseconds == 10 && b.lastSourceTruthTime.microseconds == 20)
-        #expect(stats.totalEvents == 3 && stats.storeBytes > 0)
+        #expect(stats.totalEvents == 4 && stats.storeBytes > 0)
     }
 }
