@@ -31,6 +31,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", "3.12.3"..<"5.0.0"),
         .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
     ],
     targets: [
         .target(
@@ -51,6 +52,17 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(
+            name: "NovaPostgres",
+            dependencies: [
+                "NovaCore",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "NovaServer",
             dependencies: [
                 "NovaCore",
@@ -67,7 +79,7 @@ let package = Package(
         .executableTarget(
             name: "nova",
             dependencies: [
-                "NovaCore", "NovaSQLite", "NovaServer",
+                "NovaCore", "NovaSQLite", "NovaPostgres", "NovaServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -83,7 +95,11 @@ let package = Package(
         ),
         .target(
             name: "NovaTestSupport",
-            dependencies: ["NovaCore", "NovaSQLite", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "NovaCore", "NovaSQLite", "NovaPostgres",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+            ],
             path: "Tests/NovaTestSupport",
             swiftSettings: swiftSettings
         ),

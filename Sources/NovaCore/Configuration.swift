@@ -7,6 +7,8 @@ public struct NovaConfiguration: Sendable, Equatable {
     public struct Core: Sendable, Equatable {
         /// This recorder's identity as a sync site.
         public var siteId = "site-local"
+
+        public init() {}
     }
 
     public enum DatabaseType: String, Sendable, Equatable, CaseIterable {
@@ -24,6 +26,8 @@ public struct NovaConfiguration: Sendable, Equatable {
         /// Relative paths are relative to the working directory.
         public var path = "data/nova.db"
         public var durability = Durability.normal
+
+        public init() {}
     }
 
     public struct Pool: Sendable, Equatable {
@@ -33,12 +37,16 @@ public struct NovaConfiguration: Sendable, Equatable {
         public var commandTimeout = 60
         /// Seconds.
         public var connectionTimeout = 10
+
+        public init() {}
     }
 
     public struct Hypertable: Sendable, Equatable {
         public var chunkInterval = "1 day"
         public var compressionAfter = "7 days"
         public var retentionAfter = "90 days"
+
+        public init() {}
     }
 
     public struct Postgres: Sendable, Equatable {
@@ -50,11 +58,15 @@ public struct NovaConfiguration: Sendable, Equatable {
         public var passwordEnv = "NOVA_DB_PASSWORD"
         public var pool = Pool()
         public var hypertable = Hypertable()
+
+        public init() {}
     }
 
     public struct Dual: Sendable, Equatable {
         /// The store that answers reads: `sqlite` or `timescaledb`.
         public var primary = DatabaseType.sqlite
+
+        public init() {}
     }
 
     public struct Database: Sendable, Equatable {
@@ -62,6 +74,8 @@ public struct NovaConfiguration: Sendable, Equatable {
         public var sqlite = SQLite()
         public var timescaledb = Postgres()
         public var dual = Dual()
+
+        public init() {}
     }
 
     public enum Role: String, Sendable, Equatable, CaseIterable {
@@ -90,6 +104,8 @@ public struct NovaConfiguration: Sendable, Equatable {
         /// The largest `limit` a query may ask for.
         public var maxQueryLimit = 100_000
         public var tokens: [Token] = []
+
+        public init() {}
     }
 
     public struct Sync: Sendable, Equatable {
@@ -98,6 +114,8 @@ public struct NovaConfiguration: Sendable, Equatable {
         /// The environment variable that holds this site's sync token.
         public var tokenEnv = "NOVA_SYNC_TOKEN"
         public var batchSize = 5000
+
+        public init() {}
     }
 
     public var core = Core()

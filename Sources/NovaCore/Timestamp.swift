@@ -170,7 +170,7 @@ extension Timestamp {
 
 extension Int64 {
     /// Division rounding toward negative infinity, with a non-negative remainder.
-    func floorDivided(by divisor: Int64) -> (quotient: Int64, remainder: Int64) {
+    public func floorDivided(by divisor: Int64) -> (quotient: Int64, remainder: Int64) {
         var q = self / divisor
         var r = self % divisor
         if r < 0 {

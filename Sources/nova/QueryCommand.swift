@@ -61,8 +61,12 @@ struct QueryCommand: AsyncParsableCommand {
     }
 
     private func runAgainstStore(_ output: EventOutput) async throws {
-        let store = try StoreLocator(source).open(create: false, readOnly: true, logger: toolLogger())
-        defer { Task { await store.close() } }
+        try await StoreLocator(source).withStore(create: false, readOnly: true, logger: toolLogger()) { store in
+            try await query(store, output)
+        }
+    }
+
+    private func query(_ store: any EventStore, _ output: EventOutput) async throws {
         let fromTime = try parseTime("--from", from)
         let toTime = try parseTime("--to", to)
         guard fromTime <= toTime else { throw CLIError("--from: must not be after --to") }

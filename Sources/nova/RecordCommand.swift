@@ -43,12 +43,13 @@ struct RecordCommand: AsyncParsableCommand {
         } catch {
             throw CLIError(error.message)
         }
-        try await serve(store: store, config: config, logger: logger)
+        try await serve(store: store, services: [StoreService(store: store)], config: config, logger: logger)
     }
 }
 
-/// Runs the HTTP API over `store` until SIGTERM or SIGINT, then closes the store last.
-func serve(store: any EventStore, config: NovaConfiguration, logger: Logger) async throws {
+/// Runs the HTTP API over `store` until SIGTERM or SIGINT. `services` (the store's own) start
+/// first and stop last, after the HTTP server has drained.
+func serve(store: any EventStore, services: [any Service], config: NovaConfiguration, logger: Logger) async throws {
     let registry = PrometheusCollectorRegistry()
     MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
     let api = RecorderAPI(store: store, configuration: config, metrics: NovaMetrics(registry: registry), logger: logger)
@@ -63,7 +64,7 @@ func serve(store: any EventStore, config: NovaConfiguration, logger: Logger) asy
         logger: logger
     )
     let group = ServiceGroup(
-        services: [StoreService(store: store), app],
+        services: services + [app],
         gracefulShutdownSignals: [.sigterm, .sigint],
         logger: logger
     )

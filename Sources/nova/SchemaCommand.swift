@@ -1,5 +1,6 @@
 import ArgumentParser
 import NovaCore
+import NovaPostgres
 import NovaSQLite
 
 /// `nova schema create|check`: make a store's schema current, or report on it.
@@ -18,9 +19,7 @@ struct SchemaCommand: AsyncParsableCommand {
         var store: String
 
         func run() async throws {
-            let store = try StoreLocator(store).open(create: true, logger: toolLogger())
-            try await printReport(store)
-            await store.close()
+            try await StoreLocator(store).withStore(create: true, logger: toolLogger()) { try await printReport($0) }
         }
     }
 
@@ -32,13 +31,13 @@ struct SchemaCommand: AsyncParsableCommand {
         var store: String
 
         func run() async throws {
-            let store = try StoreLocator(store).open(create: false, readOnly: true, logger: toolLogger())
-            defer { Task { await store.close() } }
-            try await printReport(store)
-            do {
-                try await store.checkReady()
-            } catch {
-                throw CLIError(error.message)
+            try await StoreLocator(store).withStore(create: false, readOnly: true, logger: toolLogger()) { store in
+                try await printReport(store)
+                do {
+                    try await store.checkReady()
+                } catch {
+                    throw CLIError("\(error)")
+                }
             }
         }
     }
@@ -48,6 +47,8 @@ private func printReport(_ store: any EventStore) async throws {
     do {
         if let sqlite = store as? SQLiteStore {
             print(try await sqlite.schemaReport())
+        } else if let postgres = store as? PostgresStore {
+            print(try await postgres.schemaReport())
         } else {
             print(store.description)
         }

@@ -1,11 +1,13 @@
+import Foundation
 import Logging
 import NovaCore
+import NovaPostgres
 import NovaSQLite
 
 /// A store named on the command line: `sqlite:PATH` or `postgres://USER@HOST:PORT/DB` (api.md).
 enum StoreLocator: CustomStringConvertible {
     case sqlite(path: String)
-    case postgres(url: String)
+    case postgres(PostgresLocation)
 
     init(_ text: String) throws {
         if text.hasPrefix("sqlite:") {
@@ -13,7 +15,11 @@ enum StoreLocator: CustomStringConvertible {
             guard !path.isEmpty else { throw CLIError("\(text): sqlite: needs a path, e.g. sqlite:data/nova.db") }
             self = .sqlite(path: path)
         } else if text.hasPrefix("postgres://") || text.hasPrefix("postgresql://") {
-            self = .postgres(url: text)
+            do {
+                self = .postgres(try PostgresLocation(locator: text))
+            } catch {
+                throw CLIError(error.message)
+            }
         } else {
             throw CLIError("\(text): not a store locator; expected sqlite:PATH or postgres://USER@HOST:PORT/DB")
         }
@@ -22,21 +28,39 @@ enum StoreLocator: CustomStringConvertible {
     var description: String {
         switch self {
         case .sqlite(let path): "sqlite:\(path)"
-        case .postgres(let url): url
+        case .postgres(let location): location.description
         }
     }
 
-    /// Opens the store; `create` makes a missing SQLite file, `readOnly` never writes.
-    func open(create: Bool, readOnly: Bool = false, logger: Logger) throws -> any EventStore {
+    /// Runs `body` with the store open (and, for PostgreSQL, its pool running), then closes it.
+    /// `create` makes a missing store; `readOnly` never writes to a SQLite file.
+    func withStore<T>(create: Bool, readOnly: Bool = false, logger: Logger, _ body: (any EventStore) async throws -> T) async throws -> T {
         switch self {
         case .sqlite(let path):
+            let store: SQLiteStore
             do {
-                return try SQLiteStore.open(path: path, options: .init(createIfMissing: create, readOnly: readOnly), logger: logger)
+                store = try SQLiteStore.open(path: path, options: .init(createIfMissing: create, readOnly: readOnly), logger: logger)
             } catch {
                 throw CLIError(error.message)
             }
-        case .postgres:
-            throw CLIError("\(self): PostgreSQL stores are not supported by this build yet; use a sqlite: locator")
+            do {
+                let result = try await body(store)
+                await store.close()
+                return result
+            } catch {
+                await store.close()
+                throw error
+            }
+        case .postgres(let location):
+            let store = PostgresStore(location: location, createIfMissing: create, logger: logger)
+            let running = Task { try await store.run() }
+            defer { running.cancel() }
+            do {
+                try await store.waitUntilReady(timeout: .seconds(location.pool.connectionTimeout + 5))
+            } catch {
+                throw CLIError(error.message)
+            }
+            return try await body(store)
         }
     }
 }

@@ -15,8 +15,9 @@ import Testing
         #"{"lane":"metadata","scopeId":"s","sourceTruthTime":"2026-01-27T14:32:15.000005Z","metadataType":"fw","payload":{"v":"1.0"}}"#,
     ]
 
-    @Test func allFiveLanesRoundTripInContractOrder() async throws {
-        try await withRecorder { client, _, metrics in
+    @Test(arguments: Backend.allCases)
+    func allFiveLanesRoundTripInContractOrder(backend: Backend) async throws {
+        try await withRecorder(backend) { client, _, metrics in
             let response = try await client.post(ndjson: Self.fiveLanes.reversed())
             #expect(response.status == .ok)
             #expect(response.text == #"{"accepted":5,"duplicates":0,"rejected":[]}"# + "\n")
@@ -42,8 +43,9 @@ import Testing
         }
     }
 
-    @Test func jsonArrayBodies() async throws {
-        try await withRecorder { client, _, _ in
+    @Test(arguments: Backend.allCases)
+    func jsonArrayBodies(backend: Backend) async throws {
+        try await withRecorder(backend) { client, _, _ in
             let body = "[" + Self.fiveLanes.joined(separator: ",\n") + "]"
             let response = try await client.execute(uri: "/v1/events", method: .post, headers: [.contentType: "application/json; charset=utf-8"], body: ByteBuffer(string: body))
             #expect(response.text == #"{"accepted":5,"duplicates":0,"rejected":[]}"# + "\n")
@@ -57,8 +59,9 @@ import Testing
     }
 
     /// Every case of `invalid-events.json`, each between two valid neighbours in one batch.
-    @Test func invalidEventsAreRejectedAloneWithTheirReasons() async throws {
-        try await withRecorder { client, store, _ in
+    @Test(arguments: Backend.allCases)
+    func invalidEventsAreRejectedAloneWithTheirReasons(backend: Backend) async throws {
+        try await withRecorder(backend) { client, store, _ in
             let cases = try Fixtures.vector("invalid-events.json").arrayValue
             var lines = [String]()
             var invalidIndexes = [Int: String]()
@@ -89,8 +92,9 @@ import Testing
         }
     }
 
-    @Test func atomicBatchesAreAllOrNothing() async throws {
-        try await withRecorder { client, store, _ in
+    @Test(arguments: Backend.allCases)
+    func atomicBatchesAreAllOrNothing(backend: Backend) async throws {
+        try await withRecorder(backend) { client, store, _ in
             let bad = #"{"lane":"raw","scopeId":"s","sourceTruthTime":"yesterday","connectionId":"c","sequence":1,"bytes":""}"#
             let refused = try await client.post("/v1/events?atomic=true", ndjson: Self.fiveLanes + [bad])
             #expect(refused.status == .unprocessableContent)
@@ -106,8 +110,9 @@ import Testing
         }
     }
 
-    @Test func oversizedBodiesAreRefusedWithNothingStored() async throws {
-        try await withRecorder(configure: { $0.server.maxBodyBytes = 1000 }) { client, store, _ in
+    @Test(arguments: Backend.allCases)
+    func oversizedBodiesAreRefusedWithNothingStored(backend: Backend) async throws {
+        try await withRecorder(backend, configure: { $0.server.maxBodyBytes = 1000 }) { client, store, _ in
             let lines = Array(repeating: Self.fiveLanes, count: 5).flatMap { $0 }
             let response = try await client.post(ndjson: lines)
             #expect(response.status == .contentTooLarge)
@@ -118,8 +123,9 @@ import Testing
         }
     }
 
-    @Test func wrongContentTypeIsRefused() async throws {
-        try await withRecorder { client, _, _ in
+    @Test(arguments: Backend.allCases)
+    func wrongContentTypeIsRefused(backend: Backend) async throws {
+        try await withRecorder(backend) { client, _, _ in
             let response = try await client.execute(uri: "/v1/events", method: .post, headers: [.contentType: "application/x-www-form-urlencoded"], body: ByteBuffer(string: Self.fiveLanes[0]))
             #expect(response.status == .unsupportedMediaType)
             #expect(response.errorMessage.hasPrefix("Content-Type: must be application/x-ndjson"))
@@ -128,8 +134,9 @@ import Testing
         }
     }
 
-    @Test func hostileBodiesNeverCrashOrStore() async throws {
-        try await withRecorder { client, store, _ in
+    @Test(arguments: Backend.allCases)
+    func hostileBodiesNeverCrashOrStore(backend: Backend) async throws {
+        try await withRecorder(backend) { client, store, _ in
             let bodies: [[UInt8]] = [
                 [0xFF, 0xFE, 0x00, 0x7B], Array("{\"lane\":\"raw\",\"scopeId\":\"\u{00}\"".utf8),
                 Array((String(repeating: "[", count: 100_000)).utf8), Array("{\"a\":1e999999}".utf8),

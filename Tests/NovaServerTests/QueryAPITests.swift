@@ -8,8 +8,9 @@ import Testing
 
 @Suite struct QueryAPITests {
     /// The ordering vectors through HTTP, with small pages, following `Nova-Next-Cursor`.
-    @Test func orderingVectorsPagedOverHTTP() async throws {
-        try await withRecorder { client, _, _ in
+    @Test(arguments: Backend.allCases)
+    func orderingVectorsPagedOverHTTP(backend: Backend) async throws {
+        try await withRecorder(backend) { client, _, _ in
             let vectors = try Fixtures.vector("ordering.json")
             let lines = vectors["events"]!.arrayValue.map(\.text)
             let ingest = try await client.post(ndjson: lines)
@@ -34,8 +35,9 @@ import Testing
         }
     }
 
-    @Test func filtersSelectTheirLane() async throws {
-        try await withRecorder { client, _, _ in
+    @Test(arguments: Backend.allCases)
+    func filtersSelectTheirLane(backend: Backend) async throws {
+        try await withRecorder(backend) { client, _, _ in
             _ = try await client.post(ndjson: IngestAPITests.fiveLanes + [
                 #"{"lane":"raw","scopeId":"s","sourceTruthTime":"2026-01-27T14:32:15.000001Z","connectionId":"uart1","sequence":1,"bytes":""}"#,
             ])
@@ -49,7 +51,7 @@ import Testing
         }
     }
 
-    @Test(arguments: [
+    static let badQueries = [
         ("/v1/events?\(everything)", "scope: required"),
         ("/v1/events?scope=s&to=2026-01-01T00:00:00Z", "from: required"),
         ("/v1/events?scope=s&from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z", "from: must not be after to"),
@@ -64,17 +66,22 @@ import Testing
         ("/v1/events?scope=s&scope=t&\(everything)", "scope: given more than once"),
         ("/v1/events?scope=s&\(everything)&sort=desc", "\"sort\": unknown parameter"),
         ("/v1/stats?verbose=1", "\"verbose\": unknown parameter"),
-    ])
-    func badQueriesNameTheParameter(uri: String, expected: String) async throws {
-        try await withRecorder { client, _, _ in
-            let response = try await client.get(uri)
-            #expect(response.status == .badRequest)
-            #expect(response.errorMessage.hasPrefix(expected), "\(response.errorMessage)")
+    ]
+
+    @Test(arguments: Backend.allCases)
+    func badQueriesNameTheParameter(backend: Backend) async throws {
+        try await withRecorder(backend) { client, _, _ in
+            for (uri, expected) in Self.badQueries {
+                let response = try await client.get(uri)
+                #expect(response.status == .badRequest, "\(uri)")
+                #expect(response.errorMessage.hasPrefix(expected), "\(uri): \(response.errorMessage)")
+            }
         }
     }
 
-    @Test func aCursorOfAnotherQueryIsRefused() async throws {
-        try await withRecorder { client, _, _ in
+    @Test(arguments: Backend.allCases)
+    func aCursorOfAnotherQueryIsRefused(backend: Backend) async throws {
+        try await withRecorder(backend) { client, _, _ in
             _ = try await client.post(ndjson: IngestAPITests.fiveLanes)
             let first = try await client.get("/v1/events?scope=s&\(everything)&limit=2")
             let cursor = try #require(first.headers[HTTPField.Name("Nova-Next-Cursor")!])
@@ -86,8 +93,9 @@ import Testing
         }
     }
 
-    @Test func statsHealthAndReadiness() async throws {
-        try await withRecorder { client, _, _ in
+    @Test(arguments: Backend.allCases)
+    func statsHealthAndReadiness(backend: Backend) async throws {
+        try await withRecorder(backend) { client, _, _ in
             _ = try await client.post(ndjson: IngestAPITests.fiveLanes)
             let stats = try await client.get("/v1/stats")
             #expect(stats.json["totalEvents"] == .number(JSONNumber(5)))
@@ -112,8 +120,9 @@ import Testing
         ]
     }
 
-    @Test func rolesAreEnforced() async throws {
-        try await withRecorder(configure: configure) { client, _, _ in
+    @Test(arguments: Backend.allCases)
+    func rolesAreEnforced(backend: Backend) async throws {
+        try await withRecorder(backend, configure: configure) { client, _, _ in
             let query = "/v1/events?scope=s&\(everything)"
             let anonymous = try await client.get(query)
             #expect(anonymous.status == .unauthorized)

@@ -8,26 +8,24 @@ import NovaServer
 import NovaSQLite
 import NovaTestSupport
 
-/// A recorder API on a fresh SQLite file, served over real loopback HTTP for one test.
+/// The recorder API on a fresh store of `backend`, served over real loopback HTTP for one test.
 func withRecorder<T: Sendable>(
+    _ backend: Backend = .sqlite,
     configure: (inout NovaConfiguration) -> Void = { _ in },
-    _ body: @Sendable (any TestClientProtocol, SQLiteStore, NovaMetrics) async throws -> T
+    _ body: @Sendable (any TestClientProtocol, any EventStore, NovaMetrics) async throws -> T
 ) async throws -> T {
-    let dir = try TemporaryDirectory("nova-server")
-    defer { dir.remove() }
     var config = NovaConfiguration()
-    config.database.sqlite.path = dir.file("nova.db")
     configure(&config)
-    let store = try SQLiteStore.open(path: config.database.sqlite.path, logger: quietLogger)
+    let (store, cleanup) = try await backend.makeStore()
     let metrics = NovaMetrics()
     let api = RecorderAPI(store: store, configuration: config, metrics: metrics, logger: quietLogger)
     let app = Application(router: api.router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)), logger: quietLogger)
     do {
         let result = try await app.test(.live) { client in try await body(client, store, metrics) }
-        await store.close()
+        await cleanup()
         return result
     } catch {
-        await store.close()
+        await cleanup()
         throw error
     }
 }

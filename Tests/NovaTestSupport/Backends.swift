@@ -6,6 +6,7 @@ import NovaSQLite
 /// The store backends the conformance suite runs against. Each test gets a fresh, real store.
 public enum Backend: String, CaseIterable, Sendable, CustomTestStringConvertible {
     case sqlite
+    case postgres
 
     public var testDescription: String { rawValue }
 
@@ -19,6 +20,9 @@ public enum Backend: String, CaseIterable, Sendable, CustomTestStringConvertible
                 await store.close()
                 dir.remove()
             })
+        case .postgres:
+            let (store, cleanup) = try await TestPostgres.makeStore()
+            return (store, cleanup)
         }
     }
 }

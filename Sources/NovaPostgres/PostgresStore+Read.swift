@@ -1,0 +1,131 @@
+import Logging
+import NovaCore
+import PostgresNIO
+
+extension PostgresStore {
+    static let dialect = LaneSQL.Dialect(quote: { "\"\($0)\"" }, placeholder: { "$\($0)" }, filterPrefix: "")
+
+    public func read(_ read: LaneRead) async throws(StoreError) -> [Event] {
+        _ = try ensureReady()
+        if read.limit <= 0 || read.from >= read.to { return [] }
+        do {
+            let rows = try await client.query(try Self.query(read), logger: logger)
+            var events = [Event]()
+            events.reserveCapacity(min(read.limit, 1024))
+            for try await row in rows {
+                events.append(try Self.decode(row, lane: read.lane))
+            }
+            return events
+        } catch {
+            throw mapError(error)
+        }
+    }
+
+    /// The ordered read of `read` with its parameters bound in `LaneSQL` order.
+    static func query(_ read: LaneRead, prefix: String = "") throws -> PostgresQuery {
+        let after = read.effectiveAfter
+        let sql = LaneSQL(read.lane).select(read.timebase, keyset: after != nil, hasFilter: read.filter != nil, dialect: dialect)
+        var binds = PostgresBindings()
+        binds.append(read.scopeId)
+        binds.append(PostgresTimestamp(value: read.to))
+        binds.append(Int64(read.limit))
+        if let after {
+            binds.append(PostgresTimestamp(value: after.time))
+            if after.lane == .raw {
+                binds.append(after.connectionId)
+                binds.append(after.sequence)
+            }
+            after.eventId.withUnsafeBytes { binds.append(PostgresBytes(bytes: Array($0))) }
+        } else {
+            binds.append(PostgresTimestamp(value: read.from))
+        }
+        if let filter = read.filter { binds.append(filter) }
+        return PostgresQuery(unsafeSQL: prefix + sql, binds: binds)
+    }
+
+    /// A row of `LaneSQL.columns` back into an event.
+    static func decode(_ row: PostgresRow, lane: Lane) throws -> Event {
+        let c = Array(row)
+        let fields: LaneFields
+        switch lane {
+        case .raw:
+            fields = .raw(connectionId: try c[4].string(), sequence: try c[5].int64(), bytes: try c[6].byteArray())
+        case .parsed:
+            fields = .parsed(
+                streamId: try c[4].string(), streamType: try c[5].string(), schemaVersion: try c[6].string(),
+                payload: CanonicalPayload(canonicalUTF8: try c[7].byteArray()))
+        case .ui:
+            fields = .ui(viewId: try c[4].string(), payload: CanonicalPayload(canonicalUTF8: try c[5].byteArray()))
+        case .command:
+            fields = .command(
+                targetId: try c[4].string(), commandType: try c[5].string(), requestedBy: try c[6].string(),
+                payload: CanonicalPayload(canonicalUTF8: try c[7].byteArray()))
+        case .metadata:
+            fields = .metadata(metadataType: try c[4].string(), payload: CanonicalPayload(canonicalUTF8: try c[5].byteArray()))
+        }
+        return Event(
+            scopeId: try c[0].string(), sourceTruthTime: try c[1].timestamp(), canonicalTruthTime: try c[2].timestamp(),
+            eventId: try c[3].eventId(), fields: fields)
+    }
+
+    /// PostgreSQL's plan for an ordered lane read (`EXPLAIN`, text format), one line per node.
+    public func explain(_ read: LaneRead) async throws(StoreError) -> [String] {
+        _ = try ensureReady()
+        do {
+            let rows = try await client.query(try Self.query(read, prefix: "EXPLAIN "), logger: logger)
+            var lines = [String]()
+            for try await line in rows.decode(String.self) { lines.append(line) }
+            return lines
+        } catch {
+            throw mapError(error)
+        }
+    }
+
+    public func stats() async throws(StoreError) -> StoreStats {
+        _ = try ensureReady()
+        do {
+            var lanes = [StoreStats.LaneStats]()
+            let rows = try await client.query("""
+                SELECT "scopeId", "lane", "count", "firstCanonicalTruthTime", "lastCanonicalTruthTime", "firstSourceTruthTime", "lastSourceTruthTime"
+                FROM "laneStats" ORDER BY "scopeId"
+                """, logger: logger)
+            for try await row in rows {
+                let c = Array(row)
+                guard let lane = Lane(rawValue: try c[1].string()) else { continue }
+                lanes.append(StoreStats.LaneStats(
+                    scopeId: try c[0].string(), lane: lane, count: try c[2].int64(),
+                    firstCanonicalTruthTime: try c[3].timestamp(), lastCanonicalTruthTime: try c[4].timestamp(),
+                    firstSourceTruthTime: try c[5].timestamp(), lastSourceTruthTime: try c[6].timestamp()))
+            }
+            lanes.sort { a, b in a.scopeId == b.scopeId ? a.lane < b.lane : a.scopeId.utf8.lexicographicallyPrecedes(b.scopeId.utf8) }
+            let size = try await client.query("SELECT pg_database_size(current_database())", logger: logger).collect().first?.decode(Int64.self) ?? 0
+            return StoreStats(lanes: lanes, storeBytes: size)
+        } catch {
+            throw mapError(error)
+        }
+    }
+
+    /// The schema's state, for `nova schema check`.
+    public func schemaReport() async throws(StoreError) -> String {
+        _ = try ensureReady()
+        do {
+            var meta = [String: String]()
+            for try await (key, value) in try await client.query(#"SELECT "key", "value" FROM "novaStore""#, logger: logger).decode((String, String).self) {
+                meta[key] = value
+            }
+            let partitions = PartitionCatalog.parents.reduce(0) { $0 + self.partitions.partitions(of: $1).count }
+            let mode = meta["mode"] == "timescaledb"
+                ? "timescaledb (hypertables, compression after \(location.hypertable.compressionAfter), retention after \(location.hypertable.retentionAfter))"
+                : "partitioned (native daily range partitions, \(partitions) partitions; retention after \(location.hypertable.retentionAfter); the timescaledb extension is not in use)"
+            return """
+                store: \(location)
+                mode: \(mode)
+                schema: v\(meta["schemaVersion"] ?? "?"), current
+                storeId: \(meta["storeId"] ?? "?")
+                createdAt: \(meta["createdAt"] ?? "?")
+                """
+        } catch {
+            throw mapError(error)
+        }
+    }
+}

@@ -1,0 +1,206 @@
+import Logging
+import NovaCore
+import PostgresNIO
+import ServiceLifecycle
+import Synchronization
+
+/// The server's SQLSTATE of a failure, looking inside transaction wrappers.
+func sqlState(_ error: any Error) -> String? {
+    if let tx = error as? PostgresTransactionError, let inner = tx.closureError ?? tx.beginError ?? tx.commitError {
+        return sqlState(inner)
+    }
+    return (error as? PSQLError)?.serverInfo?[.sqlState]
+}
+
+/// The hub store on PostgreSQL (with or without TimescaleDB), through postgres-nio's pool.
+///
+/// The store is a `Service`: `run()` runs the connection pool, brings the schema up to date
+/// (retrying with back-off while the server is unreachable or refuses the credentials, so `nova
+/// serve` starts and answers `/readyz` with the reason), then keeps partitions maintained. Until it
+/// is ready, every operation fails with `.unavailable` (HTTP 503).
+///
+/// ```swift
+/// let store = PostgresStore(location: PostgresLocation(configuration: config.database.timescaledb))
+/// async let running: Void = store.run()
+/// try await store.waitUntilReady()
+/// ```
+public final class PostgresStore: EventStore, Service, Sendable {
+    public let location: PostgresLocation
+    let client: PostgresClient
+    let logger: Logger
+    let partitions: PartitionCatalog
+    private let state: Mutex<State>
+
+    enum State {
+        case starting(lastError: String?)
+        case ready(storeId: String, mode: PostgresSchema.Mode)
+        case failed(StoreError)
+        case closed
+    }
+
+    /// Whether `run()` creates the schema in a database that has none (tools that only read say no).
+    let createIfMissing: Bool
+
+    public init(location: PostgresLocation, createIfMissing: Bool = true, logger: Logger = Logger(label: "nova.postgres")) {
+        self.location = location
+        self.createIfMissing = createIfMissing
+        self.logger = logger
+        var configuration = PostgresClient.Configuration(
+            host: location.host, port: location.port, username: location.user, password: location.password,
+            database: location.database, tls: .disable)
+        configuration.options.minimumConnections = location.pool.minSize
+        configuration.options.maximumConnections = location.pool.maxSize
+        configuration.options.connectTimeout = .seconds(location.pool.connectionTimeout)
+        configuration.options.additionalStartupParameters = [
+            ("statement_timeout", "\(location.pool.commandTimeout)s"), ("application_name", "nova"), ("TimeZone", "UTC"),
+        ]
+        client = PostgresClient(configuration: configuration, backgroundLogger: logger)
+        partitions = PartitionCatalog()
+        state = Mutex(.starting(lastError: nil))
+    }
+
+    public var description: String {
+        switch state.withLock({ $0 }) {
+        case .ready(let storeId, let mode): "PostgreSQL store \(location) (schema v\(PostgresSchema.version), mode \(mode.rawValue), storeId \(storeId))"
+        default: "PostgreSQL store \(location)"
+        }
+    }
+
+    /// The mode the store was created in, once ready.
+    public var mode: String? {
+        if case .ready(_, let mode) = state.withLock({ $0 }) { return mode.rawValue }
+        return nil
+    }
+
+    public var storeId: String? {
+        if case .ready(let storeId, _) = state.withLock({ $0 }) { return storeId }
+        return nil
+    }
+
+    /// Runs the pool, prepares the schema (retrying while the server is unavailable), then maintains
+    /// partitions until cancelled or shut down gracefully. Throws only for a store it must refuse
+    /// (a newer schema, a foreign database).
+    public func run() async throws {
+        try await withThrowingDiscardingTaskGroup { group in
+            group.addTask { await self.client.run() }
+            try await cancelWhenGracefulShutdown {
+                try await self.prepareWithRetry()
+                if case .ready(_, .partitioned) = self.state.withLock({ $0 }) {
+                    try await PartitionMaintenance(store: self).run()
+                } else {
+                    try? await Task.sleep(for: .seconds(365 * 86_400 * 100))
+                }
+            }
+            group.cancelAll()
+        }
+        state.withLock { $0 = .closed }
+    }
+
+    private func prepareWithRetry() async throws {
+        var delay = Duration.milliseconds(250)
+        while !Task.isCancelled {
+            do {
+                let (storeId, mode) = try await PostgresSchema.prepare(client, location: location, create: createIfMissing, logger: logger)
+                if mode == .partitioned { try await partitions.load(client, logger: logger) }
+                state.withLock { $0 = .ready(storeId: storeId, mode: mode) }
+                logger.info("store ready", metadata: ["store": "\(location)", "mode": "\(mode.rawValue)", "storeId": "\(storeId)"])
+                return
+            } catch {
+                let storeError = mapError(error)
+                if storeError.kind == .unusable {
+                    state.withLock { $0 = .failed(storeError) }
+                    logger.error("store refused", metadata: ["error": "\(storeError.message)"])
+                    throw storeError
+                }
+                state.withLock { $0 = .starting(lastError: storeError.message) }
+                logger.error("store not reachable, retrying", metadata: ["error": "\(storeError.message)", "retryIn": "\(delay)"])
+                try await Task.sleep(for: delay)
+                delay = min(delay * 2, .seconds(30))
+            }
+        }
+    }
+
+    /// Waits until the schema is ready, or throws the reason it cannot be.
+    public func waitUntilReady(timeout: Duration = .seconds(60)) async throws(StoreError) {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            switch state.withLock({ $0 }) {
+            case .ready: return
+            case .failed(let error): throw error
+            case .closed: throw StoreError(.unavailable, "\(location): the store is closed")
+            case .starting(let lastError):
+                guard ContinuousClock.now < deadline else {
+                    throw StoreError(.unavailable, lastError ?? "\(location): not ready after \(timeout)")
+                }
+            }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
+    /// Throws `.unavailable` (or the refusal) unless the store is ready.
+    func ensureReady() throws(StoreError) -> PostgresSchema.Mode {
+        switch state.withLock({ $0 }) {
+        case .ready(_, let mode): return mode
+        case .failed(let error): throw error
+        case .closed: throw StoreError(.unavailable, "\(location): the store is closed")
+        case .starting(let lastError): throw StoreError(.unavailable, lastError ?? "\(location): connecting")
+        }
+    }
+
+    public func checkReady() async throws(StoreError) {
+        _ = try ensureReady()
+        do {
+            let rows = try await client.query(#"SELECT "value" FROM "novaStore" WHERE "key" = 'schemaVersion'"#, logger: logger).collect()
+            guard let version = try rows.first?.decode(String.self), Int(version) == PostgresSchema.version else {
+                throw StoreError(.unusable, "\(location): schema is not current")
+            }
+        } catch {
+            throw mapError(error)
+        }
+    }
+
+    public func close() async {
+        state.withLock { $0 = .closed }
+    }
+
+    /// Maps a driver or server failure to what callers act on; the message names the server and
+    /// the rule, never query arguments.
+    func mapError(_ error: any Error) -> StoreError {
+        if let error = error as? StoreError { return error }
+        if let tx = error as? PostgresTransactionError, let inner = tx.closureError ?? tx.beginError ?? tx.commitError {
+            return mapError(inner)
+        }
+        guard let psql = error as? PSQLError else {
+            if error is CancellationError { return StoreError(.unavailable, "\(location): cancelled") }
+            // The pool's own errors (its module is not public): it cannot get a connection now.
+            if String(reflecting: type(of: error)).contains("ConnectionPoolError") {
+                return StoreError(.unavailable, "\(location): cannot reach the server (new connections are failing; the pool keeps retrying)")
+            }
+            return StoreError(.internalError, "\(location): \(error)")
+        }
+        switch psql.code {
+        case .server:
+            let state = psql.serverInfo?[.sqlState] ?? ""
+            let message = psql.serverInfo?[.message] ?? "server error"
+            switch state {
+            case "28P01", "28000":
+                return StoreError(.unavailable, "\(location): the server refused the credentials of user \(location.user) (\(message)); check \(location.passwordEnv)")
+            case "3D000":
+                return StoreError(.unavailable, "\(location): \(message); create it, or fix database.timescaledb.database")
+            case "53100":
+                return StoreError(.full, "\(location): the server's disk is full (\(message))")
+            case "57014", "57P01", "57P02", "57P03", "53300", "40001", "40P01":
+                return StoreError(.unavailable, "\(location): \(message)")
+            default:
+                return StoreError(.internalError, "\(location): \(message) (SQLSTATE \(state))")
+            }
+        case .connectionError, .serverClosedConnection, .clientClosedConnection, .poolClosed, .uncleanShutdown:
+            let reason = psql.underlying.map { "\($0)" } ?? "\(psql.code)"
+            return StoreError(.unavailable, "\(location): cannot reach the server (\(reason))")
+        case .authMechanismRequiresPassword:
+            return StoreError(.unavailable, "\(location): the server asks for a password; set \(location.passwordEnv)")
+        default:
+            return StoreError(.internalError, "\(location): \(psql.code)")
+        }
+    }
+}
