@@ -122,7 +122,7 @@ let package = Package(
         .testTarget(
             name: "EndToEndTests",
             dependencies: [
-                "NovaCore", "NovaTestSupport",
+                "NovaCore", "NovaTestSupport", "NovaPostgres",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ],

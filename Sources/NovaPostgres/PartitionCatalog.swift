@@ -31,13 +31,17 @@ final class PartitionCatalog: Sendable {
         return day(of: t)
     }
 
-    func load(_ client: PostgresClient, logger: Logger) async throws {
-        let rows = try await client.query("""
-            SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-            JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = ANY(\(Self.parents)) AND p.relnamespace = c.relnamespace
-            """, logger: logger)
-        var names = Set<String>()
-        for try await name in rows.decode(String.self) { names.insert(name) }
+    func load(_ store: PostgresStore) async throws {
+        let logger = store.logger
+        let names = try await store.connection { conn in
+            let rows = try await conn.query("""
+                SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = ANY(\(Self.parents)) AND p.relnamespace = c.relnamespace
+                """, logger: logger)
+            var names = Set<String>()
+            for try await name in rows.decode(String.self) { names.insert(name) }
+            return names
+        }
         known.withLock { $0 = names }
     }
 
@@ -53,7 +57,8 @@ final class PartitionCatalog: Sendable {
     }
 
     /// Creates the partitions of `table` for `days` that do not exist yet.
-    func ensure(_ table: String, days: Set<Int64>, client: PostgresClient, logger: Logger) async throws {
+    func ensure(_ table: String, days: Set<Int64>, store: PostgresStore) async throws {
+        let logger = store.logger
         let missing = known.withLock { names in days.filter { !names.contains(Self.name(table, day: $0)) } }
         for day in missing.sorted() {
             let name = Self.name(table, day: day)
@@ -63,7 +68,7 @@ final class PartitionCatalog: Sendable {
                 FOR VALUES FROM ('\(from)') TO ('\(from)'::timestamptz + INTERVAL '1 day')
                 """
             do {
-                try await client.query(PostgresQuery(unsafeSQL: sql), logger: logger)
+                try await store.connection { conn in _ = try await conn.query(PostgresQuery(unsafeSQL: sql), logger: logger) }
             } catch where ["42P07", "23505"].contains(sqlState(error) ?? "") {
                 // Another process created it between our check and our statement.
             }

@@ -46,7 +46,7 @@ struct PartitionMaintenance {
         let today = PartitionCatalog.day(of: now)
         let coming = Set(today...(today + daysAhead))
         for table in PartitionCatalog.parents {
-            try await store.partitions.ensure(table, days: coming, client: client, logger: logger)
+            try await store.partitions.ensure(table, days: coming, store: store)
         }
         let cutoffRows = try await client.query(
             "SELECT (\(PostgresTimestamp(value: now))::timestamptz - \(store.location.hypertable.retentionAfter)::interval)", logger: logger

@@ -18,7 +18,7 @@ extension PostgresStore {
         } catch where sqlState(error) == "23514" && mode == .partitioned {
             // Retention dropped a partition between our check and the insert: recreate and retry.
             do {
-                try await partitions.load(client, logger: logger)
+                try await partitions.load(self)
                 return try await appendOnce(events, mode: mode)
             } catch {
                 throw mapError(error)
@@ -31,7 +31,8 @@ extension PostgresStore {
     private func appendOnce(_ events: [Event], mode: PostgresSchema.Mode) async throws -> AppendResult {
         if mode == .partitioned { try await ensurePartitions(for: events) }
         let lanes = Set(events.map(\.lane))
-        let rows: [(ord: Int, seq: Int64)] = try await client.withTransaction(logger: logger) { conn in
+        let logger = logger
+        let rows: [Accepted] = try await connection { conn in try await conn.withTransaction(logger: logger) { conn in
             try await conn.query(Self.createStaging, logger: logger)
             try await conn.copyFrom(table: "novaStaging", columns: Self.stagingColumns, logger: logger) { writer in
                 var buffer = ByteBuffer()
@@ -47,18 +48,23 @@ extension PostgresStore {
             }
             let base = try await conn.query(#"SELECT "value" FROM "novaCounter" WHERE "name" = 'ingestSeq' FOR UPDATE"#, logger: logger)
                 .collect().first?.decode(Int64.self) ?? 0
-            var accepted = [(ord: Int, seq: Int64)]()
+            var accepted = [Accepted]()
             let result = try await conn.query(PostgresQuery(unsafeSQL: Self.insertSQL(lanes: lanes), binds: try bindings(base)), logger: logger)
-            for try await (ord, seq) in result.decode((Int32, Int64).self) { accepted.append((Int(ord), seq)) }
+            for try await (ord, seq) in result.decode((Int32, Int64).self) { accepted.append(Accepted(ord: Int(ord), seq: seq)) }
             if !accepted.isEmpty {
                 try await conn.query(#"UPDATE "novaCounter" SET "value" = \#(base + Int64(accepted.count)) WHERE "name" = 'ingestSeq'"#, logger: logger)
                 try await Self.updateStats(conn, events: accepted.map { events[$0.ord] }, logger: logger)
             }
             return accepted
-        }
+        } }
         var seqs = [Int64?](repeating: nil, count: events.count)
         for row in rows { seqs[row.ord] = row.seq }
         return AppendResult(ingestSeqs: seqs)
+    }
+
+    struct Accepted: Sendable {
+        var ord: Int
+        var seq: Int64
     }
 
     private func ensurePartitions(for events: [Event]) async throws {
@@ -68,7 +74,7 @@ extension PostgresStore {
             byTable[LaneSQL(event.lane).table, default: []].insert(PartitionCatalog.day(of: event.canonicalTruthTime))
         }
         for (table, days) in byTable {
-            try await partitions.ensure(table, days: days, client: client, logger: logger)
+            try await partitions.ensure(table, days: days, store: self)
         }
     }
 

@@ -9,13 +9,16 @@ extension PostgresStore {
         _ = try ensureReady()
         if read.limit <= 0 || read.from >= read.to { return [] }
         do {
-            let rows = try await client.query(try Self.query(read), logger: logger)
-            var events = [Event]()
-            events.reserveCapacity(min(read.limit, 1024))
-            for try await row in rows {
-                events.append(try Self.decode(row, lane: read.lane))
+            let logger = logger
+            return try await connection { conn in
+                let rows = try await conn.query(try Self.query(read), logger: logger)
+                var events = [Event]()
+                events.reserveCapacity(min(read.limit, 1024))
+                for try await row in rows {
+                    events.append(try Self.decode(row, lane: read.lane))
+                }
+                return events
             }
-            return events
         } catch {
             throw mapError(error)
         }
@@ -72,10 +75,13 @@ extension PostgresStore {
     public func explain(_ read: LaneRead) async throws(StoreError) -> [String] {
         _ = try ensureReady()
         do {
-            let rows = try await client.query(try Self.query(read, prefix: "EXPLAIN "), logger: logger)
-            var lines = [String]()
-            for try await line in rows.decode(String.self) { lines.append(line) }
-            return lines
+            let logger = logger
+            return try await connection { conn in
+                let rows = try await conn.query(try Self.query(read, prefix: "EXPLAIN "), logger: logger)
+                var lines = [String]()
+                for try await line in rows.decode(String.self) { lines.append(line) }
+                return lines
+            }
         } catch {
             throw mapError(error)
         }
@@ -84,8 +90,10 @@ extension PostgresStore {
     public func stats() async throws(StoreError) -> StoreStats {
         _ = try ensureReady()
         do {
+            let logger = logger
+            return try await connection { conn in
             var lanes = [StoreStats.LaneStats]()
-            let rows = try await client.query("""
+            let rows = try await conn.query("""
                 SELECT "scopeId", "lane", "count", "firstCanonicalTruthTime", "lastCanonicalTruthTime", "firstSourceTruthTime", "lastSourceTruthTime"
                 FROM "laneStats" ORDER BY "scopeId"
                 """, logger: logger)
@@ -98,8 +106,9 @@ extension PostgresStore {
                     firstSourceTruthTime: try c[5].timestamp(), lastSourceTruthTime: try c[6].timestamp()))
             }
             lanes.sort { a, b in a.scopeId == b.scopeId ? a.lane < b.lane : a.scopeId.utf8.lexicographicallyPrecedes(b.scopeId.utf8) }
-            let size = try await client.query("SELECT pg_database_size(current_database())", logger: logger).collect().first?.decode(Int64.self) ?? 0
+            let size = try await conn.query("SELECT pg_database_size(current_database())", logger: logger).collect().first?.decode(Int64.self) ?? 0
             return StoreStats(lanes: lanes, storeBytes: size)
+            }
         } catch {
             throw mapError(error)
         }
@@ -109,9 +118,13 @@ extension PostgresStore {
     public func schemaReport() async throws(StoreError) -> String {
         _ = try ensureReady()
         do {
-            var meta = [String: String]()
-            for try await (key, value) in try await client.query(#"SELECT "key", "value" FROM "novaStore""#, logger: logger).decode((String, String).self) {
-                meta[key] = value
+            let logger = logger
+            let meta = try await connection { conn in
+                var meta = [String: String]()
+                for try await (key, value) in try await conn.query(#"SELECT "key", "value" FROM "novaStore""#, logger: logger).decode((String, String).self) {
+                    meta[key] = value
+                }
+                return meta
             }
             let partitions = PartitionCatalog.parents.reduce(0) { $0 + self.partitions.partitions(of: $1).count }
             let mode = meta["mode"] == "timescaledb"

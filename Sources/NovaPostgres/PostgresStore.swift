@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import NovaCore
 import PostgresNIO
@@ -40,10 +41,13 @@ public final class PostgresStore: EventStore, Service, Sendable {
 
     /// Whether `run()` creates the schema in a database that has none (tools that only read say no).
     let createIfMissing: Bool
+    /// Whether `run()` maintains partitions (the server does; one-shot tools must not drop data).
+    let maintainsPartitions: Bool
 
-    public init(location: PostgresLocation, createIfMissing: Bool = true, logger: Logger = Logger(label: "nova.postgres")) {
+    public init(location: PostgresLocation, createIfMissing: Bool = true, maintainsPartitions: Bool = true, logger: Logger = Logger(label: "nova.postgres")) {
         self.location = location
         self.createIfMissing = createIfMissing
+        self.maintainsPartitions = maintainsPartitions
         self.logger = logger
         var configuration = PostgresClient.Configuration(
             host: location.host, port: location.port, username: location.user, password: location.password,
@@ -85,7 +89,7 @@ public final class PostgresStore: EventStore, Service, Sendable {
             group.addTask { await self.client.run() }
             try await cancelWhenGracefulShutdown {
                 try await self.prepareWithRetry()
-                if case .ready(_, .partitioned) = self.state.withLock({ $0 }) {
+                if self.maintainsPartitions, case .ready(_, .partitioned) = self.state.withLock({ $0 }) {
                     try await PartitionMaintenance(store: self).run()
                 } else {
                     try? await Task.sleep(for: .seconds(365 * 86_400 * 100))
@@ -96,12 +100,24 @@ public final class PostgresStore: EventStore, Service, Sendable {
         state.withLock { $0 = .closed }
     }
 
+    /// One direct connection attempt, outside the pool, which would otherwise retry silently: it
+    /// fails fast with the server's real answer (refused, wrong credentials, no such database).
+    private func probe() async throws {
+        var configuration = PostgresConnection.Configuration(
+            host: location.host, port: location.port, username: location.user, password: location.password,
+            database: location.database, tls: .disable)
+        configuration.options.connectTimeout = .seconds(Int64(location.pool.connectionTimeout))
+        let connection = try await PostgresConnection.connect(configuration: configuration, id: 0, logger: logger)
+        try await connection.close()
+    }
+
     private func prepareWithRetry() async throws {
         var delay = Duration.milliseconds(250)
         while !Task.isCancelled {
             do {
+                try await probe()
                 let (storeId, mode) = try await PostgresSchema.prepare(client, location: location, create: createIfMissing, logger: logger)
-                if mode == .partitioned { try await partitions.load(client, logger: logger) }
+                if mode == .partitioned { try await partitions.load(self) }
                 state.withLock { $0 = .ready(storeId: storeId, mode: mode) }
                 logger.info("store ready", metadata: ["store": "\(location)", "mode": "\(mode.rawValue)", "storeId": "\(storeId)"])
                 return
@@ -117,6 +133,34 @@ public final class PostgresStore: EventStore, Service, Sendable {
                 try await Task.sleep(for: delay)
                 delay = min(delay * 2, .seconds(30))
             }
+        }
+    }
+
+    /// Runs `body` on a pooled connection, but gives up with `.unavailable` when none can be had
+    /// within `connectionTimeout`: while the server is down the pool keeps trying to connect, and a
+    /// request must fail (503) rather than wait for it.
+    func connection<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
+        let acquired = Flag()
+        let timeout = Duration.seconds(location.pool.connectionTimeout)
+        return try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask {
+                try await self.client.withConnection { conn in
+                    acquired.set()
+                    return try await body(conn)
+                }
+            }
+            group.addTask {
+                try await Task.sleep(for: timeout)
+                if acquired.isSet { return nil }
+                throw StoreError(.unavailable, "\(self.location): no connection to the server within \(timeout) (it is down or overloaded)")
+            }
+            while let result = try await group.next() {
+                if let value = result {
+                    group.cancelAll()
+                    return value
+                }
+            }
+            throw CancellationError()
         }
     }
 
@@ -150,8 +194,11 @@ public final class PostgresStore: EventStore, Service, Sendable {
     public func checkReady() async throws(StoreError) {
         _ = try ensureReady()
         do {
-            let rows = try await client.query(#"SELECT "value" FROM "novaStore" WHERE "key" = 'schemaVersion'"#, logger: logger).collect()
-            guard let version = try rows.first?.decode(String.self), Int(version) == PostgresSchema.version else {
+            let logger = logger
+            let version = try await connection { conn in
+                try await conn.query(#"SELECT "value" FROM "novaStore" WHERE "key" = 'schemaVersion'"#, logger: logger).collect().first?.decode(String.self)
+            }
+            guard let version, Int(version) == PostgresSchema.version else {
                 throw StoreError(.unusable, "\(location): schema is not current")
             }
         } catch {
@@ -161,6 +208,17 @@ public final class PostgresStore: EventStore, Service, Sendable {
 
     public func close() async {
         state.withLock { $0 = .closed }
+    }
+
+    /// The gist of a connection failure ("Connection refused"), without NIO's nested wrappers.
+    static func reason(_ error: (any Error)?) -> String? {
+        guard let error else { return nil }
+        let text = "\(error)"
+        for known in ["Connection refused", "connection reset", "No route to host", "timed out", "Network is unreachable", "Name or service not known"]
+        where text.localizedCaseInsensitiveContains(known) {
+            return known
+        }
+        return text.count > 200 ? String(text.prefix(200)) + "…" : text
     }
 
     /// Maps a driver or server failure to what callers act on; the message names the server and
@@ -195,12 +253,18 @@ public final class PostgresStore: EventStore, Service, Sendable {
                 return StoreError(.internalError, "\(location): \(message) (SQLSTATE \(state))")
             }
         case .connectionError, .serverClosedConnection, .clientClosedConnection, .poolClosed, .uncleanShutdown:
-            let reason = psql.underlying.map { "\($0)" } ?? "\(psql.code)"
-            return StoreError(.unavailable, "\(location): cannot reach the server (\(reason))")
+            return StoreError(.unavailable, "\(location): cannot reach the server (\(Self.reason(psql.underlying) ?? "\(psql.code)"))")
         case .authMechanismRequiresPassword:
             return StoreError(.unavailable, "\(location): the server asks for a password; set \(location.passwordEnv)")
         default:
             return StoreError(.internalError, "\(location): \(psql.code)")
         }
     }
+}
+
+/// A one-way flag shared between tasks.
+final class Flag: Sendable {
+    private let value = Mutex(false)
+    func set() { value.withLock { $0 = true } }
+    var isSet: Bool { value.withLock { $0 } }
 }

@@ -71,7 +71,8 @@ struct ErrorLoggingMiddleware: RouterMiddleware {
         do {
             return try await next(request, context)
         } catch let error as APIError {
-            if error.status.code >= 500 {
+            // A not-ready answer is the probe working, not a failure to report on every poll.
+            if error.status.code >= 500, request.uri.path != "/readyz" {
                 logger.error("request failed", metadata: ["path": "\(request.uri.path)", "status": "\(error.status.code)", "error": "\(error.message)"])
             }
             throw error

@@ -20,7 +20,7 @@ public final class NovaProcess: @unchecked Sendable {
         return Fixtures.repositoryRoot.appendingPathComponent(".build/debug/nova").path
     }
 
-    public init(_ arguments: [String], directory: TemporaryDirectory, name: String = "nova") throws {
+    public init(_ arguments: [String], directory: TemporaryDirectory, name: String = "nova", environment: [String: String] = [:]) throws {
         stdoutPath = directory.file("\(name)-\(UUID().uuidString.prefix(6)).out")
         stderrPath = directory.file("\(name)-\(UUID().uuidString.prefix(6)).err")
         FileManager.default.createFile(atPath: stdoutPath, contents: nil)
@@ -31,6 +31,9 @@ public final class NovaProcess: @unchecked Sendable {
         process.standardOutput = FileHandle(forWritingAtPath: stdoutPath)
         process.standardError = FileHandle(forWritingAtPath: stderrPath)
         process.standardInput = FileHandle.nullDevice
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         try process.run()
     }
 
@@ -71,11 +74,39 @@ public final class NovaProcess: @unchecked Sendable {
     }
 
     /// Runs `nova` to completion: (status, stdout, stderr).
-    public static func run(_ arguments: [String], directory: TemporaryDirectory) async throws -> (status: Int32, stdout: String, stderr: String) {
-        let p = try NovaProcess(arguments, directory: directory)
+    public static func run(_ arguments: [String], directory: TemporaryDirectory, environment: [String: String] = [:]) async throws -> (status: Int32, stdout: String, stderr: String) {
+        let p = try NovaProcess(arguments, directory: directory, environment: environment)
         let status = try await p.wait(timeout: .seconds(300))
         return (status, p.stdout, p.stderr)
     }
+}
+
+/// Runs a helper program (a shell script) to completion and returns its exit status, polling
+/// `waitpid` without blocking a thread. Spawned and reaped here rather than through Foundation's
+/// `Process`, which was seen to leave such a child unreaped (a zombie) from inside the test
+/// process, hanging the test.
+@discardableResult
+public func runTool(_ executable: String, _ arguments: [String], stdout: String? = nil) async throws -> Int32 {
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+    posix_spawn_file_actions_addopen(&actions, 1, stdout ?? "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+    let argv = ([executable] + arguments).map { strdup($0) } + [nil]
+    defer { argv.forEach { free($0) } }
+    var pid: pid_t = 0
+    let spawned = posix_spawn(&pid, executable, &actions, nil, argv, environ)
+    guard spawned == 0 else { throw ProcessError("cannot run \(executable): error \(spawned)") }
+    var status: Int32 = 0
+    while true {
+        let r = waitpid(pid, &status, WNOHANG)
+        if r == pid { break }
+        if r < 0 { throw ProcessError("waitpid failed for \(executable)") }
+        try await Task.sleep(for: .milliseconds(20))
+    }
+    // WIFEXITED / WEXITSTATUS
+    return (status & 0x7F) == 0 ? (status >> 8) & 0xFF : 128 + (status & 0x7F)
 }
 
 public struct ProcessError: Error, CustomStringConvertible {

@@ -20,16 +20,42 @@ public enum TestPostgres {
         return (locator, password)
     }
 
-    /// Stops (kills) or starts the test server, for fault tests.
-    public static func control(_ action: String) throws {
-        guard let ctl = ProcessInfo.processInfo.environment["NOVA_TEST_POSTGRES_CTL"] else { throw NotConfigured() }
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: ctl)
-        p.arguments = [action]
-        p.standardOutput = FileHandle.nullDevice
-        try p.run()
-        p.waitUntilExit()
-        guard p.terminationStatus == 0 else { throw ProcessError("\(ctl) \(action) failed (\(p.terminationStatus))") }
+    /// A private cluster, for tests that stop and start their server; `destroy()` removes it.
+    public struct PrivateCluster: Sendable {
+        public var locator: String
+        public var password: String
+        public var ctl: String
+        public var port: Int { Int(locator.split(separator: ":").last!.split(separator: "/").first!)! }
+
+        public static func start() async throws -> PrivateCluster {
+            // Output to a file, not a pipe: the server it starts must not hold our pipe open.
+            let outPath = FileManager.default.temporaryDirectory.appendingPathComponent("nova-pgcluster-\(UUID().uuidString).out").path
+            FileManager.default.createFile(atPath: outPath, contents: nil)
+            defer { try? FileManager.default.removeItem(atPath: outPath) }
+            let status = try await runTool(Fixtures.repositoryRoot.appendingPathComponent("Scripts/postgres-test-cluster").path, ["--print"], stdout: outPath)
+            let lines = ((try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
+            guard status == 0, lines.count == 3 else { throw ProcessError("could not start a private PostgreSQL cluster") }
+            return PrivateCluster(locator: lines[0], password: lines[1], ctl: lines[2])
+        }
+
+        /// `stop` (kill), `start`, or `destroy` (kill and remove).
+        public func control(_ action: String) async throws {
+            let status = try await runTool(ctl, [action])
+            guard status == 0 else { throw ProcessError("\(ctl) \(action) failed (\(status))") }
+        }
+
+        /// Runs one statement on database `database` of this cluster.
+        public func execute(_ sql: String, database: String = "postgres") async throws {
+            var location = try PostgresLocation(locator: locator, environment: ["NOVA_DB_PASSWORD": password])
+            location.database = database
+            let client = PostgresClient(configuration: .init(
+                host: location.host, port: location.port, username: location.user, password: password, database: database, tls: .disable))
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { await client.run() }
+                try await client.query(PostgresQuery(unsafeSQL: sql))
+                group.cancelAll()
+            }
+        }
     }
 
     /// A new empty database on the test server; returns its location.

@@ -80,3 +80,35 @@ import Testing
         #expect(stats.totalEvents == 4 && stats.storeBytes > 0)
     }
 }
+
+@Suite struct ConcurrentAppendTests {
+    /// Concurrent writers with overlapping batches: every event stored once, `ingestSeq` 1…n
+    /// without gaps or repeats.
+    @Test(arguments: Backend.allCases)
+    func concurrentOverlappingAppends(backend: Backend) async throws {
+        let (store, cleanup) = try await backend.makeStore()
+        defer { Task { await cleanup() } }
+        var gen = RandomEvents(seed: 77)
+        let events = gen.events(2000)
+        let results = try await withThrowingTaskGroup(of: [Int64].self) { group in
+            for writer in 0..<6 {
+                group.addTask {
+                    var seqs = [Int64]()
+                    for start in stride(from: writer * 100, to: events.count, by: 600) {
+                        let batch = Array(events[start..<min(events.count, start + 700)])
+                        seqs += try await store.append(batch).ingestSeqs.compactMap { $0 }
+                    }
+                    return seqs
+                }
+            }
+            var all = [Int64]()
+            for try await seqs in group { all += seqs }
+            return all
+        }
+        let unique = Set(events.map(\.eventId)).count
+        #expect(results.sorted() == Array(1...Int64(unique)))
+        let stored = try await store.allPages(EventQuery(scopeId: "site-a", range: Timestamp.min..<Timestamp.endOfTime, limit: 500)).events
+        #expect(Set(stored.map(\.eventId)).count == stored.count)
+        #expect(stored.count == Set(events.filter { $0.scopeId == "site-a" }.map(\.eventId)).count)
+    }
+}

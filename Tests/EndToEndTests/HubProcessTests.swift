@@ -1,0 +1,108 @@
+import Foundation
+import NovaCore
+import NovaTestSupport
+import Testing
+
+/// `nova serve` on PostgreSQL as a real process, against a private PostgreSQL cluster that the
+/// tests stop and start: start-up faults, a server killed mid-run, a refused schema.
+@Suite(.serialized, .timeLimit(.minutes(3))) struct HubProcessTests {
+    func hubConfig(_ dir: TemporaryDirectory, cluster: TestPostgres.PrivateCluster) throws -> String {
+        let path = dir.file("hub.json")
+        try Data(#"""
+            {"database": {"type": "timescaledb", "timescaledb": {"host": "127.0.0.1", "port": \#(cluster.port), "database": "postgres", "user": "nova",
+              "pool": {"connectionTimeout": 2}}}, "server": {"port": 0}}
+            """#.utf8).write(to: URL(fileURLWithPath: path))
+        return path
+    }
+
+    func waitFor(_ what: String, timeout: Duration = .seconds(90), _ condition: () async -> Bool) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if await condition() { return }
+            try await Task.sleep(for: .milliseconds(250))
+        }
+        throw ProcessError("timed out waiting for \(what)")
+    }
+
+    static func events(_ n: Int, offset: Int) -> String {
+        RecorderProcessTests.batch(n, offset: offset).lines
+    }
+
+    @Test func unreachableAtStartThenRecovers() async throws {
+        let dir = try TemporaryDirectory("nova-hub")
+        defer { dir.remove() }
+        let cluster = try await TestPostgres.PrivateCluster.start()
+        defer { Task { try? await cluster.control("destroy") } }
+        try await cluster.control("stop")
+        let hub = try NovaProcess(["serve", "--config", try hubConfig(dir, cluster: cluster)], directory: dir, environment: ["NOVA_DB_PASSWORD": cluster.password])
+        defer { hub.kill() }
+        let base = try await hub.waitUntilListening()
+        let ready = try await HTTP.get("\(base)/readyz")
+        #expect(ready.status == 503)
+        #expect(ready.body.contains("cannot reach the server"), "\(ready.body)")
+        let ingest = try await HTTP.post("\(base)/v1/events", ndjson: Self.events(10, offset: 0))
+        #expect(ingest.status == 503, "\(ingest.body)")
+        try await cluster.control("start")
+        try await waitFor("readiness") { (try? await HTTP.get("\(base)/readyz").status) == 200 }
+        #expect(try await HTTP.post("\(base)/v1/events", ndjson: Self.events(10, offset: 0)).status == 200)
+        #expect(hub.stderr.contains("store not reachable, retrying"), "the log says why and that it retries")
+    }
+
+    @Test func wrongPasswordIsReportedAndRetried() async throws {
+        let dir = try TemporaryDirectory("nova-hub")
+        defer { dir.remove() }
+        let cluster = try await TestPostgres.PrivateCluster.start()
+        defer { Task { try? await cluster.control("destroy") } }
+        let hub = try NovaProcess(["serve", "--config", try hubConfig(dir, cluster: cluster)], directory: dir, environment: ["NOVA_DB_PASSWORD": "wrong"])
+        defer { hub.kill() }
+        let base = try await hub.waitUntilListening()
+        try await waitFor("the refusal") { (try? await HTTP.get("\(base)/readyz").body.contains("refused the credentials")) == true }
+        let ready = try await HTTP.get("\(base)/readyz")
+        #expect(ready.status == 503)
+        #expect(ready.body.contains("check NOVA_DB_PASSWORD"), "\(ready.body)")
+        try await Task.sleep(for: .seconds(1))
+        #expect(hub.process.isRunning, "nova serve keeps running and retrying")
+        #expect(!hub.stderr.contains("wrong"), "the password is never logged")
+    }
+
+    @Test func serverKilledMidRunGives503ThenRecovers() async throws {
+        let dir = try TemporaryDirectory("nova-hub")
+        defer { dir.remove() }
+        let cluster = try await TestPostgres.PrivateCluster.start()
+        defer { Task { try? await cluster.control("destroy") } }
+        let hub = try NovaProcess(["serve", "--config", try hubConfig(dir, cluster: cluster)], directory: dir, environment: ["NOVA_DB_PASSWORD": cluster.password])
+        defer { hub.kill() }
+        let base = try await hub.waitUntilListening()
+        try await waitFor("readiness") { (try? await HTTP.get("\(base)/readyz").status) == 200 }
+        #expect(try await HTTP.post("\(base)/v1/events", ndjson: Self.events(100, offset: 0)).status == 200)
+        try await cluster.control("stop")
+        let failed = try await HTTP.post("\(base)/v1/events", ndjson: Self.events(100, offset: 100))
+        #expect(failed.status == 503, "\(failed.body)")
+        #expect(try await HTTP.get("\(base)/v1/events?scope=kill&from=2026-01-01T00:00:00Z&to=2027-01-01T00:00:00Z").status == 503)
+        try await cluster.control("start")
+        try await waitFor("recovery") { (try? await HTTP.post("\(base)/v1/events", ndjson: Self.events(100, offset: 100)).status) == 200 }
+        let stored = try await HTTP.allEventIds(base, scope: "kill")
+        #expect(stored.count == 200 && Set(stored).count == 200)
+    }
+
+    @Test func schemaNewerThanTheBinaryIsRefused() async throws {
+        let dir = try TemporaryDirectory("nova-hub")
+        defer { dir.remove() }
+        let cluster = try await TestPostgres.PrivateCluster.start()
+        defer { Task { try? await cluster.control("destroy") } }
+        let env = ["NOVA_DB_PASSWORD": cluster.password]
+        let locator = cluster.locator
+        let create = try await NovaProcess.run(["schema", "create", locator], directory: dir, environment: env)
+        #expect(create.status == 0, "\(create.stderr)")
+        #expect(create.stdout.contains("mode: partitioned"), "\(create.stdout)")
+        let check = try await NovaProcess.run(["schema", "check", locator], directory: dir, environment: env)
+        #expect(check.status == 0 && check.stdout.contains("schema: v1, current"), "\(check.stdout)")
+        try await cluster.execute(#"UPDATE "novaStore" SET "value" = '2' WHERE "key" = 'schemaVersion'"#)
+        let hub = try NovaProcess(["serve", "--config", try hubConfig(dir, cluster: cluster)], directory: dir, environment: env)
+        let status = try await hub.wait(timeout: .seconds(60))
+        #expect(status != 0)
+        #expect(hub.stderr.contains("schema v2 is newer than this nova"), "\(hub.stderr)")
+        let refused = try await NovaProcess.run(["schema", "check", locator], directory: dir, environment: env)
+        #expect(refused.status != 0 && refused.stderr.contains("newer"), "\(refused.stderr)")
+    }
+}

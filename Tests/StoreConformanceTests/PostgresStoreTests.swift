@@ -1,0 +1,132 @@
+import Foundation
+import NovaCore
+@testable import NovaPostgres
+import NovaTestSupport
+import PostgresNIO
+import Testing
+
+/// What only the PostgreSQL backend has: plans over partitions, schema refusal, partition
+/// maintenance and retention.
+@Suite struct PostgresStoreTests {
+    static func frames(days: Int, perDay: Int, start: Timestamp, scope: String = "p") -> [Event] {
+        (0..<(days * perDay)).map { k in
+            let t = Timestamp(microseconds: start.microseconds + Int64(k / perDay) * 86_400_000_000 + Int64(k % perDay) * 1_000_000)
+            return Event(scopeId: scope, sourceTruthTime: t, canonicalTruthTime: t,
+                         fields: .raw(connectionId: "c\(k % 5)", sequence: Int64(k), bytes: [UInt8(k & 255)]))
+        }
+    }
+
+    /// With realistic statistics, an ordered range read is a (merge of) per-partition index scans
+    /// and never a Sort node, for both timebases, with and without a cursor and a filter.
+    @Test func orderedReadsUseIndexScansWithoutSort() async throws {
+        let (store, cleanup) = try await TestPostgres.makeStore()
+        defer { Task { await cleanup() } }
+        let start = Timestamp(microseconds: 1_780_000_000_000_000)
+        let frames = Self.frames(days: 3, perDay: 8000, start: start)
+        let views = frames.enumerated().filter { $0.offset % 2 == 0 }.map { k, e in
+            Event(scopeId: "p", sourceTruthTime: e.sourceTruthTime, canonicalTruthTime: e.canonicalTruthTime,
+                  fields: .ui(viewId: "c\(k % 5)", payload: CanonicalPayload([JSONMember("k", .number(JSONNumber(Int64(k))))])))
+        }
+        let events = frames + views
+        for batch in stride(from: 0, to: events.count, by: 5000) {
+            _ = try await store.append(Array(events[batch..<min(events.count, batch + 5000)]))
+        }
+        _ = try await store.client.query("ANALYZE")
+        let key = events[100].orderingKey(.canonical)
+        for lane in [Lane.raw, .ui] {
+            for timebase in Timebase.allCases {
+                for keyset in [false, true] {
+                    for filter in [nil, "c1"] as [String?] {
+                        let read = LaneRead(
+                            lane: lane, scopeId: "p", timebase: timebase, from: start,
+                            to: Timestamp(microseconds: start.microseconds + 3 * 86_400_000_000), filter: filter,
+                            after: keyset ? OrderingKey(time: key.time, lane: lane, connectionId: key.connectionId, sequence: key.sequence, eventId: key.eventId) : nil,
+                            limit: 1000)
+                        let plan = try await store.explain(read)
+                        let text = plan.joined(separator: "\n")
+                        // Plan nodes, not their properties (a Merge Append has a "Sort Key").
+                        let nodes = plan.map { $0.trimmingCharacters(in: .whitespaces) }.map { $0.hasPrefix("->") ? String($0.dropFirst(2)).trimmingCharacters(in: .whitespaces) : $0 }
+                        #expect(!nodes.contains { $0.hasPrefix("Sort  (") || $0.hasPrefix("Incremental Sort  (") }, "\(lane) \(timebase) keyset=\(keyset) filter=\(filter ?? "-"):\n\(text)")
+                        #expect(text.contains("Index Scan") || text.contains("Index Only Scan"), "\(text)")
+                        if timebase == .source {
+                            #expect(text.contains("Merge Append"), "a merge of per-partition index scans:\n\(text)")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    @Test func aSchemaNewerThanTheBinaryIsRefused() async throws {
+        let location = try await TestPostgres.createDatabase()
+        let first = PostgresStore(location: location, logger: quietLogger)
+        let running = Task { try await first.run() }
+        try await first.waitUntilReady()
+        _ = try await first.client.query(#"UPDATE "novaStore" SET "value" = '99' WHERE "key" = 'schemaVersion'"#)
+        running.cancel()
+        _ = await running.result
+        let second = PostgresStore(location: location, logger: quietLogger)
+        let refused = Task { try await second.run() }
+        do {
+            try await second.waitUntilReady(timeout: .seconds(30))
+            Issue.record("a newer schema was accepted")
+        } catch {
+            #expect(error.kind == .unusable)
+            #expect(error.message.contains("schema v99 is newer than this nova"), "\(error)")
+        }
+        // run() ends with the refusal instead of retrying.
+        guard case .failure(let ended) = await refused.result else {
+            Issue.record("run() did not fail")
+            return
+        }
+        #expect((ended as? StoreError)?.kind == .unusable)
+        await TestPostgres.dropDatabase(location.database)
+    }
+
+    @Test func anotherApplicationsTablesAreNotTouched() async throws {
+        let location = try await TestPostgres.createDatabase()
+        defer { Task { await TestPostgres.dropDatabase(location.database) } }
+        let probe = PostgresStore(location: location, createIfMissing: false, logger: quietLogger)
+        let running = Task { try await probe.run() }
+        do {
+            try await probe.waitUntilReady(timeout: .seconds(30))
+            Issue.record("opened a database without a NOVA store")
+        } catch {
+            #expect(error.message.contains("holds no NOVA store"), "\(error)")
+        }
+        running.cancel()
+    }
+
+    /// Create-ahead, then retention: old day partitions go, with their ids in `eventIndex` and their
+    /// counts in the stats; recent data stays; a resend of a dropped event is new again.
+    @Test func maintenanceCreatesAheadAndAppliesRetention() async throws {
+        var created = try await TestPostgres.createDatabase()
+        created.hypertable.retentionAfter = "10 days"
+        let location = created
+        let store = PostgresStore(location: location, maintainsPartitions: false, logger: quietLogger)
+        let running = Task { try await store.run() }
+        defer {
+            running.cancel()
+            Task { await TestPostgres.dropDatabase(location.database) }
+        }
+        try await store.waitUntilReady()
+        let now = Timestamp(microseconds: 1_790_000_000_000_000)
+        let old = Self.frames(days: 3, perDay: 10, start: Timestamp(microseconds: now.microseconds - 30 * 86_400_000_000), scope: "s")
+        let recent = Self.frames(days: 2, perDay: 10, start: Timestamp(microseconds: now.microseconds - 2 * 86_400_000_000), scope: "s")
+        _ = try await store.append(old + recent)
+        let dropped = try await PartitionMaintenance(store: store).runOnce(now: now)
+        #expect(dropped.filter { $0.hasPrefix("rawEvents_p") }.count == 3, "\(dropped)")
+        #expect(dropped.filter { $0.hasPrefix("eventIndex_p") }.count == 3, "\(dropped)")
+        let today = PartitionCatalog.day(of: now)
+        for ahead in 0...3 {
+            #expect(store.partitions.partitions(of: "rawEvents").contains { $0.day == today + Int64(ahead) })
+        }
+        let stats = try await store.stats()
+        #expect(stats.lanes.first?.count == Int64(recent.count))
+        #expect(stats.lanes.first?.firstCanonicalTruthTime == recent.first?.canonicalTruthTime)
+        let all = try await store.page(EventQuery(scopeId: "s", range: Timestamp.min..<Timestamp.endOfTime))
+        #expect(all.events == recent)
+        let resent = try await store.append([old[0], recent[0]])
+        #expect(resent.ingestSeqs.map { $0 != nil } == [true, false])
+    }
+}
