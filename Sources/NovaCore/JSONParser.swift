@@ -151,19 +151,28 @@ public struct JSONParser {
     private mutating func parseString() throws(JSONSyntaxError) -> String {
         i += 1
         let start = i
-        // Fast path: no escapes, so the bytes between the quotes are the string.
+        var ascii = true
+        // Fast path: no escapes, so the bytes between the quotes are the string; pure ASCII (the
+        // common case) needs no UTF-8 validation.
         while i < bytes.count {
             let c = bytes[i]
             if c == UInt8(ascii: "\"") {
                 let slice = UnsafeBufferPointer(rebasing: bytes[start..<i])
-                guard let s = String(validating: slice, as: UTF8.self) else {
-                    throw JSONSyntaxError(reason: "invalid UTF-8 in a string", offset: start)
+                let s: String
+                if ascii {
+                    s = String(decoding: slice, as: UTF8.self)
+                } else {
+                    guard let valid = String(validating: slice, as: UTF8.self) else {
+                        throw JSONSyntaxError(reason: "invalid UTF-8 in a string", offset: start)
+                    }
+                    s = valid
                 }
                 i += 1
                 return s
             }
             if c == UInt8(ascii: "\\") { break }
             if c < 0x20 { throw error("unescaped control character in a string") }
+            if c >= 0x80 { ascii = false }
             i += 1
         }
         var out = [UInt8](UnsafeBufferPointer(rebasing: bytes[start..<i]))

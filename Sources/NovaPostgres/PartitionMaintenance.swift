@@ -34,7 +34,13 @@ struct PartitionMaintenance {
                 "firstCanonicalTruthTime" = COALESCE((SELECT min("canonicalTruthTime") FROM "\(table)" WHERE "scopeId" = $1), "firstCanonicalTruthTime"),
                 "firstSourceTruthTime" = COALESCE((SELECT min("sourceTruthTime") FROM "\(table)" WHERE "scopeId" = $1), "firstSourceTruthTime")
             WHERE "scopeId" = $1 AND "lane" = $2
-            """, binds: try bindings(scope, lane.rawValue, removed)), logger: logger)
+            """, binds: {
+                var b = PostgresBindings()
+                b.append(scope)
+                b.append(lane.rawValue)
+                b.append(removed)
+                return b
+            }()), logger: logger)
         try await conn.query(#"DELETE FROM "laneStats" WHERE "count" <= 0"#, logger: logger)
     }
 

@@ -4,12 +4,15 @@ import NovaCore
 import PostgresNIO
 
 extension PostgresStore {
-    /// Appends a batch in one transaction: `COPY` into a session staging table, then one set-based
-    /// statement that dedupes through `eventIndex`, numbers the accepted events (`ingestSeq`, in
-    /// batch order, gap-free) and inserts them into their lane tables; never a round trip per event.
+    /// Appends a batch with one statement, atomic on its own: the events travel as binary arrays
+    /// (one per column, per lane), and the statement dedupes them through `eventIndex`, numbers the
+    /// accepted ones (`ingestSeq`, in batch order, gap-free), inserts them into their lane tables,
+    /// advances the counter and folds them into `laneStats`. One round trip per batch, never one per
+    /// event, and no staging table.
     ///
-    /// `ingestSeq` is gap-free in commit order because each transaction takes the counter's row lock
-    /// before it inserts and holds it until it commits; the staging COPY runs before, concurrently.
+    /// `ingestSeq` is gap-free in commit order because the statement takes the counter's row lock
+    /// (`FOR UPDATE`) and holds it until it commits; copies of one event inside a batch are folded
+    /// here first, so the statement sees each id once.
     public func append(_ events: [Event]) async throws(StoreError) -> AppendResult {
         if events.isEmpty { return AppendResult(ingestSeqs: []) }
         let mode = try ensureReady()
@@ -30,41 +33,26 @@ extension PostgresStore {
 
     private func appendOnce(_ events: [Event], mode: PostgresSchema.Mode) async throws -> AppendResult {
         if mode == .partitioned { try await ensurePartitions(for: events) }
-        let lanes = Set(events.map(\.lane))
+        var seen = Set<EventID>()
+        var columns = [Lane: LaneColumns]()
+        for (ord, event) in events.enumerated() where seen.insert(event.eventId).inserted {
+            columns[event.lane, default: LaneColumns()].add(event, ord: Int32(ord))
+        }
+        let lanes = columns.keys.sorted()
+        var binds = PostgresBindings()
+        for lane in lanes { columns[lane]!.bind(into: &binds) }
+        let query = PostgresQuery(unsafeSQL: Self.insertSQL(lanes: lanes), binds: binds)
         let logger = logger
-        let rows: [Accepted] = try await connection { conn in try await conn.withTransaction(logger: logger) { conn in
-            try await conn.query(Self.createStaging, logger: logger)
-            try await conn.copyFrom(table: "novaStaging", columns: Self.stagingColumns, logger: logger) { writer in
-                var buffer = ByteBuffer()
-                buffer.reserveCapacity(1 << 20)
-                for (ord, event) in events.enumerated() {
-                    Self.writeCopyRow(ord: ord, event: event, into: &buffer)
-                    if buffer.readableBytes > 1 << 20 {
-                        try await writer.write(buffer)
-                        buffer.clear()
-                    }
-                }
-                if buffer.readableBytes > 0 { try await writer.write(buffer) }
+        let accepted = try await connection { conn in
+            var rows = [(Int, Int64)]()
+            for try await (ord, seq) in try await conn.query(query, logger: logger).decode((Int32, Int64).self) {
+                rows.append((Int(ord), seq))
             }
-            let base = try await conn.query(#"SELECT "value" FROM "novaCounter" WHERE "name" = 'ingestSeq' FOR UPDATE"#, logger: logger)
-                .collect().first?.decode(Int64.self) ?? 0
-            var accepted = [Accepted]()
-            let result = try await conn.query(PostgresQuery(unsafeSQL: Self.insertSQL(lanes: lanes), binds: try bindings(base)), logger: logger)
-            for try await (ord, seq) in result.decode((Int32, Int64).self) { accepted.append(Accepted(ord: Int(ord), seq: seq)) }
-            if !accepted.isEmpty {
-                try await conn.query(#"UPDATE "novaCounter" SET "value" = \#(base + Int64(accepted.count)) WHERE "name" = 'ingestSeq'"#, logger: logger)
-                try await Self.updateStats(conn, events: accepted.map { events[$0.ord] }, logger: logger)
-            }
-            return accepted
-        } }
+            return rows
+        }
         var seqs = [Int64?](repeating: nil, count: events.count)
-        for row in rows { seqs[row.ord] = row.seq }
+        for (ord, seq) in accepted { seqs[ord] = seq }
         return AppendResult(ingestSeqs: seqs)
-    }
-
-    struct Accepted: Sendable {
-        var ord: Int
-        var seq: Int64
     }
 
     private func ensurePartitions(for events: [Event]) async throws {
@@ -78,138 +66,113 @@ extension PostgresStore {
         }
     }
 
-    static let stagingColumns = [
-        "ord", "lane", "scopeId", "sourceTruthTime", "canonicalTruthTime", "eventId", "connectionId", "sequence", "bytes", "s1", "s2", "s3", "payload",
-    ]
-
-    /// One staging table per session for every lane; lane fields without a column of their own go
-    /// to s1…s3 in the lane's field order.
-    static let createStaging: PostgresQuery = """
-        CREATE TEMP TABLE IF NOT EXISTS "novaStaging" (
-            "ord" INT NOT NULL, "lane" SMALLINT NOT NULL, "scopeId" TEXT NOT NULL, "sourceTruthTime" TIMESTAMPTZ NOT NULL,
-            "canonicalTruthTime" TIMESTAMPTZ NOT NULL, "eventId" BYTEA NOT NULL, "connectionId" TEXT, "sequence" BIGINT,
-            "bytes" BYTEA, "s1" TEXT, "s2" TEXT, "s3" TEXT, "payload" TEXT) ON COMMIT DELETE ROWS
-        """
-
-    /// The dedupe-number-insert statement for a batch holding `lanes`; $1 is the counter's value.
-    static func insertSQL(lanes: Set<Lane>) -> String {
-        var sql = """
-            WITH cand AS (
-                SELECT DISTINCT ON ("eventId") "ord", "lane", "sourceTruthTime", "eventId" FROM "novaStaging" ORDER BY "eventId", "ord"
-            ), ins AS (
-                INSERT INTO "eventIndex" ("sourceTruthTime", "eventId", "lane")
-                SELECT "sourceTruthTime", "eventId", "lane" FROM cand ON CONFLICT DO NOTHING RETURNING "eventId"
-            ), acc AS (
-                SELECT c."ord", c."lane", $1::int8 + row_number() OVER (ORDER BY c."ord") AS "seq"
-                FROM cand c JOIN ins ON ins."eventId" = c."eventId"
-            )
-            """
-        for lane in lanes.sorted() {
+    /// The statement for a batch holding `lanes` (in rank order), whose arrays are bound lane by
+    /// lane in the order of ``LaneColumns/bind(into:)``.
+    static func insertSQL(lanes: [Lane]) -> String {
+        var inputs = [String]()
+        var candidates = [String]()
+        var inserts = [String]()
+        var n = 0
+        func next(_ type: String) -> String {
+            n += 1
+            return "$\(n)::\(type)[]"
+        }
+        for lane in lanes {
             let t = LaneSQL(lane)
-            let staged = lane == .raw ? ["connectionId", "sequence", "bytes"] : Array(["s1", "s2", "s3"].prefix(lane.fieldNames.count - 1)) + ["payload"]
+            let ownTypes = lane.fieldNames.map { name in name == "sequence" ? "int8" : name == "bytes" ? "bytea" : "text" }
+            let arrays = ["int4", "text", "timestamptz", "timestamptz", "bytea"].map(next) + ownTypes.map(next)
+            let names = (["ord"] + t.columns).map { "\"\($0)\"" }.joined(separator: ", ")
+            inputs.append("in\(lane.rank) AS (SELECT * FROM unnest(\(arrays.joined(separator: ", "))) AS t(\(names)))")
+            candidates.append(#"SELECT "ord", \#(lane.rank)::int2 AS "lane", "scopeId", "sourceTruthTime", "canonicalTruthTime", "eventId" FROM in\#(lane.rank)"#)
             let columns = (["ingestSeq"] + t.columns).map { "\"\($0)\"" }.joined(separator: ", ")
-            let values = (["a.\"seq\""] + LaneSQL.commonColumns.map { "s.\"\($0)\"" } + staged.map { "s.\"\($0)\"" }).joined(separator: ", ")
-            sql += """
-                , l\(lane.rank) AS (
-                    INSERT INTO "\(t.table)" (\(columns))
-                    SELECT \(values) FROM acc a JOIN "novaStaging" s ON s."ord" = a."ord" WHERE a."lane" = \(lane.rank)
-                )
-                """
+            let values = (["a.\"seq\""] + t.columns.map { "i.\"\($0)\"" }).joined(separator: ", ")
+            inserts.append(#"l\#(lane.rank) AS (INSERT INTO "\#(t.table)" (\#(columns)) SELECT \#(values) FROM acc a JOIN in\#(lane.rank) i ON i."ord" = a."ord" WHERE a."lane" = \#(lane.rank))"#)
         }
-        return sql + #" SELECT "ord", "seq" FROM acc"#
-    }
-
-    /// One row of `COPY … FROM STDIN` text format: tab-separated, `\N` for NULL, backslash escapes.
-    static func writeCopyRow(ord: Int, event: Event, into b: inout ByteBuffer) {
-        func tab() { b.writeInteger(UInt8(ascii: "\t")) }
-        func null() { b.writeStaticString("\\N") }
-        func text(_ s: String) {
-            var s = s
-            s.withUTF8 { utf8 in
-                var start = 0
-                for (k, c) in utf8.enumerated() where c == 0x5C || c == 0x09 || c == 0x0A || c == 0x0D {
-                    b.writeBytes(UnsafeBufferPointer(rebasing: utf8[start..<k]))
-                    switch c {
-                    case 0x5C: b.writeStaticString("\\\\")
-                    case 0x09: b.writeStaticString("\\t")
-                    case 0x0A: b.writeStaticString("\\n")
-                    default: b.writeStaticString("\\r")
-                    }
-                    start = k + 1
-                }
-                b.writeBytes(UnsafeBufferPointer(rebasing: utf8[start...]))
-            }
-        }
-        func bytea(_ raw: UnsafeRawBufferPointer) {
-            b.writeStaticString("\\\\x")
-            let digits: StaticString = "0123456789abcdef"
-            for byte in raw {
-                b.writeInteger(digits.utf8Start[Int(byte >> 4)])
-                b.writeInteger(digits.utf8Start[Int(byte & 15)])
-            }
-        }
-        b.writeString(String(ord)); tab()
-        b.writeString(String(event.lane.rank)); tab()
-        text(event.scopeId); tab()
-        b.writeString(event.sourceTruthTime.rfc3339); tab()
-        b.writeString(event.canonicalTruthTime.rfc3339); tab()
-        event.eventId.withUnsafeBytes { bytea($0) }
-        var strings: [String] = []
-        var payload: CanonicalPayload?
-        switch event.fields {
-        case .raw(let connectionId, let sequence, let bytes):
-            tab(); text(connectionId)
-            tab(); b.writeString(String(sequence))
-            tab(); bytes.withUnsafeBytes { bytea($0) }
-        case .parsed(let a, let c, let d, let p): strings = [a, c, d]; payload = p
-        case .ui(let a, let p): strings = [a]; payload = p
-        case .command(let a, let c, let d, let p): strings = [a, c, d]; payload = p
-        case .metadata(let a, let p): strings = [a]; payload = p
-        }
-        if event.lane != .raw {
-            tab(); null(); tab(); null(); tab(); null()
-        }
-        for k in 0..<3 {
-            tab()
-            if k < strings.count { text(strings[k]) } else { null() }
-        }
-        tab()
-        if let payload { text(payload.description) } else { null() }
-        b.writeInteger(UInt8(ascii: "\n"))
-    }
-
-    /// Folds the accepted events into `laneStats`, one upsert per scope and lane.
-    static func updateStats(_ conn: PostgresConnection, events: [Event], logger: Logger) async throws {
-        var aggregates = [String: (scope: String, lane: Lane, count: Int64, fc: Timestamp, lc: Timestamp, fs: Timestamp, ls: Timestamp)]()
-        for e in events {
-            let key = "\(e.lane.rank)\u{0}\(e.scopeId)"
-            if var a = aggregates[key] {
-                a.count += 1
-                a.fc = min(a.fc, e.canonicalTruthTime); a.lc = max(a.lc, e.canonicalTruthTime)
-                a.fs = min(a.fs, e.sourceTruthTime); a.ls = max(a.ls, e.sourceTruthTime)
-                aggregates[key] = a
-            } else {
-                aggregates[key] = (e.scopeId, e.lane, 1, e.canonicalTruthTime, e.canonicalTruthTime, e.sourceTruthTime, e.sourceTruthTime)
-            }
-        }
-        for a in aggregates.values {
-            try await conn.query("""
-                INSERT INTO "laneStats" VALUES (\(a.scope), \(a.lane.rawValue), \(a.count), \(PostgresTimestamp(value: a.fc)),
-                    \(PostgresTimestamp(value: a.lc)), \(PostgresTimestamp(value: a.fs)), \(PostgresTimestamp(value: a.ls)))
+        let laneNames = "ARRAY[" + Lane.allCases.map { "'\($0.rawValue)'" }.joined(separator: ", ") + "]"
+        return """
+            WITH \(inputs.joined(separator: ",\n"))
+            , candidates AS (\(candidates.joined(separator: " UNION ALL ")))
+            , base AS (SELECT "value" FROM "novaCounter" WHERE "name" = 'ingestSeq' FOR UPDATE)
+            , ins AS (
+                INSERT INTO "eventIndex" ("sourceTruthTime", "eventId", "lane")
+                SELECT "sourceTruthTime", "eventId", "lane" FROM candidates ON CONFLICT DO NOTHING RETURNING "eventId")
+            , acc AS (
+                SELECT c.*, (SELECT "value" FROM base) + row_number() OVER (ORDER BY c."ord") AS "seq"
+                FROM candidates c JOIN ins ON ins."eventId" = c."eventId")
+            , \(inserts.joined(separator: "\n, "))
+            , counter AS (UPDATE "novaCounter" SET "value" = (SELECT "value" FROM base) + (SELECT count(*) FROM acc) WHERE "name" = 'ingestSeq')
+            , stats AS (
+                INSERT INTO "laneStats"
+                SELECT "scopeId", (\(laneNames))["lane" + 1], count(*), min("canonicalTruthTime"), max("canonicalTruthTime"),
+                       min("sourceTruthTime"), max("sourceTruthTime")
+                FROM acc GROUP BY "scopeId", "lane"
                 ON CONFLICT ("scopeId", "lane") DO UPDATE SET
                     "count" = "laneStats"."count" + excluded."count",
                     "firstCanonicalTruthTime" = LEAST("laneStats"."firstCanonicalTruthTime", excluded."firstCanonicalTruthTime"),
                     "lastCanonicalTruthTime" = GREATEST("laneStats"."lastCanonicalTruthTime", excluded."lastCanonicalTruthTime"),
                     "firstSourceTruthTime" = LEAST("laneStats"."firstSourceTruthTime", excluded."firstSourceTruthTime"),
-                    "lastSourceTruthTime" = GREATEST("laneStats"."lastSourceTruthTime", excluded."lastSourceTruthTime")
-                """, logger: logger)
-        }
+                    "lastSourceTruthTime" = GREATEST("laneStats"."lastSourceTruthTime", excluded."lastSourceTruthTime"))
+            SELECT "ord", "seq" FROM acc
+            """
     }
 }
 
-/// Bindings for a hand-written parameterized statement.
-func bindings(_ values: any PostgresThrowingDynamicTypeEncodable...) throws -> PostgresBindings {
-    var b = PostgresBindings()
-    for value in values { try b.append(value) }
-    return b
+/// One lane's events of a batch as column arrays, bound as binary PostgreSQL arrays.
+struct LaneColumns {
+    var ord = BinaryArray<Int4Elements>()
+    var scopeId = BinaryArray<TextElements>()
+    var source = BinaryArray<TimestamptzElements>()
+    var canonical = BinaryArray<TimestamptzElements>()
+    var eventId = BinaryArray<ByteaElements>()
+    /// The lane's own text fields in `Lane.fieldNames` order (raw: only `connectionId`).
+    var texts = [BinaryArray<TextElements>](repeating: .init(), count: 3)
+    var sequence = BinaryArray<Int8Elements>()
+    var bytes = BinaryArray<ByteaElements>()
+    var payload = BinaryArray<TextElements>()
+    var lane: Lane?
+
+    mutating func add(_ event: Event, ord: Int32) {
+        lane = event.lane
+        self.ord.append(ord)
+        scopeId.append(event.scopeId)
+        source.append(event.sourceTruthTime)
+        canonical.append(event.canonicalTruthTime)
+        event.eventId.withUnsafeBytes { eventId.append(raw: $0) }
+        switch event.fields {
+        case .raw(let connectionId, let seq, let frame):
+            texts[0].append(connectionId)
+            sequence.append(seq)
+            frame.withUnsafeBytes { bytes.append(raw: $0) }
+        case .parsed(let a, let b, let c, let p), .command(let a, let b, let c, let p):
+            texts[0].append(a)
+            texts[1].append(b)
+            texts[2].append(c)
+            p.utf8.withUnsafeBytes { payload.append(raw: $0) }
+        case .ui(let a, let p), .metadata(let a, let p):
+            texts[0].append(a)
+            p.utf8.withUnsafeBytes { payload.append(raw: $0) }
+        }
+    }
+
+    func bind(into binds: inout PostgresBindings) {
+        binds.append(ord)
+        binds.append(scopeId)
+        binds.append(source)
+        binds.append(canonical)
+        binds.append(eventId)
+        switch lane {
+        case .raw:
+            binds.append(texts[0])
+            binds.append(sequence)
+            binds.append(bytes)
+        case .parsed, .command:
+            binds.append(texts[0])
+            binds.append(texts[1])
+            binds.append(texts[2])
+            binds.append(payload)
+        case .ui, .metadata, nil:
+            binds.append(texts[0])
+            binds.append(payload)
+        }
+    }
 }

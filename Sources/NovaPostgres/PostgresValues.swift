@@ -67,3 +67,81 @@ extension PostgresCell {
         return b.withUnsafeReadableBytes { EventID(bytes: $0)! }
     }
 }
+
+/// The element and array types of a ``BinaryArray``.
+protocol BinaryArrayKind {
+    static var element: PostgresDataType { get }
+    static var array: PostgresDataType { get }
+}
+
+enum Int4Elements: BinaryArrayKind {
+    static var element: PostgresDataType { .int4 }
+    static var array: PostgresDataType { .int4Array }
+}
+
+enum Int8Elements: BinaryArrayKind {
+    static var element: PostgresDataType { .int8 }
+    static var array: PostgresDataType { .int8Array }
+}
+
+enum TextElements: BinaryArrayKind {
+    static var element: PostgresDataType { .text }
+    static var array: PostgresDataType { .textArray }
+}
+
+enum ByteaElements: BinaryArrayKind {
+    static var element: PostgresDataType { .bytea }
+    static var array: PostgresDataType { .byteaArray }
+}
+
+enum TimestamptzElements: BinaryArrayKind {
+    static var element: PostgresDataType { .timestamptz }
+    static var array: PostgresDataType { .timestamptzArray }
+}
+
+/// A one-dimensional PostgreSQL array in binary format, written element by element straight into
+/// one buffer: the ingest path binds a batch's columns this way, without an allocation per value.
+struct BinaryArray<Kind: BinaryArrayKind>: PostgresNonThrowingEncodable {
+    static var psqlType: PostgresDataType { Kind.array }
+    static var psqlFormat: PostgresFormat { .binary }
+
+    private(set) var count: Int32 = 0
+    private var elements = ByteBuffer()
+
+    mutating func append(raw: UnsafeRawBufferPointer) {
+        elements.writeInteger(Int32(raw.count))
+        elements.writeBytes(raw)
+        count += 1
+    }
+
+    mutating func append(_ text: String) {
+        var text = text
+        text.withUTF8 { append(raw: UnsafeRawBufferPointer($0)) }
+    }
+
+    mutating func append(_ value: Int64) {
+        elements.writeInteger(Int32(8))
+        elements.writeInteger(value)
+        count += 1
+    }
+
+    mutating func append(_ value: Int32) {
+        elements.writeInteger(Int32(4))
+        elements.writeInteger(value)
+        count += 1
+    }
+
+    mutating func append(_ time: Timestamp) {
+        append(time.microseconds - PostgresTimestamp.epochOffset)
+    }
+
+    func encode<JSONEncoder: PostgresJSONEncoder>(into buffer: inout ByteBuffer, context: PostgresEncodingContext<JSONEncoder>) {
+        buffer.writeInteger(Int32(count == 0 ? 0 : 1))  // dimensions
+        buffer.writeInteger(Int32(0))  // no NULLs
+        buffer.writeInteger(Kind.element.rawValue)
+        guard count > 0 else { return }
+        buffer.writeInteger(count)  // length of the dimension
+        buffer.writeInteger(Int32(1))  // lower bound
+        buffer.writeImmutableBuffer(elements)
+    }
+}

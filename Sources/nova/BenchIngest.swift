@@ -4,6 +4,7 @@ import Foundation
 import NIOCore
 import NIOHTTP1
 import NovaCore
+import NovaPostgres
 import NovaSQLite
 
 /// `nova bench ingest`: end-to-end HTTP ingest into a fresh recorder, beside the store's
@@ -25,6 +26,11 @@ struct BenchIngest: AsyncParsableCommand {
     @Option(help: "Events per request.") var batch = 5000
     @Option(help: "Concurrent HTTP clients.") var concurrency = 4
     @Option(help: "Devices (connections) generating events.") var devices = 500
+    @Option(help: "Store to benchmark: sqlite (a temporary file) or a postgres://USER@HOST:PORT/DB server, where a temporary database is created and dropped (password from NOVA_DB_PASSWORD).")
+    var store = "sqlite"
+    @Option(help: "PostgreSQL only: events written by the seed's one-transaction-per-event design (it is slow; a sample suffices).")
+    var seedSample = 20_000
+    @Option(help: "PostgreSQL only: concurrent connections of the seed's design.") var seedConnections = 20
     @OptionGroup var options: BenchOptions
 
     func validate() throws {
@@ -51,7 +57,31 @@ struct BenchIngest: AsyncParsableCommand {
 
         var errors = [String]()
         var checks = [String]()
-        let recorder = try await RecorderChild(directory: work)
+        let logger = toolLogger()
+        var server: PostgresLocation?
+        var benchDatabase: PostgresLocation?
+        if store != "sqlite" {
+            guard case .postgres(let location) = try StoreLocator(store) else {
+                throw ValidationError("--store: sqlite or a postgres:// locator")
+            }
+            server = location
+            benchDatabase = try await PostgresBaselines.createDatabase(on: location, logger: logger)
+        }
+        defer {
+            if let server, let benchDatabase {
+                let done = DispatchSemaphore(value: 0)
+                Task {
+                    await PostgresBaselines.dropDatabase(benchDatabase, server: server, logger: logger)
+                    done.signal()
+                }
+                done.wait()
+            }
+        }
+        let database = benchDatabase.map { db in
+            #"{"type": "timescaledb", "timescaledb": {"host": "\#(db.host)", "port": \#(db.port), "database": "\#(db.database)", "user": "\#(db.user)", "password_env": "\#(db.passwordEnv)"}}"#
+        }
+        let recorder = try await RecorderChild(directory: work, database: database)
+        try await recorder.waitUntilReady()
         let progress = Progress("nova ingest", total: events)
         let started = ContinuousClock.now
         let outcome = try await post(bodies, to: recorder.base, progress: progress)
@@ -64,19 +94,28 @@ struct BenchIngest: AsyncParsableCommand {
         checks += readBack.checks
         await recorder.stop()
 
-        FileHandle.standardError.write(Data("baseline: plain prepared-statement insert of the same rows...\n".utf8))
-        let baselineTime = try SQLitePlainInsert.run(generated, batchSize: batch, path: (work as NSString).appendingPathComponent("baseline.db"))
-
-        let figure = BenchFigure(
-            name: "nova HTTP ingest: NDJSON, \(batch)/batch, \(concurrency) clients, dedupe",
-            events: events, seconds: elapsed.seconds, eventsPerSecond: Double(events) / elapsed.seconds)
-        let baseline = BenchFigure(
-            name: "baseline: plain SQLite insert, same indexes, no dedupe",
-            events: events, seconds: baselineTime.seconds, eventsPerSecond: Double(events) / baselineTime.seconds)
+        var baselines = [BenchFigure]()
+        func figure(_ name: String, _ count: Int, _ time: Duration) -> BenchFigure {
+            BenchFigure(name: name, events: count, seconds: time.seconds, eventsPerSecond: Double(count) / time.seconds)
+        }
+        if let benchDatabase {
+            FileHandle.standardError.write(Data("baseline: COPY of the same rows into a table with a primary key and both ordering indexes...\n".utf8))
+            let copy = try await PostgresBaselines.copyInsert(generated, batchSize: batch, location: benchDatabase, logger: logger)
+            baselines.append(figure("baseline: COPY, primary key + both indexes, no dedupe", events, copy))
+            let sample = min(seedSample, events)
+            FileHandle.standardError.write(Data("baseline: the seed's design, one transaction per event, \(seedConnections) connections, \(sample) events...\n".utf8))
+            let seed = try await PostgresBaselines.seedDesign(Array(generated.prefix(sample)), connections: seedConnections, location: benchDatabase, logger: logger)
+            baselines.append(figure("baseline: seed design, 1 tx + 2 INSERTs per event", sample, seed))
+        } else {
+            FileHandle.standardError.write(Data("baseline: plain prepared-statement insert of the same rows...\n".utf8))
+            let plain = try SQLitePlainInsert.run(generated, batchSize: batch, path: (work as NSString).appendingPathComponent("baseline.db"))
+            baselines.append(figure("baseline: plain SQLite insert, same indexes, no dedupe", events, plain))
+        }
+        let nova = figure("nova HTTP ingest (\(benchDatabase == nil ? "sqlite" : "postgres")): NDJSON, \(batch)/batch, \(concurrency) clients, dedupe", events, elapsed)
         let report = BenchReport(
-            benchmark: "ingest", date: Timestamp.now().rfc3339,
+            benchmark: benchDatabase == nil ? "ingest" : "ingest-postgres", date: Timestamp.now().rfc3339,
             command: (["nova"] + CommandLine.arguments.dropFirst()).joined(separator: " "),
-            machine: .current(), figure: figure, baseline: baseline, ratio: figure.eventsPerSecond / baseline.eventsPerSecond,
+            machine: .current(), figure: nova, baselines: baselines, ratios: baselines.map { nova.eventsPerSecond / $0.eventsPerSecond },
             peakRSSBytes: rss, checks: checks, errors: errors)
         report.printTable()
         if let json = options.json { try report.write(to: json) }

@@ -1,4 +1,7 @@
+import AsyncHTTPClient
 import Foundation
+import NIOCore
+import NIOHTTP1
 import NovaCore
 
 /// What every benchmark reports alongside its figures: where and how it ran.
@@ -39,9 +42,11 @@ struct BenchReport: Codable {
     var command: String
     var machine: BenchMachine
     var figure: BenchFigure
-    var baseline: BenchFigure
-    /// figure / baseline, both measured in this run.
-    var ratio: Double
+    /// The first is the primary baseline; `ratio` compares the figure with it.
+    var baselines: [BenchFigure]
+    /// figure / each baseline, in the order of `baselines`, all measured in this run.
+    var ratios: [Double]
+    var ratio: Double { ratios.first ?? 0 }
     var peakRSSBytes: Int?
     var checks: [String]
     var errors: [String]
@@ -58,8 +63,10 @@ struct BenchReport: Codable {
         }
         print("\n\(benchmark) benchmark, \(machine.cores) cores, \(machine.memoryBytes >> 30) GiB, \(machine.build) build")
         print(row(figure))
-        print(row(baseline))
-        print("  ratio: \(String(format: "%.2f", ratio)) (nova / baseline, same run)")
+        for (baseline, ratio) in zip(baselines, ratios) {
+            print(row(baseline) + "   nova/this: \(String(format: ratio >= 10 ? "%.0f" : "%.2f", ratio))")
+        }
+        print("  ratio: \(String(format: "%.2f", ratio)) (nova / first baseline, same run)")
         if let rss = peakRSSBytes { print("  recorder peak RSS: \(rss >> 20) MiB") }
         for check in checks { print("  check: \(check)") }
         for error in errors { print("  ERROR: \(error)") }
@@ -118,15 +125,17 @@ final class RecorderChild {
     let directory: String
     let base: String
 
-    init(directory: String, extraConfig: String = "") async throws {
+    /// A recorder on a SQLite file in `directory`, or with `database` (a `database` configuration
+    /// object), `nova serve` on that store.
+    init(directory: String, database: String? = nil) async throws {
         self.directory = directory
         let config = (directory as NSString).appendingPathComponent("config.json")
-        try Data(#"{"database": {"sqlite": {"path": "\#((directory as NSString).appendingPathComponent("nova.db"))"}}, "server": {"port": 0}\#(extraConfig)}"#.utf8)
-            .write(to: URL(fileURLWithPath: config))
+        let db = database ?? #"{"sqlite": {"path": "\#((directory as NSString).appendingPathComponent("nova.db"))"}}"#
+        try Data(#"{"database": \#(db), "server": {"port": 0}}"#.utf8).write(to: URL(fileURLWithPath: config))
         let out = (directory as NSString).appendingPathComponent("recorder.out")
         FileManager.default.createFile(atPath: out, contents: nil)
         process.executableURL = URL(fileURLWithPath: currentExecutable())
-        process.arguments = ["record", "--config", config, "--log-level", "warning"]
+        process.arguments = [database == nil ? "record" : "serve", "--config", config, "--log-level", "warning"]
         process.standardOutput = FileHandle(forWritingAtPath: out)
         try process.run()
         let deadline = ContinuousClock.now + .seconds(60)
@@ -142,6 +151,19 @@ final class RecorderChild {
     }
 
     var pid: Int32 { process.processIdentifier }
+
+    /// Waits until `/readyz` answers 200 (a hub connects and prepares its schema first).
+    func waitUntilReady(timeout: Duration = .seconds(120)) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if let response = try? await HTTPClient.shared.execute(HTTPClientRequest(url: "\(base)/readyz"), timeout: .seconds(5)),
+               response.status == .ok {
+                return
+            }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        throw CLIError("the recorder at \(base) did not become ready; see \(directory)/recorder.out")
+    }
 
     func stop() async {
         process.terminate()

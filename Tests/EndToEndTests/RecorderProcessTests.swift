@@ -190,6 +190,12 @@ actor AckedIds {
         #expect(report["benchmark"]?.stringValue == "ingest")
         #expect(report["errors"]?.arrayValue.isEmpty == true)
         #expect(report["figure"]?["events"] == .number(JSONNumber(3000)))
+        let (locator, password) = try TestPostgres.server()
+        let hub = try await NovaProcess.run(
+            ["bench", "ingest", "--store", locator, "--events", "2000", "--batch", "500", "--seed-sample", "100", "--seed-connections", "4", "--allow-debug"],
+            directory: dir, environment: ["NOVA_DB_PASSWORD": password])
+        #expect(hub.status == 0, "\(hub.stderr)")
+        #expect(hub.stdout.contains("seed design") && hub.stdout.contains("COPY"), "\(hub.stdout)")
         let refused = try await NovaProcess.run(["bench", "ingest", "--events", "10"], directory: dir)
         #expect(refused.status != 0 && refused.stderr.contains("release"), "a debug build refuses without --allow-debug")
     }
