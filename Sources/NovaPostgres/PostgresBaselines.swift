@@ -120,3 +120,30 @@ public enum PostgresBaselines {
         return String(decoding: out, as: UTF8.self)
     }
 }
+
+/// The query benchmark's baseline on PostgreSQL: the same ordered range SQL the store runs, through
+/// a bare `PostgresClient`, counting rows without decoding them into events.
+public final class PostgresBareQuery: Sendable {
+    let client: PostgresClient
+    private let running: Task<Void, Never>
+
+    public init(location: PostgresLocation, connections: Int, logger: Logger) {
+        var configuration = PostgresClient.Configuration(
+            host: location.host, port: location.port, username: location.user, password: location.password,
+            database: location.database, tls: .disable)
+        configuration.options.maximumConnections = connections
+        let client = PostgresClient(configuration: configuration, backgroundLogger: logger)
+        self.client = client
+        running = Task { await client.run() }
+    }
+
+    public func count(_ read: LaneRead) async throws -> Int {
+        var n = 0
+        for try await _ in try await client.query(try PostgresStore.query(read)) { n += 1 }
+        return n
+    }
+
+    public func close() {
+        running.cancel()
+    }
+}

@@ -25,7 +25,7 @@ extension PostgresStore {
     }
 
     /// The ordered read of `read` with its parameters bound in `LaneSQL` order.
-    static func query(_ read: LaneRead, prefix: String = "") throws -> PostgresQuery {
+    public static func query(_ read: LaneRead, prefix: String = "") throws -> PostgresQuery {
         let after = read.effectiveAfter
         let sql = LaneSQL(read.lane).select(read.timebase, keyset: after != nil, hasFilter: read.filter != nil, dialect: dialect)
         var binds = PostgresBindings()

@@ -95,27 +95,25 @@ struct BenchIngest: AsyncParsableCommand {
         await recorder.stop()
 
         var baselines = [BenchFigure]()
-        func figure(_ name: String, _ count: Int, _ time: Duration) -> BenchFigure {
-            BenchFigure(name: name, events: count, seconds: time.seconds, eventsPerSecond: Double(count) / time.seconds)
-        }
         if let benchDatabase {
             FileHandle.standardError.write(Data("baseline: COPY of the same rows into a table with a primary key and both ordering indexes...\n".utf8))
             let copy = try await PostgresBaselines.copyInsert(generated, batchSize: batch, location: benchDatabase, logger: logger)
-            baselines.append(figure("baseline: COPY, primary key + both indexes, no dedupe", events, copy))
+            baselines.append(.throughput("baseline: COPY, primary key + both indexes, no dedupe", events: events, time: copy))
             let sample = min(seedSample, events)
             FileHandle.standardError.write(Data("baseline: the seed's design, one transaction per event, \(seedConnections) connections, \(sample) events...\n".utf8))
             let seed = try await PostgresBaselines.seedDesign(Array(generated.prefix(sample)), connections: seedConnections, location: benchDatabase, logger: logger)
-            baselines.append(figure("baseline: seed design, 1 tx + 2 INSERTs per event", sample, seed))
+            baselines.append(.throughput("baseline: seed design, 1 tx + 2 INSERTs per event", events: sample, time: seed))
         } else {
             FileHandle.standardError.write(Data("baseline: plain prepared-statement insert of the same rows...\n".utf8))
             let plain = try SQLitePlainInsert.run(generated, batchSize: batch, path: (work as NSString).appendingPathComponent("baseline.db"))
-            baselines.append(figure("baseline: plain SQLite insert, same indexes, no dedupe", events, plain))
+            baselines.append(.throughput("baseline: plain SQLite insert, same indexes, no dedupe", events: events, time: plain))
         }
-        let nova = figure("nova HTTP ingest (\(benchDatabase == nil ? "sqlite" : "postgres")): NDJSON, \(batch)/batch, \(concurrency) clients, dedupe", events, elapsed)
+        let nova = BenchFigure.throughput(
+            "nova HTTP ingest (\(benchDatabase == nil ? "sqlite" : "postgres")): NDJSON, \(batch)/batch, \(concurrency) clients, dedupe",
+            events: events, time: elapsed)
         let report = BenchReport(
-            benchmark: benchDatabase == nil ? "ingest" : "ingest-postgres", date: Timestamp.now().rfc3339,
-            command: (["nova"] + CommandLine.arguments.dropFirst()).joined(separator: " "),
-            machine: .current(), figure: nova, baselines: baselines, ratios: baselines.map { nova.eventsPerSecond / $0.eventsPerSecond },
+            benchmark: benchDatabase == nil ? "ingest" : "ingest-postgres",
+            groups: [BenchGroup("ingest of \(events) raw frames", figure: nova, baselines: baselines)],
             peakRSSBytes: rss, checks: checks, errors: errors)
         report.printTable()
         if let json = options.json { try report.write(to: json) }

@@ -27,12 +27,61 @@ struct BenchMachine: Codable {
     }
 }
 
-/// One measured figure of a benchmark run.
+/// One measured figure of a benchmark run: a throughput, or latencies of queries.
 struct BenchFigure: Codable {
     var name: String
-    var events: Int
-    var seconds: Double
-    var eventsPerSecond: Double
+    var events: Int?
+    var seconds: Double?
+    var eventsPerSecond: Double?
+    var queries: Int?
+    var queriesPerSecond: Double?
+    var p50Ms: Double?
+    var p95Ms: Double?
+    var p99Ms: Double?
+
+    static func throughput(_ name: String, events: Int, time: Duration) -> BenchFigure {
+        BenchFigure(name: name, events: events, seconds: time.seconds, eventsPerSecond: Double(events) / time.seconds)
+    }
+
+    /// Latency percentiles of `samples` (seconds each) over `wall` time.
+    static func latency(_ name: String, samples: [Double], wall: Duration, events: Int) -> BenchFigure {
+        let sorted = samples.sorted()
+        func pct(_ p: Double) -> Double { sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))] * 1000 }
+        return BenchFigure(
+            name: name, events: events, seconds: wall.seconds, queries: sorted.count, queriesPerSecond: Double(sorted.count) / wall.seconds,
+            p50Ms: pct(0.50), p95Ms: pct(0.95), p99Ms: pct(0.99))
+    }
+
+    var summary: String {
+        if let p95Ms, let p50Ms, let p99Ms, let queriesPerSecond {
+            return String(format: "p50 %7.2f ms  p95 %7.2f ms  p99 %7.2f ms  %8.0f q/s", p50Ms, p95Ms, p99Ms, queriesPerSecond)
+        }
+        return String(format: "%12.0f ev/s  %8.2f s", eventsPerSecond ?? 0, seconds ?? 0)
+    }
+}
+
+/// A measured figure beside its baselines, all from the same run.
+struct BenchGroup: Codable {
+    var name: String
+    var figure: BenchFigure
+    var baselines: [BenchFigure]
+    /// For throughput, figure / baseline (higher is better); for latency, figure p95 / baseline p95
+    /// (lower is better). In the order of `baselines`.
+    var ratios: [Double]
+    var ratioMeaning: String
+
+    init(_ name: String, figure: BenchFigure, baselines: [BenchFigure]) {
+        self.name = name
+        self.figure = figure
+        self.baselines = baselines
+        if figure.p95Ms != nil {
+            ratios = baselines.map { (figure.p95Ms ?? 0) / max($0.p95Ms ?? 1, 1e-9) }
+            ratioMeaning = "p95 latency, nova / baseline (lower is better)"
+        } else {
+            ratios = baselines.map { (figure.eventsPerSecond ?? 0) / max($0.eventsPerSecond ?? 1, 1e-9) }
+            ratioMeaning = "throughput, nova / baseline (higher is better)"
+        }
+    }
 }
 
 /// The JSON a benchmark writes (`--json FILE`), also the source of the README's table.
@@ -41,15 +90,21 @@ struct BenchReport: Codable {
     var date: String
     var command: String
     var machine: BenchMachine
-    var figure: BenchFigure
-    /// The first is the primary baseline; `ratio` compares the figure with it.
-    var baselines: [BenchFigure]
-    /// figure / each baseline, in the order of `baselines`, all measured in this run.
-    var ratios: [Double]
-    var ratio: Double { ratios.first ?? 0 }
+    var groups: [BenchGroup]
     var peakRSSBytes: Int?
     var checks: [String]
     var errors: [String]
+
+    init(benchmark: String, machine: BenchMachine = .current(), groups: [BenchGroup], peakRSSBytes: Int?, checks: [String], errors: [String]) {
+        self.benchmark = benchmark
+        self.date = Timestamp.now().rfc3339
+        self.command = (["nova"] + CommandLine.arguments.dropFirst()).joined(separator: " ")
+        self.machine = machine
+        self.groups = groups
+        self.peakRSSBytes = peakRSSBytes
+        self.checks = checks
+        self.errors = errors
+    }
 
     func write(to path: String) throws {
         let encoder = JSONEncoder()
@@ -59,15 +114,18 @@ struct BenchReport: Codable {
 
     func printTable() {
         func row(_ f: BenchFigure) -> String {
-            "  \(f.name.padding(toLength: 58, withPad: " ", startingAt: 0)) \(String(format: "%12.0f", f.eventsPerSecond)) ev/s  \(String(format: "%8.2f", f.seconds)) s"
+            "  \(f.name.padding(toLength: 62, withPad: " ", startingAt: 0)) \(f.summary)"
         }
         print("\n\(benchmark) benchmark, \(machine.cores) cores, \(machine.memoryBytes >> 30) GiB, \(machine.build) build")
-        print(row(figure))
-        for (baseline, ratio) in zip(baselines, ratios) {
-            print(row(baseline) + "   nova/this: \(String(format: ratio >= 10 ? "%.0f" : "%.2f", ratio))")
+        for group in groups {
+            print(" \(group.name):")
+            print(row(group.figure))
+            for (baseline, ratio) in zip(group.baselines, group.ratios) {
+                print(row(baseline) + "   ratio \(String(format: ratio >= 10 ? "%.0f" : "%.2f", ratio))")
+            }
         }
-        print("  ratio: \(String(format: "%.2f", ratio)) (nova / first baseline, same run)")
-        if let rss = peakRSSBytes { print("  recorder peak RSS: \(rss >> 20) MiB") }
+        if let group = groups.first, !group.ratios.isEmpty { print("  ratios: \(group.ratioMeaning)") }
+        if let rss = peakRSSBytes { print("  server peak RSS: \(rss >> 20) MiB") }
         for check in checks { print("  check: \(check)") }
         for error in errors { print("  ERROR: \(error)") }
     }

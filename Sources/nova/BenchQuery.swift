@@ -1,0 +1,241 @@
+import ArgumentParser
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NovaCore
+import NovaPostgres
+import NovaSQLite
+
+/// `nova bench query`: ordered range queries through the HTTP API from concurrent clients, beside
+/// the same SQL through a bare driver, on a store loaded with a day of a fleet's events.
+struct BenchQuery: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "query",
+        abstract: "Range queries over HTTP from concurrent clients vs the same SQL through a bare driver.",
+        discussion: """
+            Loads --events raw frames of --devices devices spread over --hours hours into a fresh \
+            store, starts `nova record` (SQLite) or `nova serve` (PostgreSQL) on it, then for each \
+            window size runs --clients concurrent clients for --seconds seconds, each asking for a \
+            random window in contract order, and checks every answer's count (and every tenth \
+            answer's order). The baseline runs the same SQL with the same windows through GRDB or \
+            postgres-nio directly. Reports p50/p95/p99 and queries/s; exits 1 on any wrong answer.
+            """
+    )
+
+    @Option(help: "Events to load.") var events = 10_000_000
+    @Option(help: "Devices (connections).") var devices = 500
+    @Option(help: "Hours the events span.") var hours = 24
+    @Option(help: "Concurrent clients.") var clients = 20
+    @Option(help: "Seconds of querying per window size and side.") var seconds = 15
+    @Option(help: "Window sizes in seconds, comma separated.") var windows = "1,60"
+    @Option(help: "sqlite, or a postgres://USER@HOST:PORT/DB server where a temporary database is created and dropped.")
+    var store = "sqlite"
+    @OptionGroup var options: BenchOptions
+
+    func run() async throws {
+        try options.checkBuild()
+        let windowSeconds = try windows.split(separator: ",").map { part -> Int in
+            guard let w = Int(part), w > 0 else { throw ValidationError("--windows: positive integers, comma separated") }
+            return w
+        }
+        let work = FileManager.default.temporaryDirectory.appendingPathComponent("nova-bench-\(UUID().uuidString.prefix(8))").path
+        try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: work) }
+        let logger = toolLogger()
+        let layout = Layout(events: events, devices: devices, span: Int64(hours) * 3_600_000_000)
+
+        var database: PostgresLocation?
+        var server: PostgresLocation?
+        if store != "sqlite" {
+            guard case .postgres(let location) = try StoreLocator(store) else { throw ValidationError("--store: sqlite or a postgres:// locator") }
+            server = location
+            database = try await PostgresBaselines.createDatabase(on: location, logger: logger)
+        }
+        defer {
+            if let server, let database {
+                let done = DispatchSemaphore(value: 0)
+                Task {
+                    await PostgresBaselines.dropDatabase(database, server: server, logger: logger)
+                    done.signal()
+                }
+                done.wait()
+            }
+        }
+        let sqlitePath = (work as NSString).appendingPathComponent("nova.db")
+
+        // Load straight into the store (ingest has its own benchmark). The events lie in the past:
+        // the hub below keeps them with a retention far longer than the default 90 days.
+        let loadStore: any EventStore
+        var loadTask: Task<Void, any Error>?
+        if let database {
+            let pg = PostgresStore(location: database, maintainsPartitions: false, logger: logger)
+            loadTask = Task { try await pg.run() }
+            try await pg.waitUntilReady()
+            loadStore = pg
+        } else {
+            loadStore = try SQLiteStore.open(path: sqlitePath, logger: logger)
+        }
+        let progress = Progress("loading", total: events)
+        for chunk in stride(from: 0, to: events, by: 5000) {
+            _ = try await loadStore.append(layout.events(chunk..<min(events, chunk + 5000)))
+            progress.update(min(events, chunk + 5000))
+        }
+        await loadStore.close()
+        loadTask?.cancel()
+
+        let childDatabase = database.map { db in
+            #"{"type": "timescaledb", "timescaledb": {"host": "\#(db.host)", "port": \#(db.port), "database": "\#(db.database)", "user": "\#(db.user)", "password_env": "\#(db.passwordEnv)", "hypertable": {"retentionAfter": "100 years"}}}"#
+        } ?? #"{"sqlite": {"path": "\#(sqlitePath)"}}"#
+        let child = try await RecorderChild(directory: work, database: childDatabase)
+        try await child.waitUntilReady()
+
+        var httpConfig = HTTPClient.Configuration()
+        httpConfig.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: clients)
+        let http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: httpConfig)
+        var groups = [BenchGroup]()
+        var errors = [String]()
+        var checked = 0
+        let base = child.base
+        for w in windowSeconds {
+            let window = Int64(w) * 1_000_000
+            let nova = try await measure("nova HTTP, \(clients) clients", window: window, layout: layout) { read in
+                let url = "\(base)/v1/events?scope=\(DeviceFrames.scope)&from=\(read.from.rfc3339)&to=\(read.to.rfc3339)&lane=raw&limit=\(read.limit)"
+                let response = try await http.execute(HTTPClientRequest(url: url), timeout: .seconds(60))
+                let body = try await response.body.collect(upTo: 1 << 30)
+                guard response.status == .ok else { throw CLIError("HTTP \(response.status.code): \(String(buffer: body).prefix(200))") }
+                return body
+            }
+            errors += nova.errors
+            checked += nova.figure.queries ?? 0
+            let bare: BenchFigure
+            if let database {
+                let pg = PostgresBareQuery(location: database, connections: clients, logger: logger)
+                bare = try await measure("baseline: same SQL, bare postgres-nio", window: window, layout: layout) { read in
+                    ByteBuffer(integer: Int64(try await pg.count(read)))
+                }.figure
+                pg.close()
+            } else {
+                let sqlite = try SQLiteBareQuery(path: sqlitePath)
+                bare = try await measure("baseline: same SQL, bare GRDB", window: window, layout: layout) { read in
+                    ByteBuffer(integer: Int64(try await sqlite.count(read)))
+                }.figure
+                try sqlite.close()
+            }
+            groups.append(BenchGroup("\(w)-second windows over \(events) events", figure: nova.figure, baselines: [bare]))
+        }
+        try await http.shutdown()
+        let rss = peakRSS(pid: child.pid)
+        await child.stop()
+        let report = BenchReport(
+            benchmark: database == nil ? "query" : "query-postgres", groups: groups, peakRSSBytes: rss,
+            checks: ["\(checked) HTTP answers checked for their count, every tenth also for contract order"], errors: errors)
+        report.printTable()
+        if let json = options.json { try report.write(to: json) }
+        if !errors.isEmpty { throw ExitCode(1) }
+    }
+
+    /// Runs `clients` concurrent loops of random `window` queries for `seconds`; an answer is a
+    /// ByteBuffer of NDJSON (checked) or of one Int64 row count (a baseline's, also checked).
+    private func measure(
+        _ name: String, window: Int64, layout: Layout, query: @escaping @Sendable (LaneRead) async throws -> ByteBuffer
+    ) async throws -> (figure: BenchFigure, errors: [String]) {
+        let deadline = ContinuousClock.now + .seconds(seconds)
+        let start = ContinuousClock.now
+        let results = try await withThrowingTaskGroup(of: ([Double], Int, [String]).self) { group in
+            for client in 0..<clients {
+                group.addTask {
+                    var rng = Xorshift(seed: UInt64(client + 1) &* 0x9E37_79B9_7F4A_7C15 | 1)
+                    var samples = [Double]()
+                    var events = 0
+                    var errors = [String]()
+                    while ContinuousClock.now < deadline {
+                        let offset = Int64(rng.next() % UInt64(max(1, layout.span - window)))
+                        let from = Timestamp(microseconds: layout.start.microseconds + offset)
+                        let read = LaneRead(lane: .raw, scopeId: DeviceFrames.scope, timebase: .canonical, from: from,
+                                            to: Timestamp(microseconds: from.microseconds + window), limit: 100_000)
+                        let t0 = ContinuousClock.now
+                        let answer = try await query(read)
+                        samples.append((ContinuousClock.now - t0).seconds)
+                        let expected = layout.count(from: read.from, to: read.to)
+                        let got = answer.readableBytes == 8 ? Int(answer.getInteger(at: answer.readerIndex, as: Int64.self)!) : answer.readableBytesView.count { $0 == UInt8(ascii: "\n") }
+                        if got != expected, errors.count < 5 { errors.append("\(name): \(got) events for [\(read.from), \(read.to)), expected \(expected)") }
+                        if answer.readableBytes != 8, samples.count % 10 == 0, let order = Self.orderError(answer), errors.count < 5 {
+                            errors.append("\(name): \(order)")
+                        }
+                        events += got
+                    }
+                    return (samples, events, errors)
+                }
+            }
+            var all = ([Double](), 0, [String]())
+            for try await r in group {
+                all.0 += r.0
+                all.1 += r.1
+                all.2 += r.2
+            }
+            return all
+        }
+        return (.latency(name, samples: results.0, wall: ContinuousClock.now - start, events: results.1), results.2)
+    }
+
+    /// Checks an NDJSON answer is in contract order; returns what is wrong, or nil.
+    static func orderError(_ body: ByteBuffer) -> String? {
+        do {
+            let batch = try body.withUnsafeReadableBytes { raw in
+                try IngestBatch(body: raw.bindMemory(to: UInt8.self), format: .ndjson, decoder: EventDecoder(), receivedAt: .min)
+            }
+            if let bad = batch.rejected.first { return "an answered event is invalid: \(bad.error)" }
+            for (a, b) in zip(batch.events, batch.events.dropFirst()) where !(a.orderingKey(.canonical) < b.orderingKey(.canonical)) {
+                return "events out of contract order"
+            }
+            return nil
+        } catch {
+            return "an answer is not NDJSON: \(error)"
+        }
+    }
+
+    /// Where the loaded events lie: event k at `start + k × step`, device k mod `devices`.
+    struct Layout: Sendable {
+        var events: Int
+        var devices: Int
+        var span: Int64
+        var start = Timestamp(microseconds: 1_780_000_000_000_000)
+        var step: Int64 { max(1, span / Int64(events)) }
+
+        func events(_ range: Range<Int>) -> [Event] {
+            range.map { k in
+                let t = Timestamp(microseconds: start.microseconds + Int64(k) * step)
+                var x = UInt64(k) &* 0x9E37_79B9_7F4A_7C15
+                let bytes = (0..<6).flatMap { _ -> [UInt8] in
+                    x ^= x << 13; x ^= x >> 7; x ^= x << 17
+                    return withUnsafeBytes(of: x) { Array($0) }
+                }
+                return Event(scopeId: DeviceFrames.scope, sourceTruthTime: t, canonicalTruthTime: t,
+                             fields: .raw(connectionId: "dev-\(k % devices)", sequence: Int64(k / devices), bytes: bytes))
+            }
+        }
+
+        /// How many events fall in [from, to).
+        func count(from: Timestamp, to: Timestamp) -> Int {
+            func firstIndex(atOrAfter t: Timestamp) -> Int64 {
+                let d = t.microseconds - start.microseconds
+                if d <= 0 { return 0 }
+                return min(Int64(events), (d + step - 1) / step)
+            }
+            return Int(firstIndex(atOrAfter: to) - firstIndex(atOrAfter: from))
+        }
+    }
+}
+
+/// A small fast generator for picking windows.
+struct Xorshift {
+    var state: UInt64
+    init(seed: UInt64) { state = seed == 0 ? 1 : seed }
+    mutating func next() -> UInt64 {
+        state ^= state << 13
+        state ^= state >> 7
+        state ^= state << 17
+        return state
+    }
+}
