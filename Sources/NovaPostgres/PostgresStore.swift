@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOPosix
 import NovaCore
 import PostgresNIO
 import ServiceLifecycle
@@ -139,28 +140,30 @@ public final class PostgresStore: EventStore, Service, Sendable {
     /// Runs `body` on a pooled connection, but gives up with `.unavailable` when none can be had
     /// within `connectionTimeout`: while the server is down the pool keeps trying to connect, and a
     /// request must fail (503) rather than wait for it.
+    ///
+    /// The deadline is an event-loop timer that cancels the lease, not a racing child task: this
+    /// wraps every query, and a sleeping task per query cost a third of the hub's query throughput.
     func connection<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
         let acquired = Flag()
-        let timeout = Duration.seconds(location.pool.connectionTimeout)
-        return try await withThrowingTaskGroup(of: T?.self) { group in
-            group.addTask {
-                try await self.client.withConnection { conn in
-                    acquired.set()
-                    return try await body(conn)
-                }
+        let timedOut = Flag()
+        let client = client
+        let operation = Task {
+            try await client.withConnection { conn in
+                acquired.set()
+                return try await body(conn)
             }
-            group.addTask {
-                try await Task.sleep(for: timeout)
-                if acquired.isSet { return nil }
-                throw StoreError(.unavailable, "\(self.location): no connection to the server within \(timeout) (it is down or overloaded)")
+        }
+        let timer = MultiThreadedEventLoopGroup.singleton.any().scheduleTask(in: .seconds(Int64(location.pool.connectionTimeout))) {
+            if !acquired.isSet {
+                timedOut.set()
+                operation.cancel()
             }
-            while let result = try await group.next() {
-                if let value = result {
-                    group.cancelAll()
-                    return value
-                }
-            }
-            throw CancellationError()
+        }
+        defer { timer.cancel() }
+        do {
+            return try await withTaskCancellationHandler { try await operation.value } onCancel: { operation.cancel() }
+        } catch where timedOut.isSet {
+            throw StoreError(.unavailable, "\(location): no connection to the server within \(location.pool.connectionTimeout) s (it is down or overloaded)")
         }
     }
 
