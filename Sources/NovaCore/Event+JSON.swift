@@ -12,11 +12,11 @@ extension Event {
         out.append(contentsOf: #"","scopeId":"#.utf8)
         CanonicalJSON.writeString(scopeId, into: &out)
         out.append(contentsOf: #","sourceTruthTime":""#.utf8)
-        out.append(contentsOf: sourceTruthTime.rfc3339.utf8)
+        sourceTruthTime.writeRFC3339(into: &out)
         out.append(contentsOf: #"","canonicalTruthTime":""#.utf8)
-        out.append(contentsOf: canonicalTruthTime.rfc3339.utf8)
+        canonicalTruthTime.writeRFC3339(into: &out)
         out.append(contentsOf: #"","eventId":""#.utf8)
-        out.append(contentsOf: eventId.hex.utf8)
+        eventId.writeHex(into: &out)
         out.append(UInt8(ascii: "\""))
         func field(_ name: String, _ value: String) {
             out.append(contentsOf: #",""#.utf8)
@@ -34,7 +34,7 @@ extension Event {
             out.append(contentsOf: #","sequence":"#.utf8)
             out.append(contentsOf: String(sequence).utf8)
             out.append(contentsOf: #","bytes":""#.utf8)
-            out.append(contentsOf: Base64.encode(bytes).utf8)
+            Base64.encode(bytes, into: &out)
             out.append(UInt8(ascii: "\""))
         case .parsed(let streamId, let streamType, let schemaVersion, let payload):
             field("streamId", streamId)

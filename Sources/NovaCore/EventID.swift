@@ -60,13 +60,18 @@ public struct EventID: Sendable, Hashable, Comparable, CustomStringConvertible {
     }
 
     public var hex: String {
-        let digits = Array("0123456789abcdef".utf8)
         var out = [UInt8]()
         out.reserveCapacity(64)
-        for word in [w0, w1, w2, w3] {
-            for shift in stride(from: 60, through: 0, by: -4) { out.append(digits[Int(word >> UInt64(shift) & 15)]) }
-        }
+        writeHex(into: &out)
         return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Appends the 64 lowercase hex digits to `out`.
+    public func writeHex(into out: inout [UInt8]) {
+        let digits: StaticString = "0123456789abcdef"
+        for word in [w0, w1, w2, w3] {
+            for shift in stride(from: 60, through: 0, by: -4) { out.append(digits.utf8Start[Int(word >> UInt64(shift) & 15)]) }
+        }
     }
 
     public var description: String { hex }

@@ -146,25 +146,37 @@ extension Timestamp {
 
     /// Always UTC with exactly six fraction digits, e.g. `2026-01-27T14:32:15.123000Z`.
     public var rfc3339: String {
-        var out = [UInt8](repeating: 0, count: 27)
+        var out = [UInt8]()
+        out.reserveCapacity(27)
+        writeRFC3339(into: &out)
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Appends ``rfc3339`` to `out` without building a string (answers write many times).
+    public func writeRFC3339(into out: inout [UInt8]) {
         let (seconds, micros) = microseconds.floorDivided(by: 1_000_000)
         let (days, secondOfDay) = seconds.floorDivided(by: 86_400)
         let (y, m, d) = civilFromDays(days)
-        func put(_ value: Int64, _ at: Int, _ width: Int) {
-            var v = value
-            for k in stride(from: at + width - 1, through: at, by: -1) {
-                out[k] = UInt8(48 + v % 10)
-                v /= 10
+        let at = out.count
+        out.append(contentsOf: repeatElement(UInt8(ascii: "0"), count: 27))
+        out.withUnsafeMutableBufferPointer { b in
+            func put(_ value: Int64, _ offset: Int, _ width: Int) {
+                var v = value
+                var k = at + offset + width - 1
+                while k >= at + offset {
+                    b[k] = UInt8(48 + v % 10)
+                    v /= 10
+                    k -= 1
+                }
             }
+            put(y, 0, 4); b[at + 4] = UInt8(ascii: "-")
+            put(m, 5, 2); b[at + 7] = UInt8(ascii: "-")
+            put(d, 8, 2); b[at + 10] = UInt8(ascii: "T")
+            put(secondOfDay / 3600, 11, 2); b[at + 13] = UInt8(ascii: ":")
+            put(secondOfDay / 60 % 60, 14, 2); b[at + 16] = UInt8(ascii: ":")
+            put(secondOfDay % 60, 17, 2); b[at + 19] = UInt8(ascii: ".")
+            put(micros, 20, 6); b[at + 26] = UInt8(ascii: "Z")
         }
-        put(y, 0, 4); out[4] = UInt8(ascii: "-")
-        put(m, 5, 2); out[7] = UInt8(ascii: "-")
-        put(d, 8, 2); out[10] = UInt8(ascii: "T")
-        put(secondOfDay / 3600, 11, 2); out[13] = UInt8(ascii: ":")
-        put(secondOfDay / 60 % 60, 14, 2); out[16] = UInt8(ascii: ":")
-        put(secondOfDay % 60, 17, 2); out[19] = UInt8(ascii: ".")
-        put(micros, 20, 6); out[26] = UInt8(ascii: "Z")
-        return String(decoding: out, as: UTF8.self)
     }
 }
 

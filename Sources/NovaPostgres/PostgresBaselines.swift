@@ -147,3 +147,13 @@ public final class PostgresBareQuery: Sendable {
         running.cancel()
     }
 }
+
+extension PostgresBaselines {
+    /// `VACUUM (ANALYZE)` the database after a bulk load, so that measurements do not race
+    /// autovacuum and both sides of a comparison see the same settled tables.
+    public static func settle(_ location: PostgresLocation, logger: Logger) async throws {
+        try await withClient(location, logger: logger) { client in
+            _ = try await client.query("VACUUM (ANALYZE)")
+        }
+    }
+}

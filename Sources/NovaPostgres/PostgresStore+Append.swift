@@ -11,8 +11,10 @@ extension PostgresStore {
     /// event, and no staging table.
     ///
     /// `ingestSeq` is gap-free in commit order because the statement takes the counter's row lock
-    /// (`FOR UPDATE`) and holds it until it commits; copies of one event inside a batch are folded
-    /// here first, so the statement sees each id once.
+    /// (`FOR UPDATE`) and holds it until it commits. Every candidate row is joined with that locked
+    /// row, so no id enters `eventIndex` before the lock is held: two batches with common ids
+    /// therefore queue on the counter instead of deadlocking on each other's index entries. Copies
+    /// of one event inside a batch are folded here first, so the statement sees each id once.
     public func append(_ events: [Event]) async throws(StoreError) -> AppendResult {
         if events.isEmpty { return AppendResult(ingestSeqs: []) }
         let mode = try ensureReady()
@@ -91,13 +93,13 @@ extension PostgresStore {
         let laneNames = "ARRAY[" + Lane.allCases.map { "'\($0.rawValue)'" }.joined(separator: ", ") + "]"
         return """
             WITH \(inputs.joined(separator: ",\n"))
-            , candidates AS (\(candidates.joined(separator: " UNION ALL ")))
             , base AS (SELECT "value" FROM "novaCounter" WHERE "name" = 'ingestSeq' FOR UPDATE)
+            , candidates AS (SELECT u.*, b."value" AS "base" FROM (\(candidates.joined(separator: " UNION ALL "))) u CROSS JOIN base b)
             , ins AS (
                 INSERT INTO "eventIndex" ("sourceTruthTime", "eventId", "lane")
                 SELECT "sourceTruthTime", "eventId", "lane" FROM candidates ON CONFLICT DO NOTHING RETURNING "eventId")
             , acc AS (
-                SELECT c.*, (SELECT "value" FROM base) + row_number() OVER (ORDER BY c."ord") AS "seq"
+                SELECT c.*, c."base" + row_number() OVER (ORDER BY c."ord") AS "seq"
                 FROM candidates c JOIN ins ON ins."eventId" = c."eventId")
             , \(inserts.joined(separator: "\n, "))
             , counter AS (UPDATE "novaCounter" SET "value" = (SELECT "value" FROM base) + (SELECT count(*) FROM acc) WHERE "name" = 'ingestSeq')

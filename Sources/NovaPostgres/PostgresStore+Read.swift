@@ -48,7 +48,10 @@ extension PostgresStore {
 
     /// A row of `LaneSQL.columns` back into an event.
     static func decode(_ row: PostgresRow, lane: Lane) throws -> Event {
-        let c = Array(row)
+        var cells = row.makeIterator()
+        var c = [PostgresCell]()
+        c.reserveCapacity(8)
+        while let cell = cells.next() { c.append(cell) }
         let fields: LaneFields
         switch lane {
         case .raw:

@@ -83,6 +83,10 @@ struct BenchQuery: AsyncParsableCommand {
         }
         await loadStore.close()
         loadTask?.cancel()
+        if let database {
+            FileHandle.standardError.write(Data("VACUUM (ANALYZE) after the load, so that neither side races autovacuum...\n".utf8))
+            try await PostgresBaselines.settle(database, logger: logger)
+        }
 
         let childDatabase = database.map { db in
             #"{"type": "timescaledb", "timescaledb": {"host": "\#(db.host)", "port": \#(db.port), "database": "\#(db.database)", "user": "\#(db.user)", "password_env": "\#(db.passwordEnv)", "hypertable": {"retentionAfter": "100 years"}}}"#

@@ -176,6 +176,35 @@ actor AckedIds {
     func add(_ new: [String]) { ids.formUnion(new) }
 }
 
+/// `nova simulate` against a real recorder: all five lanes arrive, and the recorder's counts add up
+/// to what the simulator reports.
+@Suite struct SimulateTests {
+    @Test func simulatorFeedsARecorder() async throws {
+        let dir = try TemporaryDirectory("nova-sim")
+        defer { dir.remove() }
+        let config = dir.file("config.json")
+        try Data(#"{"database": {"sqlite": {"path": "\#(dir.file("nova.db"))"}}, "server": {"port": 0}}"#.utf8).write(to: URL(fileURLWithPath: config))
+        let recorder = try NovaProcess(["record", "--config", config], directory: dir)
+        defer { recorder.kill(SIGTERM) }
+        let base = try await recorder.waitUntilListening()
+        let sim = try await NovaProcess.run(
+            ["simulate", "--devices", "40", "--rate", "20", "--duration", "3", "--target", base, "--duplicates", "0.05", "--late", "0.05", "--scope", "sim"],
+            directory: dir)
+        #expect(sim.status == 0, "\(sim.stderr)")
+        let numbers = sim.stdout.split(whereSeparator: { !$0.isNumber }).compactMap { Int($0) }
+        // "sent S events in R requests over T s (E events/s)" / "A accepted, D duplicates, X rejected"
+        let text = sim.stdout
+        #expect(text.contains("0 rejected"), "\(text)")
+        let stats = try await HTTP.get("\(base)/v1/stats")
+        let json = try JSONParser.parse(stats.body)
+        let lanes = json["lanes"]!.arrayValue
+        #expect(Set(lanes.compactMap { $0["lane"]?.stringValue }) == ["raw", "parsed", "ui", "command", "metadata"], "\(stats.body)")
+        guard case .number(let total)? = json["totalEvents"] else { throw ProcessError("no totalEvents") }
+        #expect(text.contains("\(total.int64 ?? -1) accepted"), "the recorder holds what it accepted: \(text) vs \(total)")
+        #expect(numbers.first.map { $0 >= 2000 } == true, "about 40 × 20 × 3 events sent: \(text)")
+    }
+}
+
 /// Each benchmark at a tiny size, so that it keeps working (figures are not checked: a debug
 /// build under test measures nothing).
 @Suite struct BenchSmokeTests {
@@ -196,6 +225,15 @@ actor AckedIds {
             directory: dir, environment: ["NOVA_DB_PASSWORD": password])
         #expect(hub.status == 0, "\(hub.stderr)")
         #expect(hub.stdout.contains("seed design") && hub.stdout.contains("COPY"), "\(hub.stdout)")
+        for store in ["sqlite", locator] {
+            let query = try await NovaProcess.run(
+                ["bench", "query", "--store", store, "--events", "3000", "--seconds", "1", "--clients", "3", "--allow-debug", "--json", json],
+                directory: dir, environment: ["NOVA_DB_PASSWORD": password])
+            #expect(query.status == 0, "\(query.stderr)")
+            let report = try JSONParser.parse(Array(Data(contentsOf: URL(fileURLWithPath: json))))
+            #expect(report["groups"]?.arrayValue.count == 2, "one group per window size")
+            #expect(report["errors"]?.arrayValue.isEmpty == true, "\(query.stdout)")
+        }
         let refused = try await NovaProcess.run(["bench", "ingest", "--events", "10"], directory: dir)
         #expect(refused.status != 0 && refused.stderr.contains("release"), "a debug build refuses without --allow-debug")
     }
