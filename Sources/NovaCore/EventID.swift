@@ -69,8 +69,19 @@ public struct EventID: Sendable, Hashable, Comparable, CustomStringConvertible {
     /// Appends the 64 lowercase hex digits to `out`.
     public func writeHex(into out: inout [UInt8]) {
         let digits: StaticString = "0123456789abcdef"
-        for word in [w0, w1, w2, w3] {
-            for shift in stride(from: 60, through: 0, by: -4) { out.append(digits.utf8Start[Int(word >> UInt64(shift) & 15)]) }
+        let start = out.count
+        out.append(contentsOf: repeatElement(0, count: 64))
+        let words = (w0, w1, w2, w3)
+        out.withUnsafeMutableBufferPointer { b in
+            func put(_ word: UInt64, at offset: Int) {
+                for nibble in 0..<16 {
+                    b[start + offset + nibble] = digits.utf8Start[Int(word >> UInt64(60 - 4 * nibble) & 15)]
+                }
+            }
+            put(words.0, at: 0)
+            put(words.1, at: 16)
+            put(words.2, at: 32)
+            put(words.3, at: 48)
         }
     }
 
