@@ -12,10 +12,12 @@ public struct EventQuery: Sendable, Hashable {
     public var limit: Int
     /// Resume strictly after this key (keyset pagination).
     public var after: OrderingKey?
+    /// Only events committed at or before this `ingestSeq` (a stream's snapshot), when set.
+    public var throughSeq: Int64?
 
     public init(
         scopeId: String, range: Range<Timestamp>, timebase: Timebase = .canonical, lanes: [Lane] = Lane.allCases,
-        filters: [Lane: String] = [:], limit: Int = 10_000, after: OrderingKey? = nil
+        filters: [Lane: String] = [:], limit: Int = 10_000, after: OrderingKey? = nil, throughSeq: Int64? = nil
     ) {
         self.scopeId = scopeId
         self.range = range
@@ -24,6 +26,7 @@ public struct EventQuery: Sendable, Hashable {
         self.filters = filters
         self.limit = limit
         self.after = after
+        self.throughSeq = throughSeq
     }
 
     /// The read of one lane that this query starts with, or continues with after `key`.
@@ -44,7 +47,7 @@ public struct EventQuery: Sendable, Hashable {
         }
         return LaneRead(
             lane: lane, scopeId: scopeId, timebase: timebase, from: from, to: range.upperBound,
-            filter: filters[lane], after: laneKey, limit: limit)
+            filter: filters[lane], after: laneKey, limit: limit, throughSeq: throughSeq)
     }
 }
 
@@ -81,10 +84,12 @@ public struct LaneRead: Sendable, Hashable {
     /// When set (always of this lane), only events ordered strictly after it.
     public var after: OrderingKey?
     public var limit: Int
+    /// When set, only events with `ingestSeq <= throughSeq`.
+    public var throughSeq: Int64?
 
     public init(
         lane: Lane, scopeId: String, timebase: Timebase, from: Timestamp, to: Timestamp, filter: String? = nil,
-        after: OrderingKey? = nil, limit: Int
+        after: OrderingKey? = nil, limit: Int, throughSeq: Int64? = nil
     ) {
         self.lane = lane
         self.scopeId = scopeId
@@ -94,6 +99,7 @@ public struct LaneRead: Sendable, Hashable {
         self.filter = filter
         self.after = after
         self.limit = limit
+        self.throughSeq = throughSeq
     }
 }
 

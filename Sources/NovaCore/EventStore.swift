@@ -8,6 +8,17 @@ public protocol EventStore: Sendable {
     /// One lane's events in contract order, at most `read.limit` of them.
     func read(_ read: LaneRead) async throws(StoreError) -> [Event]
 
+    /// One lane's events committed after `ingestSeq` `after`, in commit order, at most `limit`
+    /// (every scope). Streams and the feed use it through ``EventStore/committed(after:limit:)``.
+    func readCommitted(_ lane: Lane, after: Int64, limit: Int) async throws(StoreError) -> [CommittedEvent]
+
+    /// The `ingestSeq` of the last committed event (0 for an empty store).
+    func lastCommittedSeq() async throws(StoreError) -> Int64
+
+    /// Calls `onCommit` whenever another process may have committed events to this store, until
+    /// cancelled. A store only one process writes (SQLite) returns at once.
+    func watchCommits(_ onCommit: @escaping @Sendable () -> Void) async throws
+
     /// Count and time span per scope and lane, and the store's size.
     func stats() async throws(StoreError) -> StoreStats
 
@@ -19,6 +30,43 @@ public protocol EventStore: Sendable {
 
     /// Releases connections and files; the store is unusable afterwards.
     func close() async
+}
+
+/// An event with its position in commit order.
+public struct CommittedEvent: Sendable {
+    public var seq: Int64
+    public var event: Event
+
+    public init(seq: Int64, event: Event) {
+        self.seq = seq
+        self.event = event
+    }
+}
+
+extension EventStore {
+    public func watchCommits(_ onCommit: @escaping @Sendable () -> Void) async throws {}
+
+    /// Events of every lane committed after `after`, in commit order, at most `limit`: each lane
+    /// is read from its `ingestSeq` index, and only the prefix that every lane has fully covered
+    /// is returned, so nothing in between is skipped.
+    ///
+    /// The lane reads are separate statements, so a commit can land between them. The head is
+    /// therefore read first and the answer cut there: `ingestSeq` is given in commit order under
+    /// the writer's lock, so everything up to a committed head is visible to the reads after it.
+    public func committed(after: Int64, limit: Int) async throws(StoreError) -> [CommittedEvent] {
+        let head = try await lastCommittedSeq()
+        if head <= after { return [] }
+        var all = [CommittedEvent]()
+        var bound = head
+        for lane in Lane.allCases {
+            let rows = try await readCommitted(lane, after: after, limit: limit)
+            if rows.count == limit, let last = rows.last { bound = Swift.min(bound, last.seq) }
+            all += rows
+        }
+        all.removeAll { $0.seq > bound }
+        all.sort { $0.seq < $1.seq }
+        return all
+    }
 }
 
 /// The outcome of one append: one entry per event of the batch, in order.

@@ -45,8 +45,8 @@ public struct LaneSQL: Sendable {
 
     /// The ordered read of `LaneRead`. Placeholders, in order: 1 scopeId, 2 upper bound, 3 limit,
     /// then either the lower bound (4) or the keyset key (4…: time, then the tiebreak values),
-    /// then the filter value when `hasFilter`.
-    public func select(_ timebase: Timebase, keyset: Bool, hasFilter: Bool, dialect d: Dialect) -> String {
+    /// then the filter value when `hasFilter`, then the snapshot's `ingestSeq` when `hasSnapshot`.
+    public func select(_ timebase: Timebase, keyset: Bool, hasFilter: Bool, hasSnapshot: Bool = false, dialect d: Dialect) -> String {
         let q = d.quote
         let time = q(Self.timeColumn(timebase))
         let order = orderColumns(timebase).map(q)
@@ -63,9 +63,22 @@ public struct LaneSQL: Sendable {
         sql += " AND \(time) < \(d.placeholder(2))"
         if hasFilter {
             sql += " AND \(d.filterPrefix)\(q(lane.filterField)) = \(d.placeholder(next))"
+            next += 1
+        }
+        if hasSnapshot {
+            sql += " AND \(d.filterPrefix)\(q("ingestSeq")) <= \(d.placeholder(next))"
         }
         sql += " ORDER BY \(order.joined(separator: ", ")) LIMIT \(d.placeholder(3))"
         return sql
+    }
+}
+
+extension LaneSQL {
+    /// Events committed after an `ingestSeq`, in commit order: placeholders 1 the `ingestSeq` to
+    /// start after, 2 the limit. The first column is `ingestSeq`, then ``columns``.
+    public func selectCommitted(dialect d: Dialect) -> String {
+        let q = d.quote
+        return "SELECT \(q("ingestSeq")), \(columns.map(q).joined(separator: ", ")) FROM \(q(table)) WHERE \(q("ingestSeq")) > \(d.placeholder(1)) ORDER BY \(q("ingestSeq")) LIMIT \(d.placeholder(2))"
     }
 }
 

@@ -23,7 +23,29 @@ import PostgresNIO
 /// JSON and the edge allow) and rewrites numbers and key order, so the hub could not answer with
 /// the edge's bytes. Analysts can still cast `payload::jsonb` in SQL.
 enum PostgresSchema {
-    static let version = 1
+    static let version = 2
+
+    /// The statements that bring a store from version `n - 1` to `n`, for each `n` after 1.
+    ///
+    /// v2: a commit-order index on each lane table. Streams and the commit feed read "everything
+    /// committed after `ingestSeq` n", which must not scan every partition.
+    static let migrations: [Int: [String]] = [
+        2: Lane.allCases.map { lane in
+            let table = LaneSQL(lane).table
+            return "CREATE INDEX IF NOT EXISTS \(quote(table + "_commit_order")) ON \(quote(table)) (\"ingestSeq\")"
+        },
+    ]
+
+    static func migrate(_ conn: PostgresConnection, from applied: Int, logger: Logger) async throws {
+        guard applied < version else { return }
+        for n in (applied + 1)...version {
+            for statement in migrations[n] ?? [] {
+                try await conn.query(PostgresQuery(unsafeSQL: statement), logger: logger)
+            }
+        }
+        try await conn.query(#"UPDATE "novaStore" SET "value" = \#(String(version)) WHERE "key" = 'schemaVersion'"#, logger: logger)
+        logger.notice("hub schema migrated", metadata: ["from": "v\(applied)", "to": "v\(version)"])
+    }
 
     enum Mode: String, Sendable {
         case timescaledb
@@ -115,6 +137,9 @@ enum PostgresSchema {
                 for statement in createV1(mode: mode, hypertable: location.hypertable) {
                     try await conn.query(PostgresQuery(unsafeSQL: statement), logger: logger)
                 }
+                for n in 2...version {
+                    for statement in migrations[n] ?? [] { try await conn.query(PostgresQuery(unsafeSQL: statement), logger: logger) }
+                }
                 let storeId = UUID().uuidString.lowercased()
                 try await conn.query("""
                     INSERT INTO "novaStore" VALUES ('format', 'nova'), ('storeId', \(storeId)), ('schemaVersion', \(String(version))),
@@ -135,7 +160,7 @@ enum PostgresSchema {
             guard applied <= version else {
                 throw StoreError(.unusable, "\(location): schema v\(applied) is newer than this nova (it knows up to v\(version)); upgrade nova")
             }
-            // Future migrations run here, in order, from `applied + 1` through `version`.
+            try await migrate(conn, from: applied, logger: logger)
             return (storeId, mode)
         }
     }
@@ -145,6 +170,13 @@ enum PostgresSchema {
         let available = try await conn.query(#"SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'"#, logger: logger)
             .collect().first?.decode(Int64.self) ?? 0
         guard available > 0 else { return .partitioned }
+        // Without the preload, CREATE EXTENSION fails with FATAL and drops the connection.
+        let preload = try await conn.query("SELECT current_setting('shared_preload_libraries')", logger: logger)
+            .collect().first?.decode(String.self) ?? ""
+        guard preload.contains("timescaledb") else {
+            logger.warning("timescaledb is installed but not in shared_preload_libraries; using native partitioning")
+            return .partitioned
+        }
         // A failing CREATE EXTENSION (not preloaded, no privilege) must not abort the transaction.
         try await conn.query("SAVEPOINT nova_tsdb", logger: logger)
         do {

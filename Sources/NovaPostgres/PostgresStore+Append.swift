@@ -8,7 +8,8 @@ extension PostgresStore {
     /// (one per column, per lane), and the statement dedupes them through `eventIndex`, numbers the
     /// accepted ones (`ingestSeq`, in batch order, gap-free), inserts them into their lane tables,
     /// advances the counter and folds them into `laneStats`. One round trip per batch, never one per
-    /// event, and no staging table.
+    /// event, and no staging table. When it accepted anything it notifies ``commitChannel``, which
+    /// PostgreSQL delivers at commit.
     ///
     /// `ingestSeq` is gap-free in commit order because the statement takes the counter's row lock
     /// (`FOR UPDATE`) and holds it until it commits. Every candidate row is joined with that locked
@@ -114,7 +115,8 @@ extension PostgresStore {
                     "lastCanonicalTruthTime" = GREATEST("laneStats"."lastCanonicalTruthTime", excluded."lastCanonicalTruthTime"),
                     "firstSourceTruthTime" = LEAST("laneStats"."firstSourceTruthTime", excluded."firstSourceTruthTime"),
                     "lastSourceTruthTime" = GREATEST("laneStats"."lastSourceTruthTime", excluded."lastSourceTruthTime"))
-            SELECT "ord", "seq" FROM acc
+            , notified AS MATERIALIZED (SELECT pg_notify('\(commitChannel)', '') FROM acc LIMIT 1)
+            SELECT "ord", "seq" FROM acc WHERE (SELECT count(*) FROM notified) >= 0
             """
     }
 }

@@ -27,7 +27,8 @@ extension PostgresStore {
     /// The ordered read of `read` with its parameters bound in `LaneSQL` order.
     public static func query(_ read: LaneRead, prefix: String = "") throws -> PostgresQuery {
         let after = read.effectiveAfter
-        let sql = LaneSQL(read.lane).select(read.timebase, keyset: after != nil, hasFilter: read.filter != nil, dialect: dialect)
+        let sql = LaneSQL(read.lane).select(
+            read.timebase, keyset: after != nil, hasFilter: read.filter != nil, hasSnapshot: read.throughSeq != nil, dialect: dialect)
         var binds = PostgresBindings()
         binds.append(read.scopeId)
         binds.append(PostgresTimestamp(value: read.to))
@@ -43,7 +44,44 @@ extension PostgresStore {
             binds.append(PostgresTimestamp(value: read.from))
         }
         if let filter = read.filter { binds.append(filter) }
+        if let seq = read.throughSeq { binds.append(seq) }
         return PostgresQuery(unsafeSQL: prefix + sql, binds: binds)
+    }
+
+    public func readCommitted(_ lane: Lane, after: Int64, limit: Int) async throws(StoreError) -> [CommittedEvent] {
+        _ = try ensureReady()
+        if limit <= 0 { return [] }
+        do {
+            let logger = logger
+            var binds = PostgresBindings()
+            binds.append(after)
+            binds.append(Int64(limit))
+            let query = PostgresQuery(unsafeSQL: LaneSQL(lane).selectCommitted(dialect: Self.dialect), binds: binds)
+            return try await connection { conn in
+                var rows = [CommittedEvent]()
+                for try await row in try await conn.query(query, logger: logger) {
+                    var cells = Array(row)
+                    let seq = try cells.removeFirst().int64()
+                    rows.append(CommittedEvent(seq: seq, event: try Self.decode(cells, lane: lane)))
+                }
+                return rows
+            }
+        } catch {
+            throw mapError(error)
+        }
+    }
+
+    public func lastCommittedSeq() async throws(StoreError) -> Int64 {
+        _ = try ensureReady()
+        do {
+            let logger = logger
+            return try await connection { conn in
+                try await conn.query(#"SELECT "value" FROM "novaCounter" WHERE "name" = 'ingestSeq'"#, logger: logger)
+                    .collect().first?.decode(Int64.self) ?? 0
+            }
+        } catch {
+            throw mapError(error)
+        }
     }
 
     /// A row of `LaneSQL.columns` back into an event.
@@ -52,6 +90,10 @@ extension PostgresStore {
         var c = [PostgresCell]()
         c.reserveCapacity(8)
         while let cell = cells.next() { c.append(cell) }
+        return try decode(c, lane: lane)
+    }
+
+    static func decode(_ c: [PostgresCell], lane: Lane) throws -> Event {
         let fields: LaneFields
         switch lane {
         case .raw:

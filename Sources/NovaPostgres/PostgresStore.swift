@@ -88,13 +88,17 @@ public final class PostgresStore: EventStore, Service, Sendable {
     public func run() async throws {
         try await withThrowingDiscardingTaskGroup { group in
             group.addTask { await self.client.run() }
-            try await cancelWhenGracefulShutdown {
-                try await self.prepareWithRetry()
-                if self.maintainsPartitions, case .ready(_, .partitioned) = self.state.withLock({ $0 }) {
-                    try await PartitionMaintenance(store: self).run()
-                } else {
-                    try? await Task.sleep(for: .seconds(365 * 86_400 * 100))
+            do {
+                try await cancelWhenGracefulShutdown {
+                    try await self.prepareWithRetry()
+                    if self.maintainsPartitions, case .ready(_, .partitioned) = self.state.withLock({ $0 }) {
+                        try await PartitionMaintenance(store: self).run()
+                    } else {
+                        try? await Task.sleep(for: .seconds(365 * 86_400 * 100))
+                    }
                 }
+            } catch is CancellationError {
+                // Shut down gracefully: not a failure.
             }
             group.cancelAll()
         }
@@ -104,12 +108,48 @@ public final class PostgresStore: EventStore, Service, Sendable {
     /// One direct connection attempt, outside the pool, which would otherwise retry silently: it
     /// fails fast with the server's real answer (refused, wrong credentials, no such database).
     private func probe() async throws {
+        let connection = try await PostgresConnection.connect(configuration: directConfiguration, id: 0, logger: logger)
+        try await connection.close()
+    }
+
+    private var directConfiguration: PostgresConnection.Configuration {
         var configuration = PostgresConnection.Configuration(
             host: location.host, port: location.port, username: location.user, password: location.password,
             database: location.database, tls: .disable)
         configuration.options.connectTimeout = .seconds(Int64(location.pool.connectionTimeout))
-        let connection = try await PostgresConnection.connect(configuration: configuration, id: 0, logger: logger)
-        try await connection.close()
+        return configuration
+    }
+
+    /// The channel every append notifies when it commits (``insertSQL(lanes:)``).
+    static let commitChannel = "nova_commits"
+
+    /// Listens on its own connection (a pooled one would be held forever) for the notification
+    /// every append sends at commit, so that several `nova serve` processes on one database wake
+    /// their streams for each other's commits. Reconnects with back-off; calls `onCommit` after
+    /// each (re)connect too, since notifications sent while disconnected are lost.
+    public func watchCommits(_ onCommit: @escaping @Sendable () -> Void) async throws {
+        var delay = Duration.milliseconds(250)
+        while !Task.isCancelled {
+            do {
+                let connection = try await PostgresConnection.connect(configuration: directConfiguration, id: 1, logger: logger)
+                do {
+                    try await connection.listen(on: Self.commitChannel) { notifications in
+                        delay = .milliseconds(250)
+                        onCommit()
+                        for try await _ in notifications { onCommit() }
+                    }
+                } catch {
+                    try? await connection.close()
+                    throw error
+                }
+                try? await connection.close()
+            } catch {
+                if Task.isCancelled { return }
+                logger.warning("commit notifications lost, reconnecting", metadata: ["error": "\(mapError(error).message)", "retryIn": "\(delay)"])
+            }
+            try await Task.sleep(for: delay)
+            delay = min(delay * 2, .seconds(5))
+        }
     }
 
     private func prepareWithRetry() async throws {

@@ -15,7 +15,8 @@ extension SQLiteStore {
 
     /// The SQL of an ordered lane read, for `EXPLAIN QUERY PLAN` checks.
     public static func selectSQL(_ read: LaneRead) -> String {
-        LaneSQL(read.lane).select(read.timebase, keyset: read.effectiveAfter != nil, hasFilter: read.filter != nil, dialect: dialect)
+        LaneSQL(read.lane).select(
+            read.timebase, keyset: read.effectiveAfter != nil, hasFilter: read.filter != nil, hasSnapshot: read.throughSeq != nil, dialect: dialect)
     }
 
     private static func read(_ read: LaneRead, db: Database) throws -> [Event] {
@@ -45,31 +46,63 @@ extension SQLiteStore {
             s.bind(4, read.from.microseconds)
             next += 1
         }
-        if let filter = read.filter { s.bind(next, filter) }
+        if let filter = read.filter {
+            s.bind(next, filter)
+            next += 1
+        }
+        if let seq = read.throughSeq { s.bind(next, seq) }
         return s
     }
 
-    /// A row of `LaneSQL.columns` back into an event.
-    static func decode(_ s: RawStatement, lane: Lane) throws -> Event {
-        guard let eventId = s.eventId(3) else {
+    public func readCommitted(_ lane: Lane, after: Int64, limit: Int) async throws(StoreError) -> [CommittedEvent] {
+        if limit <= 0 { return [] }
+        do {
+            return try await pool.read { db in
+                let s = RawStatement(try db.cachedStatement(sql: LaneSQL(lane).selectCommitted(dialect: Self.dialect)))
+                s.reset()
+                s.bind(1, after)
+                s.bind(2, Int64(limit))
+                var rows = [CommittedEvent]()
+                while try s.step(db) {
+                    rows.append(CommittedEvent(seq: s.int64(0), event: try Self.decode(s, lane: lane, offset: 1)))
+                }
+                s.reset()
+                return rows
+            }
+        } catch {
+            throw Self.storeError(error, path: path)
+        }
+    }
+
+    public func lastCommittedSeq() async throws(StoreError) -> Int64 {
+        do {
+            return try await pool.read { db in try Int64.fetchOne(db, sql: "SELECT value FROM novaStore WHERE key = 'lastIngestSeq'") ?? 0 }
+        } catch {
+            throw Self.storeError(error, path: path)
+        }
+    }
+
+    /// A row of `LaneSQL.columns`, starting at column `offset`, back into an event.
+    static func decode(_ s: RawStatement, lane: Lane, offset o: Int32 = 0) throws -> Event {
+        guard let eventId = s.eventId(o + 3) else {
             throw DatabaseError(resultCode: .SQLITE_CORRUPT, message: "an eventId is not 32 bytes")
         }
         let fields: LaneFields
         switch lane {
         case .raw:
-            fields = .raw(connectionId: s.string(4), sequence: s.int64(5), bytes: s.bytes(6))
+            fields = .raw(connectionId: s.string(o + 4), sequence: s.int64(o + 5), bytes: s.bytes(o + 6))
         case .parsed:
-            fields = .parsed(streamId: s.string(4), streamType: s.string(5), schemaVersion: s.string(6), payload: CanonicalPayload(canonicalUTF8: s.bytes(7)))
+            fields = .parsed(streamId: s.string(o + 4), streamType: s.string(o + 5), schemaVersion: s.string(o + 6), payload: CanonicalPayload(canonicalUTF8: s.bytes(o + 7)))
         case .ui:
-            fields = .ui(viewId: s.string(4), payload: CanonicalPayload(canonicalUTF8: s.bytes(5)))
+            fields = .ui(viewId: s.string(o + 4), payload: CanonicalPayload(canonicalUTF8: s.bytes(o + 5)))
         case .command:
-            fields = .command(targetId: s.string(4), commandType: s.string(5), requestedBy: s.string(6), payload: CanonicalPayload(canonicalUTF8: s.bytes(7)))
+            fields = .command(targetId: s.string(o + 4), commandType: s.string(o + 5), requestedBy: s.string(o + 6), payload: CanonicalPayload(canonicalUTF8: s.bytes(o + 7)))
         case .metadata:
-            fields = .metadata(metadataType: s.string(4), payload: CanonicalPayload(canonicalUTF8: s.bytes(5)))
+            fields = .metadata(metadataType: s.string(o + 4), payload: CanonicalPayload(canonicalUTF8: s.bytes(o + 5)))
         }
         return Event(
-            scopeId: s.string(0), sourceTruthTime: Timestamp(microseconds: s.int64(1)),
-            canonicalTruthTime: Timestamp(microseconds: s.int64(2)), eventId: eventId, fields: fields)
+            scopeId: s.string(o + 0), sourceTruthTime: Timestamp(microseconds: s.int64(o + 1)),
+            canonicalTruthTime: Timestamp(microseconds: s.int64(o + 2)), eventId: eventId, fields: fields)
     }
 }
 

@@ -10,6 +10,10 @@ public final class NovaMetrics: Sendable {
     let ingestBatches: Counter
     let appendDuration: DurationHistogram
     let queryDuration: DurationHistogram
+    let streamClients: Gauge
+    let streamEventsSent: Counter
+    let streamCatchUps: Counter
+    let streamLag: DurationHistogram
 
     static let latencyBuckets: [Duration] = [
         .microseconds(250), .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10),
@@ -30,6 +34,13 @@ public final class NovaMetrics: Sendable {
         queryDuration = registry.makeDurationHistogram(
             name: "nova_query_duration_seconds", buckets: Self.latencyBuckets,
             help: "Time to read one page of an ordered query from the store.")
+        streamClients = registry.makeGauge(name: "nova_stream_clients", help: "WebSocket streams open.")
+        streamEventsSent = registry.makeCounter(name: "nova_stream_events_sent_total", help: "Events sent to stream clients.")
+        streamCatchUps = registry.makeCounter(
+            name: "nova_stream_catchups_total", help: "Times a LIVE client fell behind the in-memory tail and was served from the store.")
+        streamLag = registry.makeDurationHistogram(
+            name: "nova_stream_lag_seconds", buckets: Self.latencyBuckets,
+            help: "Per client and chunk: time from a commit entering the live tail to its sending.")
     }
 
     /// Prometheus text exposition of every series in the registry.

@@ -59,6 +59,33 @@ struct QueryParameters {
     }
 }
 
+extension QueryParameters {
+    /// `timebase`, `lane` and the per-lane filters, shared by queries and streams.
+    mutating func selection() throws(APIError) -> (Timebase, [Lane], [Lane: String]) {
+        let timebase: Timebase
+        switch string("timebase") {
+        case nil, "canonical": timebase = .canonical
+        case "source": timebase = .source
+        case let other?: throw APIError(.badRequest, "timebase: must be canonical or source, found \(quotedParameter(other))")
+        }
+        var filters = [Lane: String]()
+        for lane in Lane.allCases {
+            if let value = string(lane.filterField) { filters[lane] = value }
+        }
+        var lanes = filters.isEmpty ? Lane.allCases : filters.keys.sorted()
+        if let list = string("lane") {
+            switch Lane.parseList(list) {
+            case .success(let parsed): lanes = parsed
+            case .failure(let error): throw APIError(.badRequest, "lane: \(error.description)")
+            }
+            if let stray = filters.keys.sorted().first(where: { !lanes.contains($0) }) {
+                throw APIError(.badRequest, "\(stray.filterField): filters the \(stray) lane, which the lane parameter does not select")
+            }
+        }
+        return (timebase, lanes, filters)
+    }
+}
+
 /// A parameter value quoted for a message, cut short.
 func quotedParameter(_ text: String) -> String {
     let cut = text.count > 64 ? String(text.prefix(64)) + "…" : text
@@ -79,26 +106,7 @@ extension EventQuery {
         let from = try p.time("from")
         let to = try p.time("to")
         guard from <= to else { throw APIError(.badRequest, "from: must not be after to") }
-        let timebase: Timebase
-        switch p.string("timebase") {
-        case nil, "canonical": timebase = .canonical
-        case "source": timebase = .source
-        case let other?: throw APIError(.badRequest, "timebase: must be canonical or source, found \(quotedParameter(other))")
-        }
-        var filters = [Lane: String]()
-        for lane in Lane.allCases {
-            if let value = p.string(lane.filterField) { filters[lane] = value }
-        }
-        var lanes = filters.isEmpty ? Lane.allCases : filters.keys.sorted()
-        if let list = p.string("lane") {
-            switch Lane.parseList(list) {
-            case .success(let parsed): lanes = parsed
-            case .failure(let error): throw APIError(.badRequest, "lane: \(error.description)")
-            }
-            if let stray = filters.keys.sorted().first(where: { !lanes.contains($0) }) {
-                throw APIError(.badRequest, "\(stray.filterField): filters the \(stray) lane, which the lane parameter does not select")
-            }
-        }
+        let (timebase, lanes, filters) = try p.selection()
         let limit = try p.int("limit", default: Swift.min(10_000, maxLimit), in: 1...maxLimit)
         self.init(scopeId: scope, range: from..<to, timebase: timebase, lanes: lanes, filters: filters, limit: limit)
         if let cursor = p.string("after") {

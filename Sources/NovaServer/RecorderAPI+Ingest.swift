@@ -46,6 +46,7 @@ extension RecorderAPI {
             throw APIError.store(error)
         }
         metrics.appendDuration.record(ContinuousClock.now - started)
+        await feed.published(batch.events, seqs: result.ingestSeqs)
         metrics.ingestAccepted.increment(by: Int64(result.accepted))
         metrics.ingestDuplicates.increment(by: Int64(result.duplicates))
         metrics.ingestBatches.increment()

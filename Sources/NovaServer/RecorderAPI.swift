@@ -1,8 +1,11 @@
 import HTTPTypes
 import Prometheus
 import Hummingbird
+import HummingbirdWebSocket
 import Logging
+import NIOCore
 import NovaCore
+import ServiceLifecycle
 
 /// The HTTP API of api.md over any ``EventStore``: what `nova record` (edge) and `nova serve` (hub)
 /// both serve. It knows nothing of SQL; the store knows nothing of HTTP.
@@ -17,14 +20,40 @@ public struct RecorderAPI: Sendable {
     public let configuration: NovaConfiguration
     public let metrics: NovaMetrics
     public let logger: Logger
+    /// The recent commits that LIVE streams read; ``services`` keeps it current.
+    public let feed: CommitFeed
     let decoder: EventDecoder
 
-    public init(store: any EventStore, configuration: NovaConfiguration, metrics: NovaMetrics = NovaMetrics(), logger: Logger = Logger(label: "nova.server")) {
+    /// `feedCapacity`: how many recent commits LIVE streams are served from memory; a client
+    /// further behind reads the store.
+    public init(
+        store: any EventStore, configuration: NovaConfiguration, metrics: NovaMetrics = NovaMetrics(), logger: Logger = Logger(label: "nova.server"),
+        feedCapacity: Int = 32_768
+    ) {
         self.store = store
         self.configuration = configuration
         self.metrics = metrics
         self.logger = logger
         self.decoder = EventDecoder(limits: configuration.limits)
+        self.feed = CommitFeed(store: store, capacity: feedCapacity, logger: logger)
+    }
+
+    /// The HTTP server with WebSocket upgrades for `/v1/stream`, and the stream feed's upkeep.
+    ///
+    /// Half-open stream connections are found by WebSocket pings every 60 s: a client that has
+    /// not answered one by the next is closed. The period is long because a slow client's pong
+    /// waits behind the events queued for it, and a slow client must not be dropped.
+    public func application(
+        host: String, port: Int, onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
+    ) -> some ApplicationProtocol {
+        let router = router()
+        return Application(
+            router: router,
+            server: .http1WebSocketUpgrade(webSocketRouter: router, configuration: .init(ws: .init(autoPing: .enabled(timePeriod: .seconds(60))))),
+            configuration: .init(address: .hostname(host, port: port), serverName: "nova"),
+            services: [CommitFeedService(feed: feed, store: store, logger: logger)],
+            onServerRunning: onServerRunning,
+            logger: logger)
     }
 
     public func router() -> Router<NovaRequestContext> {
@@ -35,6 +64,7 @@ public struct RecorderAPI: Sendable {
         router.post("/v1/events") { request, _ in try await ingest(request) }
         router.get("/v1/events") { request, _ in try await query(request) }
         router.get("/v1/stats") { request, _ in try await stats(request) }
+        router.ws("/v1/stream") { inbound, outbound, context in try await stream(inbound, outbound, context) }
         router.get("/healthz") { _, _ in jsonResponse(#"{"status":"ok"}"#) }
         router.get("/readyz") { _, _ in try await ready() }
         router.get("/metrics") { _, _ in

@@ -53,22 +53,21 @@ func serve(store: any EventStore, services: [any Service], config: NovaConfigura
     let registry = PrometheusCollectorRegistry()
     MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
     let api = RecorderAPI(store: store, configuration: config, metrics: NovaMetrics(registry: registry), logger: logger)
-    let app = Application(
-        router: api.router(),
-        configuration: .init(address: .hostname(config.server.host, port: config.server.port), serverName: "nova"),
-        onServerRunning: { channel in
-            let port = channel.localAddress?.port ?? config.server.port
-            // One line on stdout that scripts and tests wait for.
-            FileHandle.standardOutput.write(Data("nova: listening on http://\(config.server.host):\(port) (\(store.description))\n".utf8))
-        },
-        logger: logger
-    )
-    let group = ServiceGroup(
-        services: services + [app],
-        gracefulShutdownSignals: [.sigterm, .sigint],
-        logger: logger
-    )
-    try await group.run()
+    let app = api.application(host: config.server.host, port: config.server.port) { channel in
+        let port = channel.localAddress?.port ?? config.server.port
+        // One line on stdout that scripts and tests wait for.
+        FileHandle.standardOutput.write(Data("nova: listening on http://\(config.server.host):\(port) (\(store.description))\n".utf8))
+    }
+    var configuration = ServiceGroupConfiguration(services: services + [app], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+    // A client that keeps a connection busy must not keep the process alive: after 10 s of
+    // draining, what is still open is cancelled (nothing is lost: acknowledged means committed).
+    configuration.maximumGracefulShutdownDuration = .seconds(10)
+    configuration.maximumCancellationDuration = .seconds(5)
+    do {
+        try await ServiceGroup(configuration: configuration).run()
+    } catch is CancellationError {
+        logger.warning("shutdown: connections still busy after 10 s were cancelled")
+    }
     logger.info("stopped", metadata: ["store": "\(store.description)"])
 }
 

@@ -234,6 +234,16 @@ actor AckedIds {
             #expect(report["groups"]?.arrayValue.count == 2, "one group per window size")
             #expect(report["errors"]?.arrayValue.isEmpty == true, "\(query.stdout)")
         }
+        for store in ["sqlite", locator] {
+            let stream = try await NovaProcess.run(
+                ["bench", "stream", "--store", store, "--events", "3000", "--rate", "2000", "--seconds", "1", "--clients", "3", "--batch", "250",
+                 "--allow-debug", "--json", json],
+                directory: dir, environment: ["NOVA_DB_PASSWORD": password])
+            #expect(stream.status == 0, "\(stream.stdout) \(stream.stderr)")
+            let report = try JSONParser.parse(Array(Data(contentsOf: URL(fileURLWithPath: json))))
+            #expect(report["groups"]?.arrayValue.count == 2, "LIVE and REWIND")
+            #expect(report["errors"]?.arrayValue.isEmpty == true, "\(stream.stdout)")
+        }
         let refused = try await NovaProcess.run(["bench", "ingest", "--events", "10"], directory: dir)
         #expect(refused.status != 0 && refused.stderr.contains("release"), "a debug build refuses without --allow-debug")
     }

@@ -12,14 +12,15 @@ import NovaTestSupport
 func withRecorder<T: Sendable>(
     _ backend: Backend = .sqlite,
     configure: (inout NovaConfiguration) -> Void = { _ in },
+    feedCapacity: Int = 32_768,
     _ body: @Sendable (any TestClientProtocol, any EventStore, NovaMetrics) async throws -> T
 ) async throws -> T {
     var config = NovaConfiguration()
     configure(&config)
     let (store, cleanup) = try await backend.makeStore()
     let metrics = NovaMetrics()
-    let api = RecorderAPI(store: store, configuration: config, metrics: metrics, logger: quietLogger)
-    let app = Application(router: api.router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)), logger: quietLogger)
+    let api = RecorderAPI(store: store, configuration: config, metrics: metrics, logger: quietLogger, feedCapacity: feedCapacity)
+    let app = api.application(host: "127.0.0.1", port: 0)
     do {
         let result = try await app.test(.live) { client in try await body(client, store, metrics) }
         await cleanup()
@@ -39,6 +40,19 @@ extension TestClientProtocol {
 
     func get(_ uri: String, headers: HTTPFields = [:]) async throws -> TestResponse {
         try await execute(uri: uri, method: .get, headers: headers)
+    }
+}
+
+extension TestClientProtocol {
+    /// Posts `events` as NDJSON (their answer form, which is valid ingest input) and checks the answer.
+    func ingest(_ events: [Event]) async throws {
+        let lines = events.map { e -> String in
+            var out = [UInt8]()
+            e.writeJSON(into: &out)
+            return String(decoding: out, as: UTF8.self)
+        }
+        let response = try await post(ndjson: lines)
+        guard response.status == .ok else { throw StreamTestError("ingest failed: \(response.status) \(response.text)") }
     }
 }
 

@@ -63,7 +63,7 @@ public enum TestPostgres {
         let (locator, password) = try server()
         let name = "\(prefix)_\(UUID().uuidString.prefix(12).lowercased().replacingOccurrences(of: "-", with: ""))"
         try await admin { client in
-            try await client.query(PostgresQuery(unsafeSQL: #"CREATE DATABASE "\#(name)" TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'en_US.UTF-8' LC_CTYPE 'en_US.UTF-8'"#))
+            try await client.query(PostgresQuery(unsafeSQL: #"CREATE DATABASE "\#(name)" TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'en_US.UTF-8' LC_CTYPE 'en_US.UTF-8'"#), logger: quietLogger)
         }
         var location = try PostgresLocation(locator: locator, environment: ["NOVA_DB_PASSWORD": password])
         location.database = name
@@ -76,24 +76,29 @@ public enum TestPostgres {
 
     public static func dropDatabase(_ name: String) async {
         try? await admin { client in
-            try await client.query(PostgresQuery(unsafeSQL: #"DROP DATABASE IF EXISTS "\#(name)" WITH (FORCE)"#))
+            try await client.query(PostgresQuery(unsafeSQL: #"DROP DATABASE IF EXISTS "\#(name)" WITH (FORCE)"#), logger: quietLogger)
         }
     }
 
     /// Runs `body` with a short-lived client on the server's `postgres` database.
-    public static func admin<T: Sendable>(_ body: @Sendable (PostgresClient) async throws -> T) async throws -> T {
+    /// Runs `body` on one direct connection to the test server's `postgres` database.
+    ///
+    /// A plain connection, not a pool: cancelling a pool's `run()` while it is still opening a
+    /// connection was seen to hang a loaded test run.
+    public static func admin<T: Sendable>(_ body: @Sendable (PostgresConnection) async throws -> T) async throws -> T {
         let (locator, password) = try server()
         let location = try PostgresLocation(locator: locator, environment: ["NOVA_DB_PASSWORD": password])
-        let client = PostgresClient(configuration: .init(
-            host: location.host, port: location.port, username: location.user, password: password, database: location.database, tls: .disable))
-        return try await withThrowingTaskGroup(of: T?.self) { group in
-            group.addTask {
-                await client.run()
-                return nil
-            }
-            let result = try await body(client)
-            group.cancelAll()
+        var configuration = PostgresConnection.Configuration(
+            host: location.host, port: location.port, username: location.user, password: password, database: location.database, tls: .disable)
+        configuration.options.connectTimeout = .seconds(30)
+        let connection = try await PostgresConnection.connect(configuration: configuration, id: 0, logger: quietLogger)
+        do {
+            let result = try await body(connection)
+            try? await connection.close()
             return result
+        } catch {
+            try? await connection.close()
+            throw error
         }
     }
 

@@ -1,0 +1,219 @@
+import Logging
+import NIOCore
+import NovaCore
+import ServiceLifecycle
+
+/// The recent tail of the store's commit order, shared by every LIVE stream of a process.
+///
+/// The store stays the source of truth: the feed only holds the last ``capacity`` committed
+/// events, each with its `event` message already encoded, so twenty clients cost one encoding.
+/// Events enter in `ingestSeq` order with no gap: an append of this process is taken as it is when
+/// it continues the tail, anything else (a gap, another process's commit signalled by the store, a
+/// periodic check) is read from the store by `ingestSeq`. A client behind the ring's start reads
+/// the store itself; nobody is dropped and memory stays bounded.
+public actor CommitFeed {
+    public struct Entry: Sendable {
+        public let seq: Int64
+        public let event: Event
+        /// `{"type":"event","event":{…}}` as sent to clients (shared storage, never copied).
+        /// Encoded on the first read, so a recorder without streams never encodes.
+        public fileprivate(set) var message: ByteBuffer?
+        /// When the feed took it in, for the delivery-lag metric.
+        public let at: ContinuousClock.Instant
+
+        init(seq: Int64, event: Event) {
+            self.seq = seq
+            self.event = event
+            self.at = .now
+        }
+    }
+
+    public enum Read: Sendable {
+        case entries([Entry])
+        /// `after` is older than the ring: read the store.
+        case behind
+        /// Nothing after `after` yet.
+        case upToDate
+    }
+
+    let store: any EventStore
+    let capacity: Int
+    let logger: Logger
+    private var ring: [Entry] = []
+    private var start = 0
+    /// The `ingestSeq` of the newest entry (or, while empty, of the last commit seen).
+    public private(set) var head: Int64 = 0
+    private var started = false
+    private var filling = false
+    /// Set when a publish arrived during a fill, which then reads once more.
+    private var missed = false
+    private var waiters: [CheckedContinuation<Void, Never>] = []
+
+    public init(store: any EventStore, capacity: Int = 32_768, logger: Logger) {
+        self.store = store
+        self.capacity = capacity
+        self.logger = logger
+        ring.reserveCapacity(capacity)
+    }
+
+    /// Takes the store's current head as the start of the tail.
+    public func start() async throws(StoreError) {
+        guard !started else { return }
+        head = try await store.lastCommittedSeq()
+        started = true
+    }
+
+    /// Up to `max` entries after `after`, in commit order.
+    public func read(after: Int64, max: Int) -> Read {
+        if after >= head { return .upToDate }
+        guard !ring.isEmpty, after >= ring[start].seq - 1 else { return .behind }
+        // The first entry after `after` (seqs rise along the ring; retention may leave gaps).
+        var low = 0
+        var high = ring.count
+        while low < high {
+            let mid = (low + high) / 2
+            if ring[(start + mid) % ring.count].seq <= after { low = mid + 1 } else { high = mid }
+        }
+        let end = Swift.min(ring.count, low + max)
+        var out = [Entry]()
+        out.reserveCapacity(end - low)
+        for k in low..<end {
+            let slot = (start + k) % ring.count
+            if ring[slot].message == nil { ring[slot].message = ByteBuffer(bytes: Self.message(ring[slot].event)) }
+            out.append(ring[slot])
+        }
+        return .entries(out)
+    }
+
+    /// Returns when the head passes `after`, or after at most a tick (so that callers can send
+    /// heartbeats and notice their own commands and closes).
+    public func waitForCommits(after: Int64) async {
+        if head > after { return }
+        await withCheckedContinuation { waiters.append($0) }
+    }
+
+    /// An append of this process has committed `events` with `seqs` (nil for duplicates).
+    public func published(_ events: [Event], seqs: [Int64?]) async {
+        guard started else { return }
+        if filling {
+            missed = true
+            return
+        }
+        var fresh = [(Int64, Event)]()
+        for (event, seq) in zip(events, seqs) { if let seq, seq > head { fresh.append((seq, event)) } }
+        guard !fresh.isEmpty else { return }
+        fresh.sort { $0.0 < $1.0 }
+        if fresh[0].0 == head + 1, fresh.last!.0 == head + Int64(fresh.count) {
+            for (seq, event) in fresh { append(Entry(seq: seq, event: event)) }
+            wakeAll()
+        } else {
+            await fill()
+        }
+    }
+
+    /// Reads whatever the store committed after the head (another process's appends, or a batch
+    /// whose predecessor has not been published yet).
+    public func fill() async {
+        guard started else { return }
+        if filling {
+            missed = true
+            return
+        }
+        filling = true
+        defer { filling = false }
+        do {
+            while true {
+                missed = false
+                let rows = try await store.committed(after: head, limit: 2_000)
+                for row in rows where row.seq > head {
+                    append(Entry(seq: row.seq, event: row.event))
+                }
+                if !rows.isEmpty { wakeAll() }
+                if rows.count < 2_000 && !missed { break }
+            }
+        } catch {
+            // Cancelled reads at shutdown are not worth a warning.
+            if !Task.isCancelled { logger.warning("stream feed cannot read the store", metadata: ["error": "\(error.message)"]) }
+        }
+    }
+
+    /// Wakes every waiter (a tick), so that idle streams can send heartbeats.
+    public func tick() { wakeAll() }
+
+    private func append(_ entry: Entry) {
+        if ring.count < capacity {
+            ring.append(entry)
+        } else {
+            ring[start] = entry
+            start = (start + 1) % capacity
+        }
+        head = entry.seq
+    }
+
+    private func wakeAll() {
+        let waiting = waiters
+        waiters.removeAll(keepingCapacity: true)
+        for w in waiting { w.resume() }
+    }
+
+    static func message(_ event: Event) -> [UInt8] {
+        var out = [UInt8]()
+        out.reserveCapacity(320)
+        out.append(contentsOf: #"{"type":"event","event":"#.utf8)
+        event.writeJSON(into: &out)
+        out.append(UInt8(ascii: "}"))
+        return out
+    }
+}
+
+/// Keeps a ``CommitFeed`` current while the server runs: the store's commit signals (PostgreSQL
+/// `LISTEN`) fill it at once, a tick wakes idle streams, and a periodic check of the store's head
+/// covers any signal that was lost.
+public struct CommitFeedService: Service {
+    let feed: CommitFeed
+    let store: any EventStore
+    let logger: Logger
+
+    public init(feed: CommitFeed, store: any EventStore, logger: Logger) {
+        self.feed = feed
+        self.store = store
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        let feed = feed
+        let store = store
+        do {
+            // Everything here stops at the first sign of shutdown, including the wait for a
+            // store that is still connecting (or that was refused, which stops the server).
+            try await cancelWhenGracefulShutdown {
+                while true {
+                    do {
+                        try await feed.start()
+                        break
+                    } catch {
+                        try await Task.sleep(for: .milliseconds(500))
+                    }
+                }
+                try await withThrowingDiscardingTaskGroup { group in
+                    group.addTask {
+                        // It reconnects by itself; it ends only when cancelled (or at once for a
+                        // store no other process writes). The tick below covers its absence.
+                        try? await store.watchCommits { Task { await feed.fill() } }
+                    }
+                    group.addTask {
+                        var ticks = 0
+                        while true {
+                            try await Task.sleep(for: .milliseconds(250))
+                            await feed.tick()
+                            ticks += 1
+                            if ticks % 4 == 0 { await feed.fill() }
+                        }
+                    }
+                }
+            }
+        } catch where Task.isCancelled || error is CancellationError {
+            // Shut down (a listen that ends with its own error when cancelled included).
+        }
+    }
+}

@@ -1,0 +1,70 @@
+import Hummingbird
+import HummingbirdWebSocket
+import NIOWebSocket
+import NovaCore
+import Prometheus
+
+extension RecorderAPI {
+    /// `GET /v1/stream`: LIVE and REWIND over WebSocket (api.md, Streaming).
+    ///
+    /// Bad parameters and bad messages are answered on the socket, as the contract asks: an
+    /// `error` message naming the problem, then a close with 1008 (policy violation), 1003 for
+    /// binary messages, 1009 for oversized ones, 1011 when the store fails. Reading the client
+    /// runs beside sending, so commands act mid-stream and a close is noticed at once.
+    func stream(_ inbound: WebSocketInboundStream, _ outbound: WebSocketOutboundWriter, _ context: WebSocketRouterContext<NovaRequestContext>) async throws {
+        metrics.streamClients.increment()
+        defer { metrics.streamClients.decrement() }
+        let request: StreamRequest
+        do {
+            request = try StreamRequest(context.request.uri)
+        } catch {
+            try await outbound.write(.text(String(decoding: StreamSession.errorMessage(error.message), as: UTF8.self)))
+            try await outbound.close(.policyViolation, reason: String(error.message.prefix(120)))
+            return
+        }
+        let control = StreamControl()
+        let store = store
+        let feed = feed
+        let metrics = metrics
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                do {
+                    for try await message in inbound.messages(maxSize: 4096) {
+                        switch message {
+                        case .text(let text):
+                            do {
+                                control.post(try StreamCommand(parsing: text))
+                            } catch let error as APIError {
+                                control.fail(.policyViolation, error.message)
+                                return
+                            }
+                        case .binary:
+                            control.fail(.unacceptableData, "message: must be a JSON text message, not binary")
+                            return
+                        }
+                    }
+                } catch {
+                    control.fail(.messageTooLarge, "message: larger than 4096 bytes or malformed (\(error))")
+                    return
+                }
+                control.close()
+            }
+            // The sender notices the reader's news (a command, a failure to report, the client's
+            // close) within a tick; when it ends, so does the reader.
+            do {
+                var session = try await StreamSession(
+                    request: request, store: store, feed: feed, control: control, outbound: outbound, metrics: metrics)
+                try await session.run()
+            } catch let failure as StreamFailure {
+                try? await outbound.write(.text(String(decoding: StreamSession.errorMessage(failure.message), as: UTF8.self)))
+                try? await outbound.close(failure.code, reason: String(failure.message.prefix(120)))
+            } catch let error as StoreError {
+                try? await outbound.write(.text(String(decoding: StreamSession.errorMessage("store: \(error.message)"), as: UTF8.self)))
+                try? await outbound.close(.unexpectedServerError, reason: nil)
+            } catch {
+                // The connection went away mid-write, or the server is shutting down.
+            }
+            group.cancelAll()
+        }
+    }
+}

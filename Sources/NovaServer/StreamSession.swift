@@ -1,0 +1,299 @@
+import HummingbirdWebSocket
+import Logging
+import NIOCore
+import NIOWebSocket
+import NovaCore
+import Prometheus
+import Synchronization
+
+/// Commands and closes from the client's reading side, for the sending side to act on.
+final class StreamControl: Sendable {
+    struct State {
+        var commands: [StreamCommand] = []
+        var failure: (code: WebSocketErrorCode, message: String)?
+        var closed = false
+    }
+
+    let state = Mutex(State())
+    /// More pending commands than this is abuse, not use.
+    static let maxPending = 64
+
+    func post(_ command: StreamCommand) {
+        state.withLock { s in
+            if s.commands.count >= Self.maxPending {
+                s.failure = s.failure ?? (.policyViolation, "message: more than \(Self.maxPending) commands waiting; slow down")
+            } else {
+                s.commands.append(command)
+            }
+        }
+    }
+
+    func fail(_ code: WebSocketErrorCode, _ message: String) {
+        state.withLock { s in s.failure = s.failure ?? (code, message) }
+    }
+
+    func close() { state.withLock { $0.closed = true } }
+
+    var hasNews: Bool { state.withLock { !$0.commands.isEmpty || $0.failure != nil || $0.closed } }
+
+    func take() -> State {
+        state.withLock { s in
+            let taken = s
+            s.commands.removeAll()
+            return taken
+        }
+    }
+}
+
+/// One client's stream: REWIND reads the store in contract order by keyset pages, paced by
+/// event-time deltas divided by `speed`, and hands over to LIVE at the head; LIVE sends every
+/// later commit once, in commit order, from the shared ``CommitFeed`` or, when the client has
+/// fallen behind it, from the store.
+///
+/// The handover has no gap and no repeat because the rewind reads a snapshot: only events with
+/// `ingestSeq <= snapshot`. When its read runs out, the head is checked; events committed since
+/// the snapshot that order at or before what was already sent (late arrivals) are sent at once,
+/// the rest come through the ordered read of the new snapshot. When no commit arrived since the
+/// snapshot, the stream is at the present: `caughtUp`, then LIVE after the snapshot.
+struct StreamSession {
+    enum Phase {
+        case rewind(from: Timestamp, cursor: OrderingKey?, snapshot: Int64)
+        case live(position: Int64)
+    }
+
+    enum Step {
+        case next
+        case stop
+    }
+
+    let request: StreamRequest
+    let store: any EventStore
+    let feed: CommitFeed
+    let control: StreamControl
+    let outbound: WebSocketOutboundWriter
+    let metrics: NovaMetrics
+    var speed: Double
+    var phase: Phase
+    var paused = false
+    var catchingUp = false
+    /// Pacing: the wall-clock instant at which the event time `time` is due.
+    var anchor: (wall: ContinuousClock.Instant, time: Timestamp)?
+    var lastSent = ContinuousClock.now
+
+    static let pageSize = 512
+    static let heartbeatEvery = Duration.seconds(5)
+
+    init(request: StreamRequest, store: any EventStore, feed: CommitFeed, control: StreamControl, outbound: WebSocketOutboundWriter, metrics: NovaMetrics) async throws(StoreError) {
+        self.request = request
+        self.store = store
+        self.feed = feed
+        self.control = control
+        self.outbound = outbound
+        self.metrics = metrics
+        speed = request.speed
+        let head = try await store.lastCommittedSeq()
+        phase = request.mode == .live ? .live(position: head) : .rewind(from: request.from, cursor: nil, snapshot: head)
+    }
+
+    mutating func run() async throws {
+        if case .live(let position) = phase {
+            // A LIVE stream is at the present from its first moment; saying so tells the client
+            // from when on it misses nothing.
+            try await send(Self.caughtUp(position))
+        }
+        while true {
+            if try await applyControl() == .stop { return }
+            if paused {
+                try await heartbeatIfIdle()
+                try await Task.sleep(for: .milliseconds(50))
+                continue
+            }
+            let step: Step
+            switch phase {
+            case .rewind(let from, let cursor, let snapshot):
+                step = try await rewind(from: from, cursor: cursor, snapshot: snapshot)
+            case .live(let position):
+                try await live(after: position)
+                step = .next
+            }
+            if step == .stop { return }
+        }
+    }
+
+    /// Acts on what the client sent; `.stop` after a failure (reported) or the client's close.
+    mutating func applyControl() async throws -> Step {
+        let taken = control.take()
+        if let failure = taken.failure {
+            try await send(Self.errorMessage(failure.message))
+            try await outbound.close(failure.code, reason: String(failure.message.prefix(120)))
+            return .stop
+        }
+        if taken.closed { return .stop }
+        for command in taken.commands {
+            switch command {
+            case .pause:
+                paused = true
+            case .resume:
+                paused = false
+                anchor = nil
+            case .speed(let value):
+                speed = value
+                anchor = nil
+            case .seek(let time):
+                let head = try await storeCall { try await store.lastCommittedSeq() }
+                phase = .rewind(from: time, cursor: nil, snapshot: head)
+                anchor = nil
+                catchingUp = false
+            }
+        }
+        return .next
+    }
+
+    /// One page of the rewind, or the check at its end.
+    mutating func rewind(from: Timestamp, cursor: OrderingKey?, snapshot: Int64) async throws -> Step {
+        let query = request.query(from: from, after: cursor, snapshot: snapshot, limit: Self.pageSize)
+        let page = try await storeCall { try await store.page(query) }
+        var cursor = cursor
+        for event in page.events {
+            guard try await pace(event) else { return .next }
+            try await send(CommitFeed.message(event))
+            metrics.streamEventsSent.increment()
+            cursor = event.orderingKey(request.timebase)
+            phase = .rewind(from: from, cursor: cursor, snapshot: snapshot)
+        }
+        if page.next != nil { return .next }
+        let head = try await storeCall { try await store.lastCommittedSeq() }
+        if head <= snapshot {
+            if request.to != nil {
+                try await send(Array(#"{"type":"end"}"#.utf8))
+                try await outbound.close(.normalClosure, reason: nil)
+                return .stop
+            }
+            try await send(Self.caughtUp(snapshot))
+            phase = .live(position: snapshot)
+            return .next
+        }
+        // Commits since the snapshot that order at or before the cursor would never be reached
+        // by the ordered read: send them now. The others come with the next snapshot's pages.
+        if let cursor {
+            var position = snapshot
+            while position < head {
+                let rows = try await committed(after: position)
+                if rows.isEmpty { break }
+                for row in rows where row.seq <= head && request.selects(row.event) {
+                    let event = row.event
+                    let time = event.time(request.timebase)
+                    if time >= from, time < (request.to ?? .endOfTime), event.orderingKey(request.timebase) <= cursor {
+                        if let message = row.message {
+                            try await send(message)
+                        } else {
+                            try await send(CommitFeed.message(event))
+                        }
+                        metrics.streamEventsSent.increment()
+                    }
+                }
+                position = rows.last!.seq
+            }
+        }
+        phase = .rewind(from: from, cursor: cursor, snapshot: head)
+        return .next
+    }
+
+    /// Sends what was committed after `position`, or waits for it.
+    mutating func live(after position: Int64) async throws {
+        switch await feed.read(after: position, max: Self.pageSize) {
+        case .entries(let entries):
+            catchingUp = false
+            for entry in entries where request.selects(entry.event) {
+                try await send(entry.message!)
+                metrics.streamEventsSent.increment()
+            }
+            if let last = entries.last {
+                metrics.streamLag.record(ContinuousClock.now - last.at)
+                phase = .live(position: last.seq)
+            }
+        case .behind:
+            if !catchingUp {
+                catchingUp = true
+                metrics.streamCatchUps.increment()
+            }
+            let rows = try await storeCall { try await store.committed(after: position, limit: Self.pageSize) }
+            for row in rows where request.selects(row.event) {
+                try await send(CommitFeed.message(row.event))
+                metrics.streamEventsSent.increment()
+            }
+            if let last = rows.last { phase = .live(position: last.seq) }
+        case .upToDate:
+            try await heartbeatIfIdle()
+            await feed.waitForCommits(after: position)
+        }
+    }
+
+    /// Commits after `position` from the feed when it still holds them, else from the store.
+    func committed(after position: Int64) async throws -> [(seq: Int64, event: Event, message: ByteBuffer?)] {
+        if case .entries(let entries) = await feed.read(after: position, max: Self.pageSize) {
+            return entries.map { ($0.seq, $0.event, $0.message) }
+        }
+        return try await storeCall { try await store.committed(after: position, limit: Self.pageSize) }.map { ($0.seq, $0.event, nil) }
+    }
+
+    /// Waits until `event` is due at the current speed. False when a command or a close arrived
+    /// first (the event is then not sent; the loop acts on the command and reads again).
+    mutating func pace(_ event: Event) async throws -> Bool {
+        guard speed > 0 else { return !control.hasNews }
+        let time = event.time(request.timebase)
+        guard let anchor else {
+            anchor = (ContinuousClock.now, time)
+            return !control.hasNews
+        }
+        let due = anchor.wall + .microseconds(Double(time.microseconds - anchor.time.microseconds) / speed)
+        while true {
+            if control.hasNews { return false }
+            let now = ContinuousClock.now
+            if now >= due { return true }
+            try await heartbeatIfIdle()
+            try await Task.sleep(for: min(due - now, .milliseconds(50)))
+        }
+    }
+
+    mutating func heartbeatIfIdle() async throws {
+        if ContinuousClock.now - lastSent >= Self.heartbeatEvery {
+            try await send(Array(#"{"type":"heartbeat","at":"\#(Timestamp.now())"}"#.utf8))
+        }
+    }
+
+    mutating func send(_ bytes: [UInt8]) async throws {
+        try await send(ByteBuffer(bytes: bytes))
+    }
+
+    mutating func send(_ buffer: ByteBuffer) async throws {
+        try await outbound.write(.custom(WebSocketFrame(fin: true, opcode: .text, data: buffer)))
+        lastSent = .now
+    }
+
+    /// A store failure ends the stream with an `error` message (the client reconnects and seeks).
+    func storeCall<T>(_ body: () async throws -> T) async throws -> T {
+        do {
+            return try await body()
+        } catch let error as StoreError {
+            throw StreamFailure(code: .unexpectedServerError, message: "store: \(error.message)")
+        }
+    }
+
+    /// `caughtUp` with the time and the commit position after which LIVE continues.
+    static func caughtUp(_ position: Int64) -> [UInt8] {
+        Array(#"{"type":"caughtUp","at":"\#(Timestamp.now())","ingestSeq":\#(position)}"#.utf8)
+    }
+
+    static func errorMessage(_ text: String) -> [UInt8] {
+        var out = Array(#"{"type":"error","error":"#.utf8)
+        CanonicalJSON.writeString(text, into: &out)
+        out.append(UInt8(ascii: "}"))
+        return out
+    }
+}
+
+struct StreamFailure: Error {
+    var code: WebSocketErrorCode
+    var message: String
+}

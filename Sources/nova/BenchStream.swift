@@ -1,0 +1,347 @@
+import ArgumentParser
+import AsyncHTTPClient
+import Foundation
+import HummingbirdWSClient
+import NIOCore
+import NIOHTTP1
+import NovaCore
+import NovaPostgres
+import NovaSQLite
+import Synchronization
+
+/// `nova bench stream`: LIVE delivery latency under a steady ingest to many WebSocket clients,
+/// and REWIND throughput at speed 0 beside a bare ordered read of the same store.
+struct BenchStream: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "stream",
+        abstract: "LIVE latency to concurrent WebSocket clients under ingest; REWIND speed vs a bare ordered read.",
+        discussion: """
+            LIVE: --clients WebSocket clients follow a fresh store while --rate raw frames per \
+            second are posted for --seconds seconds; for every batch and client, the time from \
+            the batch's HTTP acknowledgement to the client holding all of its events (0 when \
+            delivery came first). Every client must receive every event exactly once. REWIND: \
+            --events frames are loaded, then one client rewinds them at speed 0; the baseline \
+            reads the same range in the same order through GRDB or postgres-nio directly. Every \
+            tenth rewound event's id is checked against the expected order. Exits 1 on any error.
+            """
+    )
+
+    @Option(help: "Events to load for the rewind.") var events = 1_000_000
+    @Option(help: "Devices (connections).") var devices = 500
+    @Option(help: "LIVE ingest rate, events per second.") var rate = 50_000
+    @Option(help: "LIVE seconds of ingest.") var seconds = 10
+    @Option(help: "LIVE WebSocket clients.") var clients = 20
+    @Option(help: "Events per ingest batch.") var batch = 2_500
+    @Option(help: "sqlite, or a postgres://USER@HOST:PORT/DB server where a temporary database is created and dropped.")
+    var store = "sqlite"
+    @OptionGroup var options: BenchOptions
+
+    func run() async throws {
+        try options.checkBuild()
+        guard rate > 0, seconds > 0, clients > 0, batch > 0, events > 0 else { throw ValidationError("--rate, --seconds, --clients, --batch, --events: positive") }
+        let work = FileManager.default.temporaryDirectory.appendingPathComponent("nova-bench-\(UUID().uuidString.prefix(8))").path
+        try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: work) }
+        let logger = toolLogger()
+        var server: PostgresLocation?
+        var database: PostgresLocation?
+        if store != "sqlite" {
+            guard case .postgres(let location) = try StoreLocator(store) else { throw ValidationError("--store: sqlite or a postgres:// locator") }
+            server = location
+            database = try await PostgresBaselines.createDatabase(on: location, logger: logger)
+        }
+        defer {
+            if let server, let database {
+                let done = DispatchSemaphore(value: 0)
+                Task {
+                    await PostgresBaselines.dropDatabase(database, server: server, logger: logger)
+                    done.signal()
+                }
+                done.wait()
+            }
+        }
+        let sqlitePath = (work as NSString).appendingPathComponent("nova.db")
+        let childDatabase = database.map { db in
+            #"{"type": "timescaledb", "timescaledb": {"host": "\#(db.host)", "port": \#(db.port), "database": "\#(db.database)", "user": "\#(db.user)", "password_env": "\#(db.passwordEnv)", "hypertable": {"retentionAfter": "100 years"}}}"#
+        } ?? #"{"sqlite": {"path": "\#(sqlitePath)"}}"#
+        var errors = [String]()
+        var checks = [String]()
+        var groups = [BenchGroup]()
+
+        // LIVE, on an empty store.
+        var child = try await RecorderChild(directory: work, database: childDatabase)
+        try await child.waitUntilReady()
+        let live = try await measureLive(base: child.base)
+        errors += live.errors
+        checks.append("LIVE: each of \(clients) clients received all \(live.events) events once (counted per event)")
+        checks.append(live.note)
+        groups.append(BenchGroup("LIVE: \(rate) events/s for \(seconds) s to \(clients) WebSocket clients", figure: live.delivery, baselines: [live.ack]))
+        var rss = peakRSS(pid: child.pid)
+        await child.stop()
+
+        // REWIND: load straight into a fresh store, then stream it back.
+        let rewindFrames = DeviceFrames(devices: devices, start: Timestamp(microseconds: 1_790_000_000_000_000))
+        let generated = rewindFrames.make(events)
+        let loadStore: any EventStore
+        var loadTask: Task<Void, any Error>?
+        if let database {
+            let pg = PostgresStore(location: database, maintainsPartitions: false, logger: logger)
+            loadTask = Task { try await pg.run() }
+            try await pg.waitUntilReady()
+            loadStore = pg
+        } else {
+            loadStore = try SQLiteStore.open(path: sqlitePath, logger: logger)
+        }
+        let progress = Progress("loading", total: events)
+        for chunk in stride(from: 0, to: events, by: 5000) {
+            _ = try await loadStore.append(Array(generated[chunk..<min(events, chunk + 5000)]))
+            progress.update(min(events, chunk + 5000))
+        }
+        await loadStore.close()
+        loadTask?.cancel()
+        if let database { try await PostgresBaselines.settle(database, logger: logger) }
+        child = try await RecorderChild(directory: work, database: childDatabase)
+        try await child.waitUntilReady()
+        let from = generated[0].canonicalTruthTime
+        let to = Timestamp(microseconds: generated[events - 1].canonicalTruthTime.microseconds + 1)
+        let rewind = try await measureRewind(base: child.base, from: from, to: to, expected: generated)
+        errors += rewind.errors
+        checks.append("REWIND: \(events) events counted, every tenth id checked against the contract order, then `end`")
+        rss = max(rss ?? 0, peakRSS(pid: child.pid) ?? 0)
+        await child.stop()
+        let bare: BenchFigure
+        let started = ContinuousClock.now
+        var read = 0
+        if let database {
+            let pg = PostgresBareQuery(location: database, connections: 1, logger: logger)
+            while read < events {
+                read += try await pg.count(LaneRead(lane: .raw, scopeId: DeviceFrames.scope, timebase: .canonical, from: generated[read].canonicalTruthTime, to: to, limit: 10_000))
+            }
+            pg.close()
+            bare = .throughput("baseline: ordered read in pages of 10,000, bare postgres-nio", events: read, time: ContinuousClock.now - started)
+        } else {
+            let sqlite = try SQLiteBareQuery(path: sqlitePath)
+            while read < events {
+                read += try await sqlite.count(LaneRead(lane: .raw, scopeId: DeviceFrames.scope, timebase: .canonical, from: generated[read].canonicalTruthTime, to: to, limit: 10_000))
+            }
+            try sqlite.close()
+            bare = .throughput("baseline: ordered read in pages of 10,000, bare GRDB", events: read, time: ContinuousClock.now - started)
+        }
+        groups.append(BenchGroup("REWIND at speed 0 of \(events) events to one WebSocket client", figure: rewind.figure, baselines: [bare]))
+
+        let report = BenchReport(
+            benchmark: database == nil ? "stream" : "stream-postgres", groups: groups, peakRSSBytes: rss, checks: checks, errors: errors)
+        report.printTable()
+        if let json = options.json { try report.write(to: json) }
+        if !errors.isEmpty { throw ExitCode(1) }
+    }
+
+    /// Ingest at `rate` while `clients` LIVE clients count what they receive, per batch.
+    private func measureLive(base: String) async throws -> (delivery: BenchFigure, ack: BenchFigure, events: Int, errors: [String], note: String) {
+        let batch = batch
+        let devices = devices
+        let rate = rate
+        let total = rate * seconds
+        let batches = (total + batch - 1) / batch
+        let frames = DeviceFrames(devices: devices).make(total)
+        let bodies = (0..<batches).map { b in
+            var out = [UInt8]()
+            for event in frames[(b * batch)..<min(total, (b + 1) * batch)] { DeviceFrames.writeIngestLine(event, into: &out) }
+            return ByteBuffer(bytes: out)
+        }
+        let port = Int(base.split(separator: ":").last!)!
+        let acks = Shared([ContinuousClock.Instant?](repeating: nil, count: batches))
+        let ready = Shared(0)
+        let clients = clients
+        let clientResults = Task {
+            try await withThrowingTaskGroup(of: ([ContinuousClock.Instant?], Int, String?).self) { group in
+                for _ in 0..<clients {
+                    group.addTask {
+                        let result = Shared<([ContinuousClock.Instant?], Int, String?)>(([], 0, "the stream closed before anything arrived"))
+                        try await WebSocketClient.connect(
+                            url: "ws://127.0.0.1:\(port)/v1/stream?scope=\(DeviceFrames.scope)&mode=live", configuration: .init(maxFrameSize: 1 << 20), logger: toolLogger()
+                        ) { inbound, _, _ in
+                            var complete = [ContinuousClock.Instant?](repeating: nil, count: batches)
+                            var perBatch = [Int](repeating: 0, count: batches)
+                            var seen = [Bool](repeating: false, count: total)
+                            var received = 0
+                            var failure: String?
+                            defer { result.withLock { $0 = (complete, received, failure ?? (received == total ? nil : "received \(received) of \(total) events")) } }
+                            for try await frame in inbound {
+                                let now = ContinuousClock.now
+                                let bytes = frame.data.readableBytesView
+                                if bytes.starts(with: Array(#"{"type":"caughtUp""#.utf8)) {
+                                    ready.withLock { $0 += 1 }
+                                    continue
+                                }
+                                guard bytes.starts(with: Array(#"{"type":"event""#.utf8)) else { continue }
+                                guard let k = Self.frameIndex(bytes, devices: devices), k < total else {
+                                    failure = failure ?? "an event that the benchmark did not send"
+                                    continue
+                                }
+                                if seen[k] {
+                                    failure = failure ?? "event \(k) delivered twice"
+                                    continue
+                                }
+                                seen[k] = true
+                                received += 1
+                                let b = k / batch
+                                perBatch[b] += 1
+                                if perBatch[b] == min(batch, total - b * batch) { complete[b] = now }
+                                if received == total { return }
+                            }
+                        }
+                        return result.withLock { $0 }
+                    }
+                }
+                var all = [([ContinuousClock.Instant?], Int, String?)]()
+                for try await r in group { all.append(r) }
+                return all
+            }
+        }
+        while ready.withLock({ $0 }) < clients { try await Task.sleep(for: .milliseconds(20)) }
+
+        // Paced posting: batch b is due at start + b × batch / rate, from a few concurrent writers.
+        let http = HTTPClient(eventLoopGroupProvider: .singleton)
+        let progress = Progress("LIVE ingest", total: total)
+        let start = ContinuousClock.now
+        var ackSamples = [Double]()
+        var errors = [String]()
+        try await withThrowingTaskGroup(of: ([Double], [String]).self) { group in
+            let writers = 4
+            for w in 0..<writers {
+                group.addTask {
+                    var samples = [Double]()
+                    var errs = [String]()
+                    for b in stride(from: w, to: batches, by: writers) {
+                        let due = start + .microseconds(Int64(b) * Int64(batch) * 1_000_000 / Int64(rate))
+                        if due > .now { try await Task.sleep(until: due) }
+                        var request = HTTPClientRequest(url: "\(base)/v1/events")
+                        request.method = .POST
+                        request.headers.add(name: "Content-Type", value: "application/x-ndjson")
+                        request.body = .bytes(bodies[b])
+                        let sent = ContinuousClock.now
+                        let response = try await http.execute(request, timeout: .seconds(60))
+                        _ = try await response.body.collect(upTo: 1 << 20)
+                        let acked = ContinuousClock.now
+                        acks.withLock { $0[b] = acked }
+                        samples.append((acked - sent).seconds)
+                        if response.status != .ok, errs.count < 5 { errs.append("ingest answered \(response.status.code)") }
+                        progress.update(min(total, (b + 1) * batch))
+                    }
+                    return (samples, errs)
+                }
+            }
+            for try await (samples, errs) in group {
+                ackSamples += samples
+                errors += errs
+            }
+        }
+        let ingestWall = ContinuousClock.now - start
+        try await http.shutdown()
+        let results = try await withThrowingTaskGroup(of: [([ContinuousClock.Instant?], Int, String?)]?.self) { group in
+            group.addTask { try await clientResults.value }
+            group.addTask {
+                try await Task.sleep(for: .seconds(60))
+                return nil
+            }
+            let first = try await group.next()!
+            group.cancelAll()
+            return first
+        }
+        guard let results else {
+            clientResults.cancel()
+            return (.latency("LIVE delivery", samples: [], wall: ingestWall, events: 0), .latency("ingest", samples: ackSamples, wall: ingestWall, events: total),
+                    total, errors + ["clients did not receive everything within 60 s of the last acknowledgement"], "")
+        }
+        let ackTimes = acks.withLock { $0 }
+        var delivery = [Double]()
+        for (complete, _, failure) in results {
+            if let failure { errors.append(failure) }
+            for (b, done) in complete.enumerated() {
+                guard let done, let acked = ackTimes[b] else { continue }
+                delivery.append(max(0, (done - acked).seconds))
+            }
+        }
+        // Falling short of the rate is a finding about the machine, not a wrong answer: it is
+        // reported with the figures, and the latencies are then those of a saturated recorder.
+        let reached = Double(total) / ingestWall.seconds
+        let note = String(format: "LIVE ingest reached %.0f of the asked %d events/s%@", reached, rate, reached < Double(rate) * 0.9 ? " (saturated)" : "")
+        return (
+            .latency("nova LIVE: batch acknowledged → all its events at a client", samples: delivery, wall: ingestWall, events: total * clients),
+            .latency("context: the HTTP ingest acknowledgement itself (send → ack)", samples: ackSamples, wall: ingestWall, events: total),
+            total, errors, note
+        )
+    }
+
+    /// One client rewinds [from, to) at speed 0 and checks count and order.
+    private func measureRewind(base: String, from: Timestamp, to: Timestamp, expected: [Event]) async throws -> (figure: BenchFigure, errors: [String]) {
+        let port = Int(base.split(separator: ":").last!)!
+        let progress = Progress("REWIND", total: expected.count)
+        let outcome = Shared<(Int, Bool, String?)>((0, false, nil))
+        let started = ContinuousClock.now
+        try await WebSocketClient.connect(
+            url: "ws://127.0.0.1:\(port)/v1/stream?scope=\(DeviceFrames.scope)&mode=rewind&from=\(from.rfc3339)&to=\(to.rfc3339)&speed=0",
+            configuration: .init(maxFrameSize: 1 << 20), logger: toolLogger()
+        ) { inbound, _, _ in
+            var count = 0
+            var failure: String?
+            for try await frame in inbound {
+                let bytes = frame.data.readableBytesView
+                if bytes.starts(with: Array(#"{"type":"end"}"#.utf8)) {
+                    outcome.withLock { $0 = (count, true, failure) }
+                    return
+                }
+                guard bytes.starts(with: Array(#"{"type":"event""#.utf8)) else { continue }
+                if count % 10 == 0, failure == nil {
+                    if count >= expected.count {
+                        failure = "more events than were loaded"
+                    } else if !Self.contains(bytes, #""eventId":"\#(expected[count].eventId.hex)""#) {
+                        failure = "event \(count) is not the expected one (contract order broken)"
+                    }
+                }
+                count += 1
+                if count % 10_000 == 0 { progress.update(count) }
+            }
+            outcome.withLock { $0 = (count, false, failure) }
+        }
+        let elapsed = ContinuousClock.now - started
+        let (count, ended, failure) = outcome.withLock { $0 }
+        var errors = [String]()
+        if let failure { errors.append(failure) }
+        if !ended { errors.append("the rewind did not end with `end`") }
+        if count != expected.count { errors.append("rewound \(count) of \(expected.count) events") }
+        return (.throughput("nova REWIND speed 0 over WebSocket, one client", events: count, time: elapsed), errors)
+    }
+
+    /// A value shared by the benchmark's tasks.
+    final class Shared<Value: Sendable>: Sendable {
+        private let value: Mutex<Value>
+        init(_ value: Value) { self.value = Mutex(value) }
+        func withLock<R>(_ body: (inout Value) -> R) -> R { value.withLock { body(&$0) } }
+    }
+
+    /// The index of a `DeviceFrames` event from its message: `sequence × devices + device`.
+    static func frameIndex(_ bytes: ByteBufferView, devices: Int) -> Int? {
+        guard let device = number(after: #""connectionId":"dev-"#, in: bytes), let tick = number(after: #""sequence":"#, in: bytes) else { return nil }
+        return tick * devices + device
+    }
+
+    static func number(after marker: String, in bytes: ByteBufferView) -> Int? {
+        let m = Array(marker.utf8)
+        guard let start = bytes.firstRange(of: m)?.upperBound else { return nil }
+        var value = 0
+        var i = start
+        var digits = 0
+        while i < bytes.endIndex, let d = Optional(bytes[i]), d >= 48, d <= 57 {
+            value = value * 10 + Int(d - 48)
+            i = bytes.index(after: i)
+            digits += 1
+        }
+        return digits > 0 ? value : nil
+    }
+
+    static func contains(_ bytes: ByteBufferView, _ text: String) -> Bool {
+        bytes.firstRange(of: Array(text.utf8)) != nil
+    }
+}
