@@ -8,16 +8,20 @@ public protocol EventStore: Sendable {
     /// One lane's events in contract order, at most `read.limit` of them.
     func read(_ read: LaneRead) async throws(StoreError) -> [Event]
 
-    /// One lane's events committed after `ingestSeq` `after`, in commit order, at most `limit`
-    /// (every scope). Streams and the feed use it through ``EventStore/committed(after:limit:)``.
-    func readCommitted(_ lane: Lane, after: Int64, limit: Int) async throws(StoreError) -> [CommittedEvent]
+    /// One lane's events with `ingestSeq` in `seqs`, in commit order (every scope). Streams and
+    /// the feed use it through ``EventStore/committed(after:limit:)``.
+    func readCommitted(_ lane: Lane, seqs: ClosedRange<Int64>) async throws(StoreError) -> [CommittedEvent]
+
+    /// The smallest `ingestSeq` after `after` in one lane, if any.
+    func nextCommittedSeq(_ lane: Lane, after: Int64) async throws(StoreError) -> Int64?
 
     /// The `ingestSeq` of the last committed event (0 for an empty store).
     func lastCommittedSeq() async throws(StoreError) -> Int64
 
-    /// Calls `onCommit` whenever another process may have committed events to this store, until
-    /// cancelled. A store only one process writes (SQLite) returns at once.
-    func watchCommits(_ onCommit: @escaping @Sendable () -> Void) async throws
+    /// Calls `onCommit` whenever any process may have committed events to this store, with the
+    /// `ingestSeq` committed when it is known, until cancelled. A store only one process writes
+    /// (SQLite) returns at once.
+    func watchCommits(_ onCommit: @escaping @Sendable (_ committed: Int64?) -> Void) async throws
 
     /// Count and time span per scope and lane, and the store's size.
     func stats() async throws(StoreError) -> StoreStats
@@ -44,28 +48,35 @@ public struct CommittedEvent: Sendable {
 }
 
 extension EventStore {
-    public func watchCommits(_ onCommit: @escaping @Sendable () -> Void) async throws {}
+    public func watchCommits(_ onCommit: @escaping @Sendable (_ committed: Int64?) -> Void) async throws {}
 
-    /// Events of every lane committed after `after`, in commit order, at most `limit`: each lane
-    /// is read from its `ingestSeq` index, and only the prefix that every lane has fully covered
-    /// is returned, so nothing in between is skipped.
+    /// Events of every lane committed after `after`, in commit order, at most `limit`: the
+    /// window (`after`, `after + limit`] of `ingestSeq`, read lane by lane. `ingestSeq` is unique
+    /// across lanes, so the window holds at most `limit` events.
     ///
     /// The lane reads are separate statements, so a commit can land between them. The head is
-    /// therefore read first and the answer cut there: `ingestSeq` is given in commit order under
+    /// therefore read first and the window cut there: `ingestSeq` is given in commit order under
     /// the writer's lock, so everything up to a committed head is visible to the reads after it.
+    /// A window that retention emptied is stepped over to the next event still stored.
     public func committed(after: Int64, limit: Int) async throws(StoreError) -> [CommittedEvent] {
         let head = try await lastCommittedSeq()
-        if head <= after { return [] }
-        var all = [CommittedEvent]()
-        var bound = head
-        for lane in Lane.allCases {
-            let rows = try await readCommitted(lane, after: after, limit: limit)
-            if rows.count == limit, let last = rows.last { bound = Swift.min(bound, last.seq) }
-            all += rows
+        var start = after
+        while start < head {
+            let end = Swift.min(head, start + Int64(Swift.max(1, limit)))
+            var all = [CommittedEvent]()
+            for lane in Lane.allCases { all += try await readCommitted(lane, seqs: (start + 1)...end) }
+            if !all.isEmpty {
+                all.sort { $0.seq < $1.seq }
+                return all
+            }
+            var next: Int64?
+            for lane in Lane.allCases {
+                if let seq = try await nextCommittedSeq(lane, after: end) { next = Swift.min(next ?? seq, seq) }
+            }
+            guard let next, next <= head else { return [] }
+            start = next - 1
         }
-        all.removeAll { $0.seq > bound }
-        all.sort { $0.seq < $1.seq }
-        return all
+        return []
     }
 }
 

@@ -74,11 +74,20 @@ public struct LaneSQL: Sendable {
 }
 
 extension LaneSQL {
-    /// Events committed after an `ingestSeq`, in commit order: placeholders 1 the `ingestSeq` to
-    /// start after, 2 the limit. The first column is `ingestSeq`, then ``columns``.
+    /// Events committed in an `ingestSeq` window, in commit order: placeholders 1 the `ingestSeq`
+    /// to start after, 2 the last one to include. The first column is `ingestSeq`, then
+    /// ``columns``. A bounded window (not `LIMIT`) keeps the read proportional to its answer
+    /// whatever index serves it.
     public func selectCommitted(dialect d: Dialect) -> String {
         let q = d.quote
-        return "SELECT \(q("ingestSeq")), \(columns.map(q).joined(separator: ", ")) FROM \(q(table)) WHERE \(q("ingestSeq")) > \(d.placeholder(1)) ORDER BY \(q("ingestSeq")) LIMIT \(d.placeholder(2))"
+        let seq = q("ingestSeq")
+        return "SELECT \(seq), \(columns.map(q).joined(separator: ", ")) FROM \(q(table)) WHERE \(seq) > \(d.placeholder(1)) AND \(seq) <= \(d.placeholder(2)) ORDER BY \(seq)"
+    }
+
+    /// The first `ingestSeq` after placeholder 1 (to step over a gap that retention left).
+    public func selectNextCommitted(dialect d: Dialect) -> String {
+        let seq = d.quote("ingestSeq")
+        return "SELECT min(\(seq)) FROM \(d.quote(table)) WHERE \(seq) > \(d.placeholder(1))"
     }
 }
 

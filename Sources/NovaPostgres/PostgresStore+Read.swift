@@ -48,14 +48,13 @@ extension PostgresStore {
         return PostgresQuery(unsafeSQL: prefix + sql, binds: binds)
     }
 
-    public func readCommitted(_ lane: Lane, after: Int64, limit: Int) async throws(StoreError) -> [CommittedEvent] {
+    public func readCommitted(_ lane: Lane, seqs: ClosedRange<Int64>) async throws(StoreError) -> [CommittedEvent] {
         _ = try ensureReady()
-        if limit <= 0 { return [] }
         do {
             let logger = logger
             var binds = PostgresBindings()
-            binds.append(after)
-            binds.append(Int64(limit))
+            binds.append(seqs.lowerBound - 1)
+            binds.append(seqs.upperBound)
             let query = PostgresQuery(unsafeSQL: LaneSQL(lane).selectCommitted(dialect: Self.dialect), binds: binds)
             return try await connection { conn in
                 var rows = [CommittedEvent]()
@@ -65,6 +64,21 @@ extension PostgresStore {
                     rows.append(CommittedEvent(seq: seq, event: try Self.decode(cells, lane: lane)))
                 }
                 return rows
+            }
+        } catch {
+            throw mapError(error)
+        }
+    }
+
+    public func nextCommittedSeq(_ lane: Lane, after: Int64) async throws(StoreError) -> Int64? {
+        _ = try ensureReady()
+        do {
+            let logger = logger
+            var binds = PostgresBindings()
+            binds.append(after)
+            let query = PostgresQuery(unsafeSQL: LaneSQL(lane).selectNextCommitted(dialect: Self.dialect), binds: binds)
+            return try await connection { conn in
+                try await conn.query(query, logger: logger).collect().first?.decode(Int64?.self)
             }
         } catch {
             throw mapError(error)

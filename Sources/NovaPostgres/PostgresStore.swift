@@ -44,6 +44,9 @@ public final class PostgresStore: EventStore, Service, Sendable {
     let createIfMissing: Bool
     /// Whether `run()` maintains partitions (the server does; one-shot tools must not drop data).
     let maintainsPartitions: Bool
+    /// Marks this process's commit notifications, which its own feed has no use for.
+    let instance = String(UUID().uuidString.prefix(8)).lowercased()
+    let notifications = CommitNotifications()
 
     public init(location: PostgresLocation, createIfMissing: Bool = true, maintainsPartitions: Bool = true, logger: Logger = Logger(label: "nova.postgres")) {
         self.location = location
@@ -120,14 +123,16 @@ public final class PostgresStore: EventStore, Service, Sendable {
         return configuration
     }
 
-    /// The channel every append notifies when it commits (``insertSQL(lanes:)``).
+    /// The channel every append notifies when it commits (``insertSQL(lanes:notifyAs:)``).
     static let commitChannel = "nova_commits"
 
     /// Listens on its own connection (a pooled one would be held forever) for the notification
-    /// every append sends at commit, so that several `nova serve` processes on one database wake
-    /// their streams for each other's commits. Reconnects with back-off; calls `onCommit` after
-    /// each (re)connect too, since notifications sent while disconnected are lost.
-    public func watchCommits(_ onCommit: @escaping @Sendable () -> Void) async throws {
+    /// every append sends at commit (its payload: the sender's instance and the last `ingestSeq`
+    /// committed), so that several `nova serve` processes on one database wake their streams for
+    /// each other's commits. A process's own notifications are skipped: its appends feed it.
+    /// Reconnects with back-off; calls `onCommit(nil)` after each (re)connect too, since
+    /// notifications sent while disconnected are lost.
+    public func watchCommits(_ onCommit: @escaping @Sendable (_ committed: Int64?) -> Void) async throws {
         var delay = Duration.milliseconds(250)
         while !Task.isCancelled {
             do {
@@ -135,8 +140,11 @@ public final class PostgresStore: EventStore, Service, Sendable {
                 do {
                     try await connection.listen(on: Self.commitChannel) { notifications in
                         delay = .milliseconds(250)
-                        onCommit()
-                        for try await _ in notifications { onCommit() }
+                        onCommit(nil)
+                        let own = instance + ":"
+                        for try await notification in notifications where !notification.payload.hasPrefix(own) {
+                            onCommit(Int64(notification.payload.split(separator: ":").last ?? ""))
+                        }
                     }
                 } catch {
                     try? await connection.close()

@@ -54,20 +54,29 @@ extension SQLiteStore {
         return s
     }
 
-    public func readCommitted(_ lane: Lane, after: Int64, limit: Int) async throws(StoreError) -> [CommittedEvent] {
-        if limit <= 0 { return [] }
+    public func readCommitted(_ lane: Lane, seqs: ClosedRange<Int64>) async throws(StoreError) -> [CommittedEvent] {
         do {
             return try await pool.read { db in
                 let s = RawStatement(try db.cachedStatement(sql: LaneSQL(lane).selectCommitted(dialect: Self.dialect)))
                 s.reset()
-                s.bind(1, after)
-                s.bind(2, Int64(limit))
+                s.bind(1, seqs.lowerBound - 1)
+                s.bind(2, seqs.upperBound)
                 var rows = [CommittedEvent]()
                 while try s.step(db) {
                     rows.append(CommittedEvent(seq: s.int64(0), event: try Self.decode(s, lane: lane, offset: 1)))
                 }
                 s.reset()
                 return rows
+            }
+        } catch {
+            throw Self.storeError(error, path: path)
+        }
+    }
+
+    public func nextCommittedSeq(_ lane: Lane, after: Int64) async throws(StoreError) -> Int64? {
+        do {
+            return try await pool.read { db in
+                try Int64.fetchOne(db, sql: LaneSQL(lane).selectNextCommitted(dialect: Self.dialect), arguments: [after])
             }
         } catch {
             throw Self.storeError(error, path: path)

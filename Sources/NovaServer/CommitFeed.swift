@@ -129,12 +129,22 @@ public actor CommitFeed {
                     append(Entry(seq: row.seq, event: row.event))
                 }
                 if !rows.isEmpty { wakeAll() }
-                if rows.count < 2_000 && !missed { break }
+                if rows.isEmpty && !missed { break }
             }
         } catch {
             // Cancelled reads at shutdown are not worth a warning.
             if !Task.isCancelled { logger.warning("stream feed cannot read the store", metadata: ["error": "\(error.message)"]) }
         }
+    }
+
+    /// The store signalled a commit of another process through `committed` (nil: unknown, as
+    /// after a reconnect). The store is read only if the feed still lacks it after a moment, so
+    /// that a burst of signals costs one read.
+    public func signalled(_ committed: Int64?) async {
+        if let committed, committed <= head { return }
+        try? await Task.sleep(for: .milliseconds(20))
+        if let committed, committed <= head { return }
+        await fill()
     }
 
     /// Wakes every waiter (a tick), so that idle streams can send heartbeats.
@@ -199,7 +209,7 @@ public struct CommitFeedService: Service {
                     group.addTask {
                         // It reconnects by itself; it ends only when cancelled (or at once for a
                         // store no other process writes). The tick below covers its absence.
-                        try? await store.watchCommits { Task { await feed.fill() } }
+                        try? await store.watchCommits { committed in Task { await feed.signalled(committed) } }
                     }
                     group.addTask {
                         var ticks = 0

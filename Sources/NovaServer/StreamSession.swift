@@ -81,6 +81,7 @@ struct StreamSession {
     var lastSent = ContinuousClock.now
 
     static let pageSize = 512
+    static let fastPageSize = 4_096
     static let heartbeatEvery = Duration.seconds(5)
 
     init(request: StreamRequest, store: any EventStore, feed: CommitFeed, control: StreamControl, outbound: WebSocketOutboundWriter, metrics: NovaMetrics) async throws(StoreError) {
@@ -151,7 +152,8 @@ struct StreamSession {
 
     /// One page of the rewind, or the check at its end.
     mutating func rewind(from: Timestamp, cursor: OrderingKey?, snapshot: Int64) async throws -> Step {
-        let query = request.query(from: from, after: cursor, snapshot: snapshot, limit: Self.pageSize)
+        // Unpaced, larger pages: fewer round trips; a page is the most a client holds anyway.
+        let query = request.query(from: from, after: cursor, snapshot: snapshot, limit: speed == 0 ? Self.fastPageSize : Self.pageSize)
         let page = try await storeCall { try await store.page(query) }
         var cursor = cursor
         for event in page.events {

@@ -58,29 +58,10 @@ struct BenchIngest: AsyncParsableCommand {
         var errors = [String]()
         var checks = [String]()
         let logger = toolLogger()
-        var server: PostgresLocation?
-        var benchDatabase: PostgresLocation?
-        if store != "sqlite" {
-            guard case .postgres(let location) = try StoreLocator(store) else {
-                throw ValidationError("--store: sqlite or a postgres:// locator")
-            }
-            server = location
-            benchDatabase = try await PostgresBaselines.createDatabase(on: location, logger: logger)
-        }
-        defer {
-            if let server, let benchDatabase {
-                let done = DispatchSemaphore(value: 0)
-                Task {
-                    await PostgresBaselines.dropDatabase(benchDatabase, server: server, logger: logger)
-                    done.signal()
-                }
-                done.wait()
-            }
-        }
-        let database = benchDatabase.map { db in
-            #"{"type": "timescaledb", "timescaledb": {"host": "\#(db.host)", "port": \#(db.port), "database": "\#(db.database)", "user": "\#(db.user)", "password_env": "\#(db.passwordEnv)"}}"#
-        }
-        let recorder = try await RecorderChild(directory: work, database: database)
+        let benchStore = try await BenchStore(store, directory: work, logger: logger)
+        defer { benchStore.drop() }
+        let benchDatabase = benchStore.database
+        let recorder = try await RecorderChild(directory: work, database: benchDatabase == nil ? nil : benchStore.childConfiguration)
         try await recorder.waitUntilReady()
         let progress = Progress("nova ingest", total: events)
         let started = ContinuousClock.now

@@ -45,52 +45,12 @@ struct BenchQuery: AsyncParsableCommand {
         let logger = toolLogger()
         let layout = Layout(events: events, devices: devices, span: Int64(hours) * 3_600_000_000)
 
-        var database: PostgresLocation?
-        var server: PostgresLocation?
-        if store != "sqlite" {
-            guard case .postgres(let location) = try StoreLocator(store) else { throw ValidationError("--store: sqlite or a postgres:// locator") }
-            server = location
-            database = try await PostgresBaselines.createDatabase(on: location, logger: logger)
-        }
-        defer {
-            if let server, let database {
-                let done = DispatchSemaphore(value: 0)
-                Task {
-                    await PostgresBaselines.dropDatabase(database, server: server, logger: logger)
-                    done.signal()
-                }
-                done.wait()
-            }
-        }
-        let sqlitePath = (work as NSString).appendingPathComponent("nova.db")
-
-        // Load straight into the store (ingest has its own benchmark). The events lie in the past:
-        // the hub below keeps them with a retention far longer than the default 90 days.
-        let loadStore: any EventStore
-        var loadTask: Task<Void, any Error>?
-        if let database {
-            let pg = PostgresStore(location: database, maintainsPartitions: false, logger: logger)
-            loadTask = Task { try await pg.run() }
-            try await pg.waitUntilReady()
-            loadStore = pg
-        } else {
-            loadStore = try SQLiteStore.open(path: sqlitePath, logger: logger)
-        }
-        let progress = Progress("loading", total: events)
-        for chunk in stride(from: 0, to: events, by: 5000) {
-            _ = try await loadStore.append(layout.events(chunk..<min(events, chunk + 5000)))
-            progress.update(min(events, chunk + 5000))
-        }
-        await loadStore.close()
-        loadTask?.cancel()
-        if let database {
-            FileHandle.standardError.write(Data("VACUUM (ANALYZE) after the load, so that neither side races autovacuum...\n".utf8))
-            try await PostgresBaselines.settle(database, logger: logger)
-        }
-
-        let childDatabase = database.map { db in
-            #"{"type": "timescaledb", "timescaledb": {"host": "\#(db.host)", "port": \#(db.port), "database": "\#(db.database)", "user": "\#(db.user)", "password_env": "\#(db.passwordEnv)", "hypertable": {"retentionAfter": "100 years"}}}"#
-        } ?? #"{"sqlite": {"path": "\#(sqlitePath)"}}"#
+        let benchStore = try await BenchStore(store, directory: work, logger: logger)
+        defer { benchStore.drop() }
+        let database = benchStore.database
+        let sqlitePath = benchStore.sqlitePath
+        try await benchStore.load(events) { layout.events($0) }
+        let childDatabase = benchStore.childConfiguration
         let child = try await RecorderChild(directory: work, database: childDatabase)
         try await child.waitUntilReady()
 

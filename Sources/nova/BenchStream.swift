@@ -43,27 +43,11 @@ struct BenchStream: AsyncParsableCommand {
         try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: work) }
         let logger = toolLogger()
-        var server: PostgresLocation?
-        var database: PostgresLocation?
-        if store != "sqlite" {
-            guard case .postgres(let location) = try StoreLocator(store) else { throw ValidationError("--store: sqlite or a postgres:// locator") }
-            server = location
-            database = try await PostgresBaselines.createDatabase(on: location, logger: logger)
-        }
-        defer {
-            if let server, let database {
-                let done = DispatchSemaphore(value: 0)
-                Task {
-                    await PostgresBaselines.dropDatabase(database, server: server, logger: logger)
-                    done.signal()
-                }
-                done.wait()
-            }
-        }
-        let sqlitePath = (work as NSString).appendingPathComponent("nova.db")
-        let childDatabase = database.map { db in
-            #"{"type": "timescaledb", "timescaledb": {"host": "\#(db.host)", "port": \#(db.port), "database": "\#(db.database)", "user": "\#(db.user)", "password_env": "\#(db.passwordEnv)", "hypertable": {"retentionAfter": "100 years"}}}"#
-        } ?? #"{"sqlite": {"path": "\#(sqlitePath)"}}"#
+        let benchStore = try await BenchStore(store, directory: work, logger: logger)
+        defer { benchStore.drop() }
+        let database = benchStore.database
+        let sqlitePath = benchStore.sqlitePath
+        let childDatabase = benchStore.childConfiguration
         var errors = [String]()
         var checks = [String]()
         var groups = [BenchGroup]()
@@ -82,24 +66,7 @@ struct BenchStream: AsyncParsableCommand {
         // REWIND: load straight into a fresh store, then stream it back.
         let rewindFrames = DeviceFrames(devices: devices, start: Timestamp(microseconds: 1_790_000_000_000_000))
         let generated = rewindFrames.make(events)
-        let loadStore: any EventStore
-        var loadTask: Task<Void, any Error>?
-        if let database {
-            let pg = PostgresStore(location: database, maintainsPartitions: false, logger: logger)
-            loadTask = Task { try await pg.run() }
-            try await pg.waitUntilReady()
-            loadStore = pg
-        } else {
-            loadStore = try SQLiteStore.open(path: sqlitePath, logger: logger)
-        }
-        let progress = Progress("loading", total: events)
-        for chunk in stride(from: 0, to: events, by: 5000) {
-            _ = try await loadStore.append(Array(generated[chunk..<min(events, chunk + 5000)]))
-            progress.update(min(events, chunk + 5000))
-        }
-        await loadStore.close()
-        loadTask?.cancel()
-        if let database { try await PostgresBaselines.settle(database, logger: logger) }
+        try await benchStore.load(events) { Array(generated[$0]) }
         child = try await RecorderChild(directory: work, database: childDatabase)
         try await child.waitUntilReady()
         let from = generated[0].canonicalTruthTime
@@ -243,6 +210,8 @@ struct BenchStream: AsyncParsableCommand {
             group.addTask { try await clientResults.value }
             group.addTask {
                 try await Task.sleep(for: .seconds(60))
+                // Awaiting a task's value ignores cancellation: end the clients themselves.
+                clientResults.cancel()
                 return nil
             }
             let first = try await group.next()!

@@ -1,8 +1,12 @@
+import ArgumentParser
 import AsyncHTTPClient
 import Foundation
+import Logging
 import NIOCore
 import NIOHTTP1
 import NovaCore
+import NovaPostgres
+import NovaSQLite
 
 /// What every benchmark reports alongside its figures: where and how it ran.
 struct BenchMachine: Codable {
@@ -226,5 +230,74 @@ final class RecorderChild {
     func stop() async {
         process.terminate()
         while process.isRunning { try? await Task.sleep(for: .milliseconds(10)) }
+    }
+}
+
+/// Where a benchmark's store lives: a SQLite file in its work directory, or a temporary
+/// database that it creates on the given PostgreSQL server and drops when done.
+final class BenchStore {
+    let server: PostgresLocation?
+    let database: PostgresLocation?
+    let sqlitePath: String
+    let logger: Logger
+
+    /// `store`: `sqlite` or a `postgres://` server locator.
+    init(_ store: String, directory: String, logger: Logger) async throws {
+        self.logger = logger
+        sqlitePath = (directory as NSString).appendingPathComponent("nova.db")
+        if store == "sqlite" {
+            server = nil
+            database = nil
+        } else {
+            guard case .postgres(let location) = try StoreLocator(store) else { throw ValidationError("--store: sqlite or a postgres:// locator") }
+            server = location
+            database = try await PostgresBaselines.createDatabase(on: location, logger: logger)
+        }
+    }
+
+    /// Drops the temporary database (from a `defer`, hence blocking).
+    func drop() {
+        guard let server, let database else { return }
+        let logger = logger
+        let done = DispatchSemaphore(value: 0)
+        Task {
+            await PostgresBaselines.dropDatabase(database, server: server, logger: logger)
+            done.signal()
+        }
+        done.wait()
+    }
+
+    /// The `database` object of a child recorder's configuration. Benchmark data lies in the
+    /// past, so a hub keeps it with a retention far longer than the default 90 days.
+    var childConfiguration: String {
+        guard let db = database else { return #"{"sqlite": {"path": "\#(sqlitePath)"}}"# }
+        return #"{"type": "timescaledb", "timescaledb": {"host": "\#(db.host)", "port": \#(db.port), "database": "\#(db.database)", "user": "\#(db.user)", "password_env": "\#(db.passwordEnv)", "hypertable": {"retentionAfter": "100 years"}}}"#
+    }
+
+    /// Appends `count` events made by `make` straight into the store (ingest has its own
+    /// benchmark), with progress; on PostgreSQL then settles it with VACUUM ANALYZE, so that
+    /// neither side of a comparison races autovacuum.
+    func load(_ count: Int, _ make: (Range<Int>) -> [Event]) async throws {
+        let store: any EventStore
+        var running: Task<Void, any Error>?
+        if let database {
+            let pg = PostgresStore(location: database, maintainsPartitions: false, logger: logger)
+            running = Task { try await pg.run() }
+            try await pg.waitUntilReady()
+            store = pg
+        } else {
+            store = try SQLiteStore.open(path: sqlitePath, logger: logger)
+        }
+        let progress = Progress("loading", total: count)
+        for chunk in stride(from: 0, to: count, by: 5000) {
+            _ = try await store.append(make(chunk..<min(count, chunk + 5000)))
+            progress.update(min(count, chunk + 5000))
+        }
+        await store.close()
+        running?.cancel()
+        if let database {
+            FileHandle.standardError.write(Data("VACUUM (ANALYZE) after the load...\n".utf8))
+            try await PostgresBaselines.settle(database, logger: logger)
+        }
     }
 }

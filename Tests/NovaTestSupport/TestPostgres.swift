@@ -20,6 +20,13 @@ public enum TestPostgres {
         return (locator, password)
     }
 
+    /// Whether the TimescaleDB extension is installed for the server the tests start.
+    public static var timescaleDBInstalled: Bool {
+        let root = "/usr/share/postgresql"
+        let versions = (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []
+        return versions.contains { FileManager.default.fileExists(atPath: "\(root)/\($0)/extension/timescaledb.control") }
+    }
+
     /// A private cluster, for tests that stop and start their server; `destroy()` removes it.
     public struct PrivateCluster: Sendable {
         public var locator: String
@@ -27,15 +34,44 @@ public enum TestPostgres {
         public var ctl: String
         public var port: Int { Int(locator.split(separator: ":").last!.split(separator: "/").first!)! }
 
-        public static func start() async throws -> PrivateCluster {
+        /// `options`: extra server settings, e.g. `-c shared_preload_libraries=timescaledb`.
+        public static func start(options: String? = nil) async throws -> PrivateCluster {
             // Output to a file, not a pipe: the server it starts must not hold our pipe open.
             let outPath = FileManager.default.temporaryDirectory.appendingPathComponent("nova-pgcluster-\(UUID().uuidString).out").path
             FileManager.default.createFile(atPath: outPath, contents: nil)
             defer { try? FileManager.default.removeItem(atPath: outPath) }
-            let status = try await runTool(Fixtures.repositoryRoot.appendingPathComponent("Scripts/postgres-test-cluster").path, ["--print"], stdout: outPath)
+            let script = Fixtures.repositoryRoot.appendingPathComponent("Scripts/postgres-test-cluster").path
+            let status = try await runTool("/usr/bin/env", ["NOVA_PG_OPTIONS=\(options ?? "")", script, "--print"], stdout: outPath)
             let lines = ((try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
             guard status == 0, lines.count == 3 else { throw ProcessError("could not start a private PostgreSQL cluster") }
             return PrivateCluster(locator: lines[0], password: lines[1], ctl: lines[2])
+        }
+
+        /// Where a store on database `database` of this cluster lives.
+        public func location(database: String = "postgres") throws -> PostgresLocation {
+            var location = try PostgresLocation(locator: locator, environment: ["NOVA_DB_PASSWORD": password])
+            location.database = database
+            return location
+        }
+
+        /// Rows of one query (each row's columns as text), for checking server state.
+        public func rows(_ sql: String) async throws -> [[String]] {
+            let location = try location()
+            var configuration = PostgresConnection.Configuration(
+                host: location.host, port: location.port, username: location.user, password: password, database: location.database, tls: .disable)
+            configuration.options.connectTimeout = .seconds(30)
+            let connection = try await PostgresConnection.connect(configuration: configuration, id: 0, logger: quietLogger)
+            do {
+                var out = [[String]]()
+                for try await row in try await connection.query(PostgresQuery(unsafeSQL: sql), logger: quietLogger) {
+                    out.append(try row.map { cell in try cell.decode(String?.self) ?? "" })
+                }
+                try? await connection.close()
+                return out
+            } catch {
+                try? await connection.close()
+                throw error
+            }
         }
 
         /// `stop` (kill), `start`, or `destroy` (kill and remove).
