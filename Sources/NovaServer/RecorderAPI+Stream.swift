@@ -26,6 +26,7 @@ extension RecorderAPI {
         let store = store
         let feed = feed
         let metrics = metrics
+        let handOverDistance = handOverDistance
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
                 do {
@@ -53,7 +54,8 @@ extension RecorderAPI {
             // close) within a tick; when it ends, so does the reader.
             do {
                 var session = try await StreamSession(
-                    request: request, store: store, feed: feed, control: control, outbound: outbound, metrics: metrics)
+                    request: request, store: store, feed: feed, control: control, outbound: outbound, metrics: metrics,
+                    handOverDistance: handOverDistance)
                 try await session.run()
             } catch let failure as StreamFailure {
                 try? await outbound.write(.text(String(decoding: StreamSession.errorMessage(failure.message), as: UTF8.self)))

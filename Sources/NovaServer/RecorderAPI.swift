@@ -22,13 +22,15 @@ public struct RecorderAPI: Sendable {
     public let logger: Logger
     /// The recent commits that LIVE streams read; ``services`` keeps it current.
     public let feed: CommitFeed
+    let handOverDistance: Int
     let decoder: EventDecoder
 
     /// `feedCapacity`: how many recent commits LIVE streams are served from memory; a client
-    /// further behind reads the store.
+    /// further behind reads the store. `handOverDistance`: how close to the head (in commits) a
+    /// rewind without `to` hands over to LIVE.
     public init(
         store: any EventStore, configuration: NovaConfiguration, metrics: NovaMetrics = NovaMetrics(), logger: Logger = Logger(label: "nova.server"),
-        feedCapacity: Int = 32_768
+        feedCapacity: Int = 32_768, handOverDistance: Int = 4_096
     ) {
         self.store = store
         self.configuration = configuration
@@ -36,6 +38,7 @@ public struct RecorderAPI: Sendable {
         self.logger = logger
         self.decoder = EventDecoder(limits: configuration.limits)
         self.feed = CommitFeed(store: store, capacity: feedCapacity, logger: logger)
+        self.handOverDistance = handOverDistance
     }
 
     /// The HTTP server with WebSocket upgrades for `/v1/stream`, and the stream feed's upkeep.

@@ -60,12 +60,13 @@ struct StreamRequest: Sendable {
         return event.fields.filterValue == wanted
     }
 
-    /// The rewind's ordered read from `from`, after `cursor`, of what was committed by `snapshot`.
+    /// The rewind's ordered read from `from`, after `cursor`: of what was committed by `snapshot`
+    /// when the rewind hands over to LIVE; a bounded rewind (`to`) reads like a paged query.
     func query(from: Timestamp, after cursor: OrderingKey?, snapshot: Int64, limit: Int) -> EventQuery {
         let end = to ?? .endOfTime
         return EventQuery(
             scopeId: scopeId, range: Swift.min(from, end)..<end, timebase: timebase, lanes: lanes, filters: filters,
-            limit: limit, after: cursor, throughSeq: snapshot)
+            limit: limit, after: cursor, throughSeq: to == nil ? snapshot : nil)
     }
 }
 

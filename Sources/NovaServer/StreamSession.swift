@@ -51,10 +51,12 @@ final class StreamControl: Sendable {
 /// fallen behind it, from the store.
 ///
 /// The handover has no gap and no repeat because the rewind reads a snapshot: only events with
-/// `ingestSeq <= snapshot`. When its read runs out, the head is checked; events committed since
-/// the snapshot that order at or before what was already sent (late arrivals) are sent at once,
-/// the rest come through the ordered read of the new snapshot. When no commit arrived since the
-/// snapshot, the stream is at the present: `caughtUp`, then LIVE after the snapshot.
+/// `ingestSeq <= snapshot`. When its read runs out, the head is checked. Within a few thousand
+/// commits of it, the stream is at the present: `caughtUp`, then LIVE after the snapshot (so
+/// those commits come in commit order). Further behind, events committed since the snapshot
+/// that order at or before what was already sent (late arrivals) are sent at once, and the rest
+/// come through the ordered read of the new snapshot. A rewind with `to` reads like a paged query
+/// (no snapshot) and ends when its range is read.
 struct StreamSession {
     enum Phase {
         case rewind(from: Timestamp, cursor: OrderingKey?, snapshot: Int64)
@@ -72,6 +74,8 @@ struct StreamSession {
     let control: StreamControl
     let outbound: WebSocketOutboundWriter
     let metrics: NovaMetrics
+    /// Commits since the snapshot below which a rewind hands over to LIVE.
+    let handOverDistance: Int
     var speed: Double
     var phase: Phase
     var paused = false
@@ -84,7 +88,11 @@ struct StreamSession {
     static let fastPageSize = 4_096
     static let heartbeatEvery = Duration.seconds(5)
 
-    init(request: StreamRequest, store: any EventStore, feed: CommitFeed, control: StreamControl, outbound: WebSocketOutboundWriter, metrics: NovaMetrics) async throws(StoreError) {
+    init(
+        request: StreamRequest, store: any EventStore, feed: CommitFeed, control: StreamControl, outbound: WebSocketOutboundWriter,
+        metrics: NovaMetrics, handOverDistance: Int
+    ) async throws(StoreError) {
+        self.handOverDistance = handOverDistance
         self.request = request
         self.store = store
         self.feed = feed
@@ -164,13 +172,15 @@ struct StreamSession {
             phase = .rewind(from: from, cursor: cursor, snapshot: snapshot)
         }
         if page.next != nil { return .next }
+        if request.to != nil {
+            try await send(Array(#"{"type":"end"}"#.utf8))
+            try await outbound.close(.normalClosure, reason: nil)
+            return .stop
+        }
+        // At the snapshot's end. Close enough to the head (under continuous ingest it is never
+        // exactly there), the commits since the snapshot follow as LIVE, in commit order.
         let head = try await storeCall { try await store.lastCommittedSeq() }
-        if head <= snapshot {
-            if request.to != nil {
-                try await send(Array(#"{"type":"end"}"#.utf8))
-                try await outbound.close(.normalClosure, reason: nil)
-                return .stop
-            }
+        if head - snapshot <= Int64(handOverDistance) {
             try await send(Self.caughtUp(snapshot))
             phase = .live(position: snapshot)
             return .next

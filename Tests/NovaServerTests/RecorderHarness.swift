@@ -13,13 +13,14 @@ func withRecorder<T: Sendable>(
     _ backend: Backend = .sqlite,
     configure: (inout NovaConfiguration) -> Void = { _ in },
     feedCapacity: Int = 32_768,
+    handOverDistance: Int = 4_096,
     _ body: @Sendable (any TestClientProtocol, any EventStore, NovaMetrics) async throws -> T
 ) async throws -> T {
     var config = NovaConfiguration()
     configure(&config)
     let (store, cleanup) = try await backend.makeStore()
     let metrics = NovaMetrics()
-    let api = RecorderAPI(store: store, configuration: config, metrics: metrics, logger: quietLogger, feedCapacity: feedCapacity)
+    let api = RecorderAPI(store: store, configuration: config, metrics: metrics, logger: quietLogger, feedCapacity: feedCapacity, handOverDistance: handOverDistance)
     let app = api.application(host: "127.0.0.1", port: 0)
     do {
         let result = try await app.test(.live) { client in try await body(client, store, metrics) }
