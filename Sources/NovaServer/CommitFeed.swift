@@ -47,6 +47,9 @@ public actor CommitFeed {
     private var filling = false
     /// Set when a publish arrived during a fill, which then reads once more.
     private var missed = false
+    /// Published batches waiting for a predecessor, by their first `ingestSeq`.
+    private var pending: [Int64: [(Int64, Event)]] = [:]
+    static let maxPending = 16
     private var waiters: [CheckedContinuation<Void, Never>] = []
 
     public init(store: any EventStore, capacity: Int = 32_768, logger: Logger) {
@@ -93,22 +96,38 @@ public actor CommitFeed {
     }
 
     /// An append of this process has committed `events` with `seqs` (nil for duplicates).
+    ///
+    /// Concurrent appends can publish out of commit order; a batch that does not continue the
+    /// tail waits here for its predecessors (a few batches at most), so that no ingest request
+    /// ever reads the store. Anything that never arrives (another process's commit) is read by
+    /// the next signalled or periodic fill, which also discards what it made stale.
     public func published(_ events: [Event], seqs: [Int64?]) async {
         guard started else { return }
-        if filling {
-            missed = true
-            return
-        }
         var fresh = [(Int64, Event)]()
         for (event, seq) in zip(events, seqs) { if let seq, seq > head { fresh.append((seq, event)) } }
         guard !fresh.isEmpty else { return }
         fresh.sort { $0.0 < $1.0 }
-        if fresh[0].0 == head + 1, fresh.last!.0 == head + Int64(fresh.count) {
-            for (seq, event) in fresh { append(Entry(seq: seq, event: event)) }
-            wakeAll()
-        } else {
-            await fill()
+        if filling {
+            missed = true
+            return
         }
+        pending[fresh[0].0] = fresh
+        drainPending()
+        if pending.count > Self.maxPending {
+            pending.removeAll()
+            Task { await self.fill() }
+        }
+    }
+
+    /// Appends the waiting batches that now continue the tail, in order.
+    private func drainPending() {
+        var appended = false
+        while let (first, batch) = pending.first(where: { $0.key <= head + 1 }) {
+            pending.removeValue(forKey: first)
+            for (seq, event) in batch where seq > head { append(Entry(seq: seq, event: event)) }
+            appended = true
+        }
+        if appended { wakeAll() }
     }
 
     /// Reads whatever the store committed after the head (another process's appends, or a batch
@@ -129,6 +148,8 @@ public actor CommitFeed {
                     append(Entry(seq: row.seq, event: row.event))
                 }
                 if !rows.isEmpty { wakeAll() }
+                pending = pending.filter { $0.value.last!.0 > head }
+                drainPending()
                 if rows.isEmpty && !missed { break }
             }
         } catch {

@@ -234,7 +234,12 @@ struct StreamSession {
                 try await send(CommitFeed.message(row.event))
                 metrics.streamEventsSent.increment()
             }
-            if let last = rows.last { phase = .live(position: last.seq) }
+            if let last = rows.last {
+                phase = .live(position: last.seq)
+            } else {
+                // Nothing readable yet past a position the feed has left behind: do not spin.
+                try await Task.sleep(for: .milliseconds(50))
+            }
         case .upToDate:
             try await heartbeatIfIdle()
             await feed.waitForCommits(after: position)

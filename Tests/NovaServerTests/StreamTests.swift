@@ -109,8 +109,9 @@ import Testing
                 // Pacing only waits, so from before the connection it takes at least 0.98 s; at
                 // speed 1 it could not take less than 4.9 s.
                 let took = messages.last!.at - opened
+                let firstToEnd = messages.last!.at - sent.first!.at
                 #expect(took >= .milliseconds(980), "paced too fast: \(took)")
-                #expect(took < .milliseconds(4_800), "paced as if at speed 1: \(took)")
+                #expect(firstToEnd < .milliseconds(4_800), "paced as if at speed 1: \(took) from opening, \(firstToEnd) from the first event")
             }
             #expect(close?.closeCode == .normalClosure)
         }
@@ -122,7 +123,7 @@ import Testing
             let events = Self.frames(60)
             try await client.ingest(events)
             let port = try #require(client.port)
-            try await withStream(port: port, query: "scope=s&mode=rewind&from=\(Self.t0)&speed=2") { stream in
+            try await withStream(port: port, query: "scope=s&mode=rewind&from=\(Self.t0)&speed=1") { stream in
                 try await stream.wait(for: "5 events") { $0.count { $0.type == "event" } >= 5 }
                 try await stream.send(#"{"type":"pause"}"#)
                 // Events already on their way still arrive; then nothing does, and after 5 s
@@ -291,6 +292,7 @@ import Testing
                         let got = try await stream.wait(forType: "error")
                         let error = got.last?.json["error"]?.stringValue ?? ""
                         #expect(error.contains(message), "\(text): \(error)")
+                        try await stream.waitUntilClosedByServer()
                     }
                     #expect(close?.closeCode == .policyViolation, "\(text)")
                 }
@@ -314,6 +316,7 @@ import Testing
                     let got = try await stream.wait(forType: "error", timeout: .seconds(5))
                     let error = got.last?.json["error"]?.stringValue ?? ""
                     #expect(error.contains(message), "\(query): \(error)")
+                    try await stream.waitUntilClosedByServer()
                 }
             } catch let error as StreamTestError where error.description.contains("got 0 messages") && attempt < 3 {
                 continue

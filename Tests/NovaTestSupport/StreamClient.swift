@@ -57,6 +57,16 @@ public final class StreamConnection: Sendable {
         }
     }
 
+    /// Waits until the server has closed the stream (so that its close frame is what the
+    /// connection returns, rather than this side's own close racing it).
+    public func waitUntilClosedByServer(timeout: Duration = .seconds(20)) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while !closedByServer {
+            guard ContinuousClock.now < deadline else { throw StreamTestError("the server did not close the stream within \(timeout)") }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+    }
+
     /// Waits for the `n`-th message of `type` (1-based).
     @discardableResult
     public func wait(forType type: String, count n: Int = 1, timeout: Duration = .seconds(20)) async throws -> [Message] {
