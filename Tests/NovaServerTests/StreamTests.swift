@@ -37,7 +37,7 @@ import Testing
 
     @Test(arguments: Backend.allCases)
     func rewindAtSpeedZeroIsTheOrderedQueryThenCaughtUpThenLive(backend: Backend) async throws {
-        try await withRecorder(backend) { client, store, _ in
+        try await withRecorder(backend) { client, store, metrics in
             var random = RandomEvents(seed: 5, scopes: ["site-a", "site-b"])
             try await client.ingest(random.events(400))
             let expected = try await store.allPages(EventQuery(scopeId: "site-a", range: Timestamp.min..<Timestamp.endOfTime, limit: 1_000)).events
@@ -56,6 +56,10 @@ import Testing
                 try await Task.sleep(for: .milliseconds(300))
                 #expect(stream.eventIds == Self.ids(expected) + live)
                 #expect(all.count { $0.type == "caughtUp" } == 1)
+                let exposition = String(decoding: metrics.exposition(), as: UTF8.self)
+                #expect(exposition.contains("nova_stream_clients 1"), "one stream open")
+                #expect(exposition.contains("nova_stream_events_sent_total \(expected.count + live.count)"), "\(exposition)")
+                #expect(exposition.contains("nova_stream_lag_seconds_count"))
             }
         }
     }
