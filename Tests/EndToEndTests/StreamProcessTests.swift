@@ -47,7 +47,7 @@ import Testing
             expected += ids
         }
         let want = expected
-        let ready = Counter()
+        let ready = TestCounter()
         try await withThrowingTaskGroup(of: Void.self) { group in
             for port in [portA, portB] {
                 group.addTask {
@@ -71,7 +71,7 @@ import Testing
         }
 
         // SIGTERM with a stream open: the stream is closed as going away and the process exits.
-        let closed = Counter()
+        let closed = TestCounter()
         try await withThrowingTaskGroup(of: WebSocketCloseFrame?.self) { group in
             group.addTask {
                 try await withStream(port: portA, query: "scope=kill&mode=live") { stream in
@@ -88,11 +88,4 @@ import Testing
             #expect(frame??.closeCode == .goingAway || frame??.closeCode == .normalClosure)
         }
     }
-}
-
-/// A counter shared by the tasks of a test.
-final class Counter: Sendable {
-    private let count = Mutex(0)
-    func add() { count.withLock { $0 += 1 } }
-    var value: Int { count.withLock { $0 } }
 }

@@ -72,7 +72,7 @@ import Testing
         try await withRecorder(backend, handOverDistance: 20) { client, store, _ in
             try await client.ingest(Self.frames(3_000, stepMillis: 1))
             let port = try #require(client.port)
-            let writing = Counter()
+            let writing = TestCounter()
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask {
                     for b in 1...30 {
@@ -189,8 +189,8 @@ import Testing
             let port = try #require(client.port)
             let batches = 20
             let perBatch = 200
-            let ready = Counter()
-            let fastDone = Counter()
+            let ready = TestCounter()
+            let fastDone = TestCounter()
             let results = try await withThrowingTaskGroup(of: (slow: Bool, ids: [String], done: ContinuousClock.Instant).self) { group in
                 for k in 0..<20 {
                     let slow = k == 0
@@ -250,8 +250,8 @@ import Testing
     func badInputGetsAnErrorAndACloseWhileOthersStream(backend: Backend) async throws {
         try await withRecorder(backend) { client, _, _ in
             let port = try #require(client.port)
-            let watching = Counter()
-            let badDone = Counter()
+            let watching = TestCounter()
+            let badDone = TestCounter()
             try await withThrowingTaskGroup(of: Void.self) { group in
                 // One client that must not be disturbed by the others' bad input. (Streams run
                 // side by side: the test client cannot open one stream inside another's handler.)
@@ -344,11 +344,4 @@ import Testing
             }
         }
     }
-}
-
-/// A counter shared by the tasks of a test.
-final class Counter: Sendable {
-    private let count = Mutex(0)
-    func add() { count.withLock { $0 += 1 } }
-    var value: Int { count.withLock { $0 } }
 }

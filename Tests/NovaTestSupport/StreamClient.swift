@@ -81,6 +81,14 @@ public final class StreamConnection: Sendable {
     func markClosed() { state.withLock { $0.closed = true } }
 }
 
+/// A counter shared by the tasks of a test.
+public final class TestCounter: Sendable {
+    private let count = Mutex(0)
+    public init() {}
+    public func add() { count.withLock { $0 += 1 } }
+    public var value: Int { count.withLock { $0 } }
+}
+
 public struct StreamTestError: Error, CustomStringConvertible {
     public var description: String
     public init(_ description: String) { self.description = description }
