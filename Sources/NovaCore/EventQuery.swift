@@ -51,6 +51,19 @@ public struct EventQuery: Sendable, Hashable {
     }
 }
 
+extension LaneFields {
+    /// The value of the lane's ``Lane/filterField``.
+    public var filterValue: String {
+        switch self {
+        case .raw(let connectionId, _, _): connectionId
+        case .parsed(let streamId, _, _, _): streamId
+        case .ui(let viewId, _): viewId
+        case .command(let targetId, _, _, _): targetId
+        case .metadata(let metadataType, _): metadataType
+        }
+    }
+}
+
 extension Lane {
     /// The field that `GET /v1/events` can filter this lane on.
     public var filterField: String {

@@ -18,8 +18,7 @@ extension RecorderAPI {
         do {
             request = try StreamRequest(context.request.uri)
         } catch {
-            try await outbound.write(.text(String(decoding: StreamSession.errorMessage(error.message), as: UTF8.self)))
-            try await outbound.close(.policyViolation, reason: String(error.message.prefix(120)))
+            await StreamFailure(code: .policyViolation, message: error.message).report(on: outbound)
             return
         }
         let control = StreamControl()
@@ -58,11 +57,9 @@ extension RecorderAPI {
                     handOverDistance: handOverDistance)
                 try await session.run()
             } catch let failure as StreamFailure {
-                try? await outbound.write(.text(String(decoding: StreamSession.errorMessage(failure.message), as: UTF8.self)))
-                try? await outbound.close(failure.code, reason: String(failure.message.prefix(120)))
+                await failure.report(on: outbound)
             } catch let error as StoreError {
-                try? await outbound.write(.text(String(decoding: StreamSession.errorMessage("store: \(error.message)"), as: UTF8.self)))
-                try? await outbound.close(.unexpectedServerError, reason: nil)
+                await StreamFailure(code: .unexpectedServerError, message: "store: \(error.message)").report(on: outbound)
             } catch {
                 // The connection went away mid-write, or the server is shutting down.
             }

@@ -70,19 +70,6 @@ struct StreamRequest: Sendable {
     }
 }
 
-extension LaneFields {
-    /// The value of the lane's ``Lane/filterField``.
-    var filterValue: String {
-        switch self {
-        case .raw(let connectionId, _, _): connectionId
-        case .parsed(let streamId, _, _, _): streamId
-        case .ui(let viewId, _): viewId
-        case .command(let targetId, _, _, _): targetId
-        case .metadata(let metadataType, _): metadataType
-        }
-    }
-}
-
 /// A message from a streaming client.
 enum StreamCommand: Sendable, Equatable {
     case pause

@@ -133,8 +133,7 @@ struct StreamSession {
     mutating func applyControl() async throws -> Step {
         let taken = control.take()
         if let failure = taken.failure {
-            try await send(Self.errorMessage(failure.message))
-            try await outbound.close(failure.code, reason: String(failure.message.prefix(120)))
+            await StreamFailure(code: failure.code, message: failure.message).report(on: outbound)
             return .stop
         }
         if taken.closed { return .stop }
@@ -302,15 +301,19 @@ struct StreamSession {
         Array(#"{"type":"caughtUp","at":"\#(Timestamp.now())","ingestSeq":\#(position)}"#.utf8)
     }
 
-    static func errorMessage(_ text: String) -> [UInt8] {
-        var out = Array(#"{"type":"error","error":"#.utf8)
-        CanonicalJSON.writeString(text, into: &out)
-        out.append(UInt8(ascii: "}"))
-        return out
-    }
 }
 
+/// Why a stream ends early, as the client is told: an `error` message, then a close with `code`.
 struct StreamFailure: Error {
     var code: WebSocketErrorCode
     var message: String
+
+    /// Sends the `error` message and closes; a connection already gone is not an error here.
+    func report(on outbound: WebSocketOutboundWriter) async {
+        var out = Array(#"{"type":"error","error":"#.utf8)
+        CanonicalJSON.writeString(message, into: &out)
+        out.append(UInt8(ascii: "}"))
+        try? await outbound.write(.custom(WebSocketFrame(fin: true, opcode: .text, data: ByteBuffer(bytes: out))))
+        try? await outbound.close(code, reason: String(message.prefix(120)))
+    }
 }

@@ -89,16 +89,6 @@ public func expectedOrder(_ ingested: [Event], scopeId: String, timebase: Timeba
     }
     return kept.filter { e in
         e.scopeId == scopeId && lanes.contains(e.lane) && range.contains(e.time(timebase))
-            && (filters[e.lane].map { filterValue(e) == $0 } ?? true)
+            && (filters[e.lane].map { e.fields.filterValue == $0 } ?? true)
     }.sorted { $0.orderingKey(timebase) < $1.orderingKey(timebase) }
-}
-
-public func filterValue(_ e: Event) -> String {
-    switch e.fields {
-    case .raw(let c, _, _): c
-    case .parsed(let s, _, _, _): s
-    case .ui(let v, _): v
-    case .command(let t, _, _, _): t
-    case .metadata(let m, _): m
-    }
 }

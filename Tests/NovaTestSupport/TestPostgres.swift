@@ -56,21 +56,12 @@ public enum TestPostgres {
 
         /// Rows of one query (each row's columns as text), for checking server state.
         public func rows(_ sql: String) async throws -> [[String]] {
-            let location = try location()
-            var configuration = PostgresConnection.Configuration(
-                host: location.host, port: location.port, username: location.user, password: password, database: location.database, tls: .disable)
-            configuration.options.connectTimeout = .seconds(30)
-            let connection = try await PostgresConnection.connect(configuration: configuration, id: 0, logger: quietLogger)
-            do {
+            try await TestPostgres.withConnection(try location()) { connection in
                 var out = [[String]]()
                 for try await row in try await connection.query(PostgresQuery(unsafeSQL: sql), logger: quietLogger) {
                     out.append(try row.map { cell in try cell.decode(String?.self) ?? "" })
                 }
-                try? await connection.close()
                 return out
-            } catch {
-                try? await connection.close()
-                throw error
             }
         }
 
@@ -82,14 +73,8 @@ public enum TestPostgres {
 
         /// Runs one statement on database `database` of this cluster.
         public func execute(_ sql: String, database: String = "postgres") async throws {
-            var location = try PostgresLocation(locator: locator, environment: ["NOVA_DB_PASSWORD": password])
-            location.database = database
-            let client = PostgresClient(configuration: .init(
-                host: location.host, port: location.port, username: location.user, password: password, database: database, tls: .disable))
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { await client.run() }
-                try await client.query(PostgresQuery(unsafeSQL: sql))
-                group.cancelAll()
+            try await TestPostgres.withConnection(try location(database: database)) { connection in
+                _ = try await connection.query(PostgresQuery(unsafeSQL: sql), logger: quietLogger).collect()
             }
         }
     }
@@ -116,16 +101,19 @@ public enum TestPostgres {
         }
     }
 
-    /// Runs `body` with a short-lived client on the server's `postgres` database.
     /// Runs `body` on one direct connection to the test server's `postgres` database.
+    public static func admin<T: Sendable>(_ body: @Sendable (PostgresConnection) async throws -> T) async throws -> T {
+        let (locator, password) = try server()
+        return try await withConnection(try PostgresLocation(locator: locator, environment: ["NOVA_DB_PASSWORD": password]), body)
+    }
+
+    /// Runs `body` on one direct connection to `location`, closed afterwards.
     ///
     /// A plain connection, not a pool: cancelling a pool's `run()` while it is still opening a
     /// connection was seen to hang a loaded test run.
-    public static func admin<T: Sendable>(_ body: @Sendable (PostgresConnection) async throws -> T) async throws -> T {
-        let (locator, password) = try server()
-        let location = try PostgresLocation(locator: locator, environment: ["NOVA_DB_PASSWORD": password])
+    public static func withConnection<T: Sendable>(_ location: PostgresLocation, _ body: @Sendable (PostgresConnection) async throws -> T) async throws -> T {
         var configuration = PostgresConnection.Configuration(
-            host: location.host, port: location.port, username: location.user, password: password, database: location.database, tls: .disable)
+            host: location.host, port: location.port, username: location.user, password: location.password, database: location.database, tls: .disable)
         configuration.options.connectTimeout = .seconds(30)
         let connection = try await PostgresConnection.connect(configuration: configuration, id: 0, logger: quietLogger)
         do {
