@@ -33,6 +33,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
+        // gzip of sync batches (zlib on ByteBuffers; what Hummingbird's own compression uses).
+        .package(url: "https://github.com/adam-fowler/compress-nio", from: "1.5.0"),
     ],
     targets: [
         .target(
@@ -78,13 +80,29 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "CompressNIO", package: "compress-nio"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "NovaSync",
+            dependencies: [
+                "NovaCore",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "CompressNIO", package: "compress-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            path: "Sync",
             swiftSettings: swiftSettings
         ),
         .executableTarget(
             name: "nova",
             dependencies: [
-                "NovaCore", "NovaSQLite", "NovaPostgres", "NovaServer",
+                "NovaCore", "NovaSQLite", "NovaPostgres", "NovaServer", "NovaSync",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -139,6 +157,11 @@ let package = Package(
                 .product(name: "NIOWebSocket", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
+            swiftSettings: testSwiftSettings
+        ),
+        .testTarget(
+            name: "SyncTests",
+            dependencies: ["NovaCore", "NovaSync"],
             swiftSettings: testSwiftSettings
         ),
         .testTarget(

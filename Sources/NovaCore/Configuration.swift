@@ -114,6 +114,12 @@ public struct NovaConfiguration: Sendable, Equatable {
         /// The environment variable that holds this site's sync token.
         public var tokenEnv = "NOVA_SYNC_TOKEN"
         public var batchSize = 5000
+        /// Whether the shipper gzips batches (`gzip`) or sends them as they are (`none`).
+        public var compression = "gzip"
+        /// The longest the shipper waits between attempts while the hub fails or refuses.
+        public var maxBackoffSeconds = 30
+        /// Hub side: batches applied at once; more are refused with 503 and `Retry-After`.
+        public var maxConcurrentBatches = 4
 
         public init() {}
     }
@@ -226,6 +232,12 @@ extension NovaConfiguration {
             config.sync.upstream = try s.string("upstream", default: config.sync.upstream, nonEmpty: true)
             config.sync.tokenEnv = try s.string("token_env", default: config.sync.tokenEnv, nonEmpty: true)
             config.sync.batchSize = try s.int("batchSize", default: config.sync.batchSize, in: 1...100_000)
+            config.sync.compression = try s.string("compression", default: config.sync.compression, nonEmpty: true)
+            guard ["gzip", "none"].contains(config.sync.compression) else {
+                throw ConfigurationError(key: "sync.compression", rule: "must be \"gzip\" or \"none\"")
+            }
+            config.sync.maxBackoffSeconds = try s.int("maxBackoffSeconds", default: config.sync.maxBackoffSeconds, in: 1...3600)
+            config.sync.maxConcurrentBatches = try s.int("maxConcurrentBatches", default: config.sync.maxConcurrentBatches, in: 1...256)
             try s.finish()
         }
         if let l = try r.object("limits") {
@@ -265,7 +277,10 @@ extension NovaConfiguration {
             "dual": { "primary": \(s(database.dual.primary.rawValue)) }
           },
           "server": { "host": \(s(server.host)), "port": \(server.port), "maxBodyBytes": \(server.maxBodyBytes), "maxQueryLimit": \(server.maxQueryLimit), "tokens": [\(tokens.joined(separator: ", "))] },
-          "sync": { "enabled": \(sync.enabled), "upstream": \(s(sync.upstream)), "token_env": \(s(sync.tokenEnv)), "batchSize": \(sync.batchSize) },
+          "sync": {
+            "enabled": \(sync.enabled), "upstream": \(s(sync.upstream)), "token_env": \(s(sync.tokenEnv)), "batchSize": \(sync.batchSize),
+            "compression": \(s(sync.compression)), "maxBackoffSeconds": \(sync.maxBackoffSeconds), "maxConcurrentBatches": \(sync.maxConcurrentBatches)
+          },
           "limits": { "maxStringBytes": \(limits.maxStringBytes), "maxFrameBytes": \(limits.maxFrameBytes), "maxPayloadBytes": \(limits.maxPayloadBytes) }
         }
         """

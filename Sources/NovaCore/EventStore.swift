@@ -23,6 +23,39 @@ public protocol EventStore: Sendable {
     /// (SQLite) returns at once.
     func watchCommits(_ onCommit: @escaping @Sendable (_ committed: Int64?) -> Void) async throws
 
+    /// Per lane and time bucket of one scope: the event count and the XOR of the eventIds
+    /// (sync.md), for `nova verify`. Sorted by lane, then bucket; empty buckets are absent.
+    func digests(_ request: DigestRequest) async throws(StoreError) -> [BucketDigest]
+
+    // MARK: Sync, edge side: this store's outbox.
+
+    /// The store's identity, its last `ingestSeq`, and the acknowledgement it last recorded.
+    func outboxState() async throws(StoreError) -> OutboxState
+
+    /// Records that the hub acknowledged everything through `seq` (never moves backwards).
+    func recordAcknowledged(_ seq: Int64) async throws(StoreError)
+
+    /// Gives the store a new `storeId` and forgets its acknowledgements: its outbox is shipped
+    /// again from the start under the new identity (the hub dedupes). For a store whose history
+    /// no longer matches what the hub acknowledged under the old id (restored from a backup).
+    func renewStoreId() async throws(StoreError) -> String
+
+    /// The smallest `canonicalTruthTime` among the events after `seq`, nil when there are none.
+    /// Reads every such event: callers ask only about short tails.
+    func oldestCanonicalTime(after seq: Int64) async throws(StoreError) -> Timestamp?
+
+    // MARK: Sync, hub side.
+
+    /// Applies a sync batch in one transaction: the events with dedupe and, for an outbox batch,
+    /// the site's watermark (sync.md, protocol step 2). Committed before it returns.
+    func applySync(_ batch: SyncBatch) async throws(StoreError) -> SyncApplyOutcome
+
+    /// The watermark of (siteId, storeId); `ackedSeq` 0 for one never seen.
+    func syncWatermark(siteId: String, storeId: String) async throws(StoreError) -> SyncWatermark
+
+    /// Every (siteId, storeId) that has shipped here, by site then last contact.
+    func syncSites() async throws(StoreError) -> [SyncSite]
+
     /// Count and time span per scope and lane, and the store's size.
     func stats() async throws(StoreError) -> StoreStats
 

@@ -23,7 +23,7 @@ import PostgresNIO
 /// JSON and the edge allow) and rewrites numbers and key order, so the hub could not answer with
 /// the edge's bytes. Analysts can still cast `payload::jsonb` in SQL.
 enum PostgresSchema {
-    static let version = 2
+    static let version = 3
 
     /// The statements that bring a store from version `n - 1` to `n`, for each `n` after 1.
     ///
@@ -31,11 +31,22 @@ enum PostgresSchema {
     /// with `ingestSeq` in (n, n + k]", which must not scan every partition. BRIN, not B-tree:
     /// rows arrive in `ingestSeq` order, so block ranges summarize it exactly, and maintaining a
     /// BRIN costs almost nothing, where a fifth B-tree cost a quarter of the ingest rate (measured).
+    ///
+    /// v3: sync. The watermark of every (siteId, storeId) that ships here (sync.md).
     static let migrations: [Int: [String]] = [
         2: Lane.allCases.map { lane in
             let table = LaneSQL(lane).table
             return "CREATE INDEX IF NOT EXISTS \(quote(table + "_commit_order")) ON \(quote(table)) USING brin (\"ingestSeq\")"
         },
+        3: [
+            """
+            CREATE TABLE IF NOT EXISTS "syncSites" (
+                "siteId" TEXT COLLATE "C" NOT NULL, "storeId" TEXT COLLATE "C" NOT NULL, "ackedSeq" BIGINT NOT NULL, "lastEventId" BYTEA,
+                "completeThrough" TIMESTAMPTZ, "pendingEvents" BIGINT NOT NULL, "lastContactAt" TIMESTAMPTZ NOT NULL,
+                "batchesApplied" BIGINT NOT NULL, "eventsApplied" BIGINT NOT NULL,
+                PRIMARY KEY ("siteId", "storeId"))
+            """,
+        ],
     ]
 
     static func migrate(_ conn: PostgresConnection, from applied: Int, logger: Logger) async throws {

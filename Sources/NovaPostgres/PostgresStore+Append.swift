@@ -40,6 +40,12 @@ extension PostgresStore {
 
     private func appendOnce(_ events: [Event], mode: PostgresSchema.Mode) async throws -> AppendResult {
         if mode == .partitioned { try await ensurePartitions(for: events) }
+        let logger = logger
+        return try await connection { conn in try await self.append(events, on: conn, logger: logger) }
+    }
+
+    /// Runs the append statement on `conn` (inside the caller's transaction, if any).
+    func append(_ events: [Event], on conn: PostgresConnection, logger: Logger) async throws -> AppendResult {
         var seen = Set<EventID>()
         var columns = [Lane: LaneColumns]()
         for (ord, event) in events.enumerated() where seen.insert(event.eventId).inserted {
@@ -50,13 +56,9 @@ extension PostgresStore {
         for lane in lanes { columns[lane]!.bind(into: &binds) }
         let notifyInline = notifications.mayNotifyNow()
         let query = PostgresQuery(unsafeSQL: Self.insertSQL(lanes: lanes, notifyAs: notifyInline ? instance : nil), binds: binds)
-        let logger = logger
-        let accepted = try await connection { conn in
-            var rows = [(Int, Int64)]()
-            for try await (ord, seq) in try await conn.query(query, logger: logger).decode((Int32, Int64).self) {
-                rows.append((Int(ord), seq))
-            }
-            return rows
+        var accepted = [(Int, Int64)]()
+        for try await (ord, seq) in try await conn.query(query, logger: logger).decode((Int32, Int64).self) {
+            accepted.append((Int(ord), seq))
         }
         var seqs = [Int64?](repeating: nil, count: events.count)
         for (ord, seq) in accepted { seqs[ord] = seq }
@@ -76,7 +78,7 @@ extension PostgresStore {
         _ = try? await connection { conn in try await conn.query(query, logger: logger).collect() }
     }
 
-    private func ensurePartitions(for events: [Event]) async throws {
+    func ensurePartitions(for events: [Event]) async throws {
         var byTable = [String: Set<Int64>]()
         for event in events {
             byTable["eventIndex", default: []].insert(PartitionCatalog.day(of: event.sourceTruthTime))

@@ -31,7 +31,7 @@ public final class PostgresStore: EventStore, Service, Sendable {
     let client: PostgresClient
     let logger: Logger
     let partitions: PartitionCatalog
-    private let state: Mutex<State>
+    let state: Mutex<State>
 
     enum State {
         case starting(lastError: String?)

@@ -16,7 +16,7 @@ import NovaCore
 /// written all over as an index on a random 32-byte id would be.
 enum SQLiteSchema {
     /// Bumped with every migration; `nova schema check` reports it.
-    static let version = 1
+    static let version = 2
 
     static var migrator: DatabaseMigrator {
         var migrator = DatabaseMigrator()
@@ -55,6 +55,19 @@ enum SQLiteSchema {
             try db.execute(
                 sql: "INSERT INTO novaStore (key, value) VALUES ('format', 'nova'), ('storeId', ?), ('createdAt', ?), ('lastIngestSeq', 0)",
                 arguments: [UUID().uuidString.lowercased(), Timestamp.now().rfc3339])
+        }
+        // v2: sync. The outbox's acknowledged position (a cache of the hub's truth), and the
+        // watermarks of the sites that ship here when this store is a hub.
+        migrator.registerMigration("v2") { db in
+            try db.execute(sql: """
+                INSERT INTO novaStore (key, value) VALUES ('syncAckedSeq', 0);
+                CREATE TABLE syncSites (
+                    siteId TEXT NOT NULL, storeId TEXT NOT NULL, ackedSeq INTEGER NOT NULL, lastEventId BLOB,
+                    completeThrough INTEGER, pendingEvents INTEGER NOT NULL, lastContactAt INTEGER NOT NULL,
+                    batchesApplied INTEGER NOT NULL, eventsApplied INTEGER NOT NULL,
+                    PRIMARY KEY (siteId, storeId)
+                ) STRICT, WITHOUT ROWID;
+                """)
         }
         return migrator
     }

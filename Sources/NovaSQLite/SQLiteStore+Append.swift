@@ -21,7 +21,7 @@ extension SQLiteStore {
         return "INSERT INTO \(t.table) (\(columns.joined(separator: ", "))) VALUES (\(columns.map { _ in "?" }.joined(separator: ", "))) ON CONFLICT DO NOTHING"
     }
 
-    private static func append(_ events: [Event], db: Database) throws -> AppendResult {
+    static func append(_ events: [Event], db: Database) throws -> AppendResult {
         var seq = try Int64.fetchOne(db, sql: "SELECT value FROM novaStore WHERE key = 'lastIngestSeq'") ?? 0
         var statements = [RawStatement?](repeating: nil, count: Lane.allCases.count)
         var seqs = [Int64?]()

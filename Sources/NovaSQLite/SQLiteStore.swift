@@ -3,6 +3,7 @@ import GRDB
 import GRDBSQLite
 import Logging
 import NovaCore
+import Synchronization
 
 /// The edge store: one SQLite file in WAL mode through GRDB, one writer and a pool of readers.
 ///
@@ -16,7 +17,9 @@ import NovaCore
 /// file is inspected read-only first and refused with a message that names it.
 public final class SQLiteStore: EventStore, Sendable {
     public let path: String
-    public let storeId: String
+    /// Changes only through ``renewStoreId()``.
+    public var storeId: String { identity.withLock { $0 } }
+    let identity: Mutex<String>
     let pool: DatabasePool
     let logger: Logger
 
@@ -36,7 +39,7 @@ public final class SQLiteStore: EventStore, Sendable {
 
     private init(path: String, storeId: String, pool: DatabasePool, logger: Logger) {
         self.path = path
-        self.storeId = storeId
+        self.identity = Mutex(storeId)
         self.pool = pool
         self.logger = logger
     }

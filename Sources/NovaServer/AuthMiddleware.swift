@@ -27,7 +27,7 @@ struct AuthMiddleware: RouterMiddleware {
         switch (method, path) {
         case (.post, "/v1/events"): .ingest
         case (_, "/metrics"), (_, "/healthz"), (_, "/readyz"): nil
-        case (.post, "/v1/sync/batches"): .sync
+        case (.post, "/v1/sync/batches"), (.get, "/v1/sync/watermark"): .sync
         default: .read
         }
     }
@@ -47,9 +47,13 @@ struct AuthMiddleware: RouterMiddleware {
         guard let match else {
             throw APIError(.unauthorized, "Authorization: unknown token", headers: [.wwwAuthenticate: "Bearer"])
         }
-        guard match.roles.contains(role) || (match.roles.contains(.admin) && role != .sync) else {
+        // A site's sync token may also read the digests and stats that `nova sync repair` compares.
+        let syncReadable = role == .read && ["/v1/digests", "/v1/stats"].contains(request.uri.path) && match.roles.contains(.sync)
+        guard match.roles.contains(role) || (match.roles.contains(.admin) && role != .sync) || syncReadable else {
             throw APIError(.forbidden, "Authorization: this token lacks the \(role.rawValue) role")
         }
+        var context = context
+        if role == .sync { context.syncSiteId = match.siteId }
         return try await next(request, context)
     }
 }

@@ -14,6 +14,8 @@ public final class NovaMetrics: Sendable {
     let streamEventsSent: Counter
     let streamCatchUps: Counter
     let streamLag: DurationHistogram
+    let syncBatchesRefused: Counter
+    let syncOverloaded: Counter
 
     static let latencyBuckets: [Duration] = [
         .microseconds(250), .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10),
@@ -41,6 +43,26 @@ public final class NovaMetrics: Sendable {
         streamLag = registry.makeDurationHistogram(
             name: "nova_stream_lag_seconds", buckets: Self.latencyBuckets,
             help: "Per client and chunk: time from a commit entering the live tail to its sending.")
+        syncBatchesRefused = registry.makeCounter(name: "nova_sync_batches_refused_total", help: "Hub: sync batches refused as malformed (400).")
+        syncOverloaded = registry.makeCounter(name: "nova_sync_overloaded_total", help: "Hub: sync batches answered 503 because too many were being applied.")
+    }
+
+    /// A site's series at the hub (the registry returns the same series for the same labels).
+    struct SiteSeries {
+        let batchesApplied: Counter
+        let eventsApplied: Counter
+        let pendingEvents: Gauge
+        let lagSeconds: Gauge
+    }
+
+    func syncSite(_ siteId: String) -> SiteSeries {
+        let site = [("site", siteId)]
+        return SiteSeries(
+            batchesApplied: registry.makeCounter(name: "nova_sync_applied_batches_total", labels: site, help: "Hub: sync batches applied, per site."),
+            eventsApplied: registry.makeCounter(name: "nova_sync_applied_events_total", labels: site, help: "Hub: events stored from sync batches, per site."),
+            pendingEvents: registry.makeGauge(name: "nova_sync_site_pending_events", labels: site, help: "Hub: events the site's outbox held at its last batch."),
+            lagSeconds: registry.makeGauge(
+                name: "nova_sync_site_lag_seconds", labels: site, help: "Hub: now minus the completeThrough the site reported with its last batch."))
     }
 
     /// Prometheus text exposition of every series in the registry.

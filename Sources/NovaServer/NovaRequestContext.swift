@@ -6,6 +6,8 @@ import NIOCore
 public struct NovaRequestContext: RequestContext, WebSocketRequestContext {
     public var coreContext: CoreRequestContextStorage
     public let webSocket: WebSocketHandlerReference<Self>
+    /// The site a `sync` token is bound to, once authenticated (nil with auth off).
+    public var syncSiteId: String?
 
     public init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)

@@ -24,6 +24,8 @@ extension RecorderAPI {
             throw APIError(.contentTooLarge, "body: exceeds the limit of \(maxBytes) bytes (server.maxBodyBytes); nothing stored")
         }
         let receivedAt = Timestamp.now()
+        let ticket = inFlight.begin(receivedAt)
+        defer { inFlight.end(ticket) }
         let batch: IngestBatch
         do {
             batch = try body.withUnsafeReadableBytes { raw in

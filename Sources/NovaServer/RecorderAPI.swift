@@ -24,13 +24,19 @@ public struct RecorderAPI: Sendable {
     public let feed: CommitFeed
     let handOverDistance: Int
     let decoder: EventDecoder
+    let syncAdmission: SyncAdmission
+    /// Ingest requests received and not yet committed (the shipper's `pendingFrom` needs them).
+    public let inFlight: InFlightIngest
+    /// The edge's shipper state for `GET /v1/sync/status`; nil where sync is off.
+    let syncStatus: (@Sendable () async throws -> SyncStatusReport)?
 
     /// `feedCapacity`: how many recent commits LIVE streams are served from memory; a client
     /// further behind reads the store. `handOverDistance`: how close to the head (in commits) a
     /// rewind without `to` hands over to LIVE.
     public init(
         store: any EventStore, configuration: NovaConfiguration, metrics: NovaMetrics = NovaMetrics(), logger: Logger = Logger(label: "nova.server"),
-        feedCapacity: Int = 32_768, handOverDistance: Int = 4_096
+        feedCapacity: Int = 32_768, handOverDistance: Int = 4_096, syncStatus: (@Sendable () async throws -> SyncStatusReport)? = nil,
+        inFlight: InFlightIngest = InFlightIngest()
     ) {
         self.store = store
         self.configuration = configuration
@@ -39,6 +45,9 @@ public struct RecorderAPI: Sendable {
         self.decoder = EventDecoder(limits: configuration.limits)
         self.feed = CommitFeed(store: store, capacity: feedCapacity, logger: logger)
         self.handOverDistance = handOverDistance
+        self.syncAdmission = SyncAdmission(limit: configuration.sync.maxConcurrentBatches)
+        self.syncStatus = syncStatus
+        self.inFlight = inFlight
     }
 
     /// The HTTP server with WebSocket upgrades for `/v1/stream`, and the stream feed's upkeep.
@@ -67,6 +76,11 @@ public struct RecorderAPI: Sendable {
         router.post("/v1/events") { request, _ in try await ingest(request) }
         router.get("/v1/events") { request, _ in try await query(request) }
         router.get("/v1/stats") { request, _ in try await stats(request) }
+        router.post("/v1/sync/batches") { request, context in try await receiveSyncBatch(request, context: context) }
+        router.get("/v1/sync/watermark") { request, context in try await syncWatermark(request, context: context) }
+        router.get("/v1/sync/sites") { request, _ in try await syncSites(request) }
+        router.get("/v1/sync/status") { request, _ in try await syncStatus(request) }
+        router.get("/v1/digests") { request, _ in try await digests(request) }
         router.ws("/v1/stream") { inbound, outbound, context in try await stream(inbound, outbound, context) }
         router.get("/healthz") { _, _ in jsonResponse(#"{"status":"ok"}"#) }
         router.get("/readyz") { _, _ in try await ready() }

@@ -7,7 +7,10 @@ struct Nova: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "nova",
         abstract: "NOVA: a local-first telemetry recorder (edge) and hub.",
-        subcommands: [RecordCommand.self, ServeCommand.self, QueryCommand.self, SchemaCommand.self, SimulateCommand.self, BenchCommand.self]
+        subcommands: [
+            RecordCommand.self, ServeCommand.self, QueryCommand.self, SchemaCommand.self, VerifyCommand.self, SyncCommand.self, SimulateCommand.self,
+            BenchCommand.self,
+        ]
     )
 }
 

@@ -7,6 +7,7 @@ import NIOCore
 import NovaCore
 import NovaServer
 import NovaSQLite
+import NovaSync
 import Prometheus
 import ServiceLifecycle
 import UnixSignals
@@ -43,22 +44,32 @@ struct RecordCommand: AsyncParsableCommand {
         } catch {
             throw CLIError(error.message)
         }
-        try await serve(store: store, services: [StoreService(store: store)], config: config, logger: logger)
+        try await serve(store: store, services: [StoreService(store: store)], config: config, logger: logger, ships: config.sync.enabled)
     }
 }
 
 /// Runs the HTTP API over `store` until SIGTERM or SIGINT. `services` (the store's own) start
-/// first and stop last, after the HTTP server has drained.
-func serve(store: any EventStore, services: [any Service], config: NovaConfiguration, logger: Logger) async throws {
+/// first and stop last, after the HTTP server has drained; with `ships`, the sync shipper runs
+/// between them (it stops after the server, before the store).
+func serve(store: any EventStore, services: [any Service], config: NovaConfiguration, logger: Logger, ships: Bool = false) async throws {
     let registry = PrometheusCollectorRegistry()
     MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
-    let api = RecorderAPI(store: store, configuration: config, metrics: NovaMetrics(registry: registry), logger: logger)
+    var shipper: Shipper?
+    var status: (@Sendable () async throws -> SyncStatusReport)?
+    let inFlight = InFlightIngest()
+    if ships {
+        let s = try makeShipper(store: store, config: config, inFlight: inFlight, registry: registry, logger: logger)
+        shipper = s
+        status = { try await s.status() }
+    }
+    let api = RecorderAPI(store: store, configuration: config, metrics: NovaMetrics(registry: registry), logger: logger, syncStatus: status, inFlight: inFlight)
     let app = api.application(host: config.server.host, port: config.server.port) { channel in
         let port = channel.localAddress?.port ?? config.server.port
         // One line on stdout that scripts and tests wait for.
         FileHandle.standardOutput.write(Data("nova: listening on http://\(config.server.host):\(port) (\(store.description))\n".utf8))
     }
-    var configuration = ServiceGroupConfiguration(services: services + [app], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+    let shipping: [any Service] = shipper.map { [$0] } ?? []
+    var configuration = ServiceGroupConfiguration(services: services + shipping + [app], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
     // A client that keeps a connection busy must not keep the process alive: after 10 s of
     // draining, what is still open is cancelled (nothing is lost: acknowledged means committed).
     configuration.maximumGracefulShutdownDuration = .seconds(10)
@@ -69,6 +80,24 @@ func serve(store: any EventStore, services: [any Service], config: NovaConfigura
         logger.warning("shutdown: connections still busy after 10 s were cancelled")
     }
     logger.info("stopped", metadata: ["store": "\(store.description)"])
+}
+
+/// The shipper of `config.sync`, its token read from the environment variable the file names.
+func makeShipper(
+    store: any EventStore, config: NovaConfiguration, inFlight: InFlightIngest, registry: PrometheusCollectorRegistry, logger: Logger
+) throws -> Shipper {
+    let token = ProcessInfo.processInfo.environment[config.sync.tokenEnv].flatMap { $0.isEmpty ? nil : $0 }
+    guard config.sync.upstream.hasPrefix("http://") || config.sync.upstream.hasPrefix("https://") else {
+        throw CLIError("sync.upstream: must be an http:// or https:// URL of the hub, found \"\(config.sync.upstream)\"")
+    }
+    if token == nil {
+        logger.warning("sync: no token in the environment; the hub must run with auth off", metadata: ["token_env": "\(config.sync.tokenEnv)"])
+    }
+    var settings = Shipper.Settings(siteId: config.core.siteId, batchSize: config.sync.batchSize, maxBackoff: .seconds(config.sync.maxBackoffSeconds))
+    settings.heartbeat = .seconds(1)
+    let client = SyncClient(upstream: config.sync.upstream, token: token, gzip: config.sync.compression == "gzip")
+    logger.info("sync: shipping to the hub", metadata: ["upstream": "\(config.sync.upstream)", "siteId": "\(config.core.siteId)", "batchSize": "\(config.sync.batchSize)"])
+    return Shipper(store: store, client: client, settings: settings, inFlight: inFlight, registry: registry, logger: logger)
 }
 
 /// Keeps the store open while the server runs; ServiceGroup stops services in reverse order, so

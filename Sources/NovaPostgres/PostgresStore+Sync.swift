@@ -1,0 +1,225 @@
+import Foundation
+import Logging
+import NovaCore
+import PostgresNIO
+import Synchronization
+
+extension PostgresStore {
+    /// Aggregated in the server: one row per bucket crosses the network, not one per event. The
+    /// ids are XORed as four 64-bit words (PostgreSQL has `bit_xor` for integers, not bytes).
+    public func digests(_ request: DigestRequest) async throws(StoreError) -> [BucketDigest] {
+        _ = try ensureReady()
+        let words = (0..<4).map { k in #"bit_xor(('x' || encode(substr("eventId", \#(k * 8 + 1), 8), 'hex'))::bit(64)::int8)"# }
+        let time = PostgresSchema.quote(LaneSQL.timeColumn(request.timebase))
+        do {
+            let logger = logger
+            return try await connection { conn in
+                var digests = [BucketDigest]()
+                for lane in request.lanes {
+                    var binds = PostgresBindings()
+                    binds.append(request.scopeId)
+                    binds.append(PostgresTimestamp(value: request.range.lowerBound))
+                    binds.append(PostgresTimestamp(value: request.range.upperBound))
+                    binds.append(request.bucketMicros)
+                    let sql = """
+                        SELECT floor(extract(epoch FROM \(time)) * 1000000 / $4)::int8 AS "bucket", count(*), \(words.joined(separator: ", "))
+                        FROM \(PostgresSchema.quote(LaneSQL(lane).table))
+                        WHERE "scopeId" = $1 AND \(time) >= $2 AND \(time) < $3 GROUP BY 1 ORDER BY 1
+                        """
+                    for try await row in try await conn.query(PostgresQuery(unsafeSQL: sql, binds: binds), logger: logger) {
+                        let c = Array(row)
+                        let w = try (1...4).map { k throws(StoreError) in UInt64(bitPattern: try c[k + 1].int64()) }
+                        digests.append(BucketDigest(
+                            lane: lane, bucketStart: Timestamp(microseconds: try c[0].int64() * request.bucketMicros), count: try c[1].int64(),
+                            xor: EventID(w0: w[0], w1: w[1], w2: w[2], w3: w[3])))
+                    }
+                }
+                return digests
+            }
+        } catch {
+            throw mapError(error)
+        }
+    }
+
+    public func outboxState() async throws(StoreError) -> OutboxState {
+        _ = try ensureReady()
+        do {
+            let logger = logger
+            let (last, acked) = try await connection { conn in
+                let last = try await conn.query(#"SELECT "value" FROM "novaCounter" WHERE "name" = 'ingestSeq'"#, logger: logger)
+                    .collect().first?.decode(Int64.self) ?? 0
+                let acked = try await conn.query(#"SELECT "value" FROM "novaStore" WHERE "key" = 'syncAckedSeq'"#, logger: logger)
+                    .collect().first?.decode(String.self)
+                return (last, acked.flatMap { Int64($0) } ?? 0)
+            }
+            return OutboxState(storeId: storeId ?? "", lastSeq: last, ackedSeq: acked)
+        } catch {
+            throw mapError(error)
+        }
+    }
+
+    public func recordAcknowledged(_ seq: Int64) async throws(StoreError) {
+        _ = try ensureReady()
+        do {
+            let logger = logger
+            try await connection { conn in
+                try await conn.query("""
+                    INSERT INTO "novaStore" VALUES ('syncAckedSeq', \(String(seq)))
+                    ON CONFLICT ("key") DO UPDATE SET "value" = GREATEST("novaStore"."value"::int8, excluded."value"::int8)::text
+                    """, logger: logger)
+            }
+        } catch {
+            throw mapError(error)
+        }
+    }
+
+    public func renewStoreId() async throws(StoreError) -> String {
+        let mode = try ensureReady()
+        let fresh = UUID().uuidString.lowercased()
+        do {
+            let logger = logger
+            try await connection { conn in
+                try await conn.withTransaction(logger: logger) { conn in
+                    try await conn.query(#"UPDATE "novaStore" SET "value" = \#(fresh) WHERE "key" = 'storeId'"#, logger: logger)
+                    try await conn.query(#"DELETE FROM "novaStore" WHERE "key" = 'syncAckedSeq'"#, logger: logger)
+                }
+            }
+        } catch {
+            throw mapError(error)
+        }
+        state.withLock { $0 = .ready(storeId: fresh, mode: mode) }
+        logger.warning("store identity renewed; the outbox ships again from its start", metadata: ["storeId": "\(fresh)"])
+        return fresh
+    }
+
+    public func oldestCanonicalTime(after seq: Int64) async throws(StoreError) -> Timestamp? {
+        _ = try ensureReady()
+        do {
+            let logger = logger
+            return try await connection { conn in
+                var oldest: Timestamp?
+                for lane in Lane.allCases {
+                    let sql = #"SELECT min("canonicalTruthTime") FROM \#(PostgresSchema.quote(LaneSQL(lane).table)) WHERE "ingestSeq" > $1"#
+                    var binds = PostgresBindings()
+                    binds.append(seq)
+                    for try await row in try await conn.query(PostgresQuery(unsafeSQL: sql, binds: binds), logger: logger) {
+                        if let cell = Array(row).first, cell.bytes != nil {
+                            let t = try cell.timestamp()
+                            oldest = min(oldest ?? t, t)
+                        }
+                    }
+                }
+                return oldest
+            }
+        } catch {
+            throw mapError(error)
+        }
+    }
+
+    /// One transaction: the site's row locked (`FOR UPDATE`, so two deliveries of one batch
+    /// queue instead of both applying), the append statement, the watermark.
+    public func applySync(_ batch: SyncBatch) async throws(StoreError) -> SyncApplyOutcome {
+        let mode = try ensureReady()
+        do {
+            return try await applySyncOnce(batch, mode: mode)
+        } catch where sqlState(error) == "23514" && mode == .partitioned {
+            do {
+                try await partitions.load(self)
+                return try await applySyncOnce(batch, mode: mode)
+            } catch {
+                throw mapError(error)
+            }
+        } catch {
+            throw mapError(error)
+        }
+    }
+
+    private func applySyncOnce(_ batch: SyncBatch, mode: PostgresSchema.Mode) async throws -> SyncApplyOutcome {
+        if mode == .partitioned { try await ensurePartitions(for: batch.events.map(\.event)) }
+        let logger = logger
+        return try await connection { conn in
+            try await conn.withTransaction(logger: logger) { conn in
+                if batch.kind != .repair {
+                    try await conn.query("""
+                        INSERT INTO "syncSites" VALUES (\(batch.siteId), \(batch.storeId), 0, NULL, NULL, 0, now(), 0, 0) ON CONFLICT DO NOTHING
+                        """, logger: logger)
+                }
+                let before = try await Self.watermark(conn, siteId: batch.siteId, storeId: batch.storeId, lock: true, logger: logger)
+                switch SyncApplyPlan(batch, ackedSeq: before.ackedSeq) {
+                case .replay: return .alreadyApplied(before)
+                case .gap: return .gap(before)
+                case .touch:
+                    try await conn.query("""
+                        UPDATE "syncSites" SET "completeThrough" = coalesce(\(batch.pendingFrom.map { PostgresTimestamp(value: $0) }), "completeThrough"),
+                            "pendingEvents" = \(batch.outboxSize), "lastContactAt" = now()
+                        WHERE "siteId" = \(batch.siteId) AND "storeId" = \(batch.storeId)
+                        """, logger: logger)
+                    return .applied(before, accepted: 0, duplicates: 0)
+                case .apply(let events):
+                    let result = try await self.append(events.map(\.event), on: conn, logger: logger)
+                    guard batch.kind == .outbox, let last = events.last else {
+                        try await conn.query(
+                            #"UPDATE "syncSites" SET "lastContactAt" = now() WHERE "siteId" = \#(batch.siteId) AND "storeId" = \#(batch.storeId)"#,
+                            logger: logger)
+                        return .applied(before, accepted: result.accepted, duplicates: result.duplicates)
+                    }
+                    try await conn.query("""
+                        UPDATE "syncSites" SET "ackedSeq" = \(batch.lastSeq), "lastEventId" = \(PostgresBytes(bytes: last.event.eventId.bytes)),
+                            "completeThrough" = coalesce(\(batch.pendingFrom.map { PostgresTimestamp(value: $0) }), "completeThrough"),
+                            "pendingEvents" = \(batch.outboxSize), "lastContactAt" = now(), "batchesApplied" = "batchesApplied" + 1,
+                            "eventsApplied" = "eventsApplied" + \(Int64(result.accepted))
+                        WHERE "siteId" = \(batch.siteId) AND "storeId" = \(batch.storeId)
+                        """, logger: logger)
+                    return .applied(
+                        SyncWatermark(ackedSeq: batch.lastSeq, lastEventId: last.event.eventId), accepted: result.accepted, duplicates: result.duplicates)
+                }
+            }
+        }
+    }
+
+    private static func watermark(_ conn: PostgresConnection, siteId: String, storeId: String, lock: Bool, logger: Logger) async throws -> SyncWatermark {
+        let sql = #"SELECT "ackedSeq", "lastEventId" FROM "syncSites" WHERE "siteId" = $1 AND "storeId" = $2"# + (lock ? " FOR UPDATE" : "")
+        var binds = PostgresBindings()
+        binds.append(siteId)
+        binds.append(storeId)
+        for try await row in try await conn.query(PostgresQuery(unsafeSQL: sql, binds: binds), logger: logger) {
+            let c = Array(row)
+            return SyncWatermark(ackedSeq: try c[0].int64(), lastEventId: c[1].bytes == nil ? nil : try c[1].eventId())
+        }
+        return SyncWatermark(ackedSeq: 0, lastEventId: nil)
+    }
+
+    public func syncWatermark(siteId: String, storeId: String) async throws(StoreError) -> SyncWatermark {
+        _ = try ensureReady()
+        do {
+            let logger = logger
+            return try await connection { conn in try await Self.watermark(conn, siteId: siteId, storeId: storeId, lock: false, logger: logger) }
+        } catch {
+            throw mapError(error)
+        }
+    }
+
+    public func syncSites() async throws(StoreError) -> [SyncSite] {
+        _ = try ensureReady()
+        do {
+            let logger = logger
+            return try await connection { conn in
+                var sites = [SyncSite]()
+                for try await row in try await conn.query("""
+                    SELECT "siteId", "storeId", "ackedSeq", "completeThrough", "pendingEvents", "lastContactAt", "batchesApplied", "eventsApplied"
+                    FROM "syncSites" ORDER BY "siteId", "lastContactAt" DESC
+                    """, logger: logger)
+                {
+                    let c = Array(row)
+                    sites.append(SyncSite(
+                        siteId: try c[0].string(), storeId: try c[1].string(), ackedSeq: try c[2].int64(),
+                        completeThrough: c[3].bytes == nil ? nil : try c[3].timestamp(), pendingEvents: try c[4].int64(),
+                        lastContactAt: try c[5].timestamp(), batchesApplied: try c[6].int64(), eventsApplied: try c[7].int64()))
+                }
+                return sites
+            }
+        } catch {
+            throw mapError(error)
+        }
+    }
+}

@@ -1,0 +1,156 @@
+import Foundation
+import GRDB
+import Logging
+import NovaCore
+import Synchronization
+
+extension SQLiteStore {
+    public func digests(_ request: DigestRequest) async throws(StoreError) -> [BucketDigest] {
+        do {
+            return try await pool.read { db in
+                var rows = [(lane: Lane, bucket: Int64, id: EventID)]()
+                for lane in request.lanes {
+                    // Reads only the ordering index of the timebase (it holds the time and the id).
+                    let time = LaneSQL.timeColumn(request.timebase)
+                    let cursor = try Row.fetchCursor(
+                        db, sql: "SELECT \(time), eventId FROM \(LaneSQL(lane).table) WHERE scopeId = ? AND \(time) >= ? AND \(time) < ?",
+                        arguments: [request.scopeId, request.range.lowerBound.microseconds, request.range.upperBound.microseconds])
+                    while let row = try cursor.next() {
+                        let id: Data = row[1]
+                        rows.append((lane, request.bucketStart(row[0]), EventID(bytes: id) ?? .zero))
+                    }
+                }
+                return .folding(rows)
+            }
+        } catch {
+            throw Self.storeError(error, path: path)
+        }
+    }
+
+    public func outboxState() async throws(StoreError) -> OutboxState {
+        do {
+            let (last, acked) = try await pool.read { db in
+                let values = try Row.fetchAll(db, sql: "SELECT key, value FROM novaStore WHERE key IN ('lastIngestSeq', 'syncAckedSeq')")
+                var map = [String: Int64]()
+                for row in values { map[row[0]] = row[1] }
+                return (map["lastIngestSeq"] ?? 0, map["syncAckedSeq"] ?? 0)
+            }
+            return OutboxState(storeId: storeId, lastSeq: last, ackedSeq: acked)
+        } catch {
+            throw Self.storeError(error, path: path)
+        }
+    }
+
+    public func recordAcknowledged(_ seq: Int64) async throws(StoreError) {
+        do {
+            try await pool.write { db in
+                try db.execute(sql: "UPDATE novaStore SET value = max(value, ?) WHERE key = 'syncAckedSeq'", arguments: [seq])
+            }
+        } catch {
+            throw Self.storeError(error, path: path)
+        }
+    }
+
+    public func renewStoreId() async throws(StoreError) -> String {
+        let fresh = UUID().uuidString.lowercased()
+        do {
+            try await pool.write { db in
+                try db.execute(sql: "UPDATE novaStore SET value = ? WHERE key = 'storeId'", arguments: [fresh])
+                try db.execute(sql: "UPDATE novaStore SET value = 0 WHERE key = 'syncAckedSeq'")
+            }
+        } catch {
+            throw Self.storeError(error, path: path)
+        }
+        identity.withLock { $0 = fresh }
+        logger.warning("store identity renewed; the outbox ships again from its start", metadata: ["storeId": "\(fresh)"])
+        return fresh
+    }
+
+    public func oldestCanonicalTime(after seq: Int64) async throws(StoreError) -> Timestamp? {
+        do {
+            return try await pool.read { db in
+                var oldest: Int64?
+                for lane in Lane.allCases {
+                    // `ingestSeq` is the rowid: a range scan of the tail.
+                    if let t = try Int64.fetchOne(db, sql: "SELECT min(canonicalTruthTime) FROM \(LaneSQL(lane).table) WHERE ingestSeq > ?", arguments: [seq]) {
+                        oldest = min(oldest ?? t, t)
+                    }
+                }
+                return oldest.map(Timestamp.init(microseconds:))
+            }
+        } catch {
+            throw Self.storeError(error, path: path)
+        }
+    }
+
+    public func applySync(_ batch: SyncBatch) async throws(StoreError) -> SyncApplyOutcome {
+        do {
+            return try await pool.write { db in
+                let now = Timestamp.now().microseconds
+                let key: StatementArguments = [batch.siteId, batch.storeId]
+                if batch.kind != .repair {
+                    try db.execute(sql: "INSERT INTO syncSites VALUES (?, ?, 0, NULL, NULL, 0, ?, 0, 0) ON CONFLICT DO NOTHING", arguments: key + [now])
+                }
+                let row = try Row.fetchOne(db, sql: "SELECT ackedSeq, lastEventId FROM syncSites WHERE siteId = ? AND storeId = ?", arguments: key)
+                let before = SyncWatermark(ackedSeq: row?[0] ?? 0, lastEventId: (row?[1] as Data?).flatMap { EventID(bytes: $0) })
+                let report: StatementArguments = [batch.pendingFrom?.microseconds, batch.outboxSize, now]
+                switch SyncApplyPlan(batch, ackedSeq: before.ackedSeq) {
+                case .replay: return .alreadyApplied(before)
+                case .gap: return .gap(before)
+                case .touch:
+                    try db.execute(
+                        sql: """
+                            UPDATE syncSites SET completeThrough = coalesce(?, completeThrough), pendingEvents = ?, lastContactAt = ?
+                            WHERE siteId = ? AND storeId = ?
+                            """, arguments: report + key)
+                    return .applied(before, accepted: 0, duplicates: 0)
+                case .apply(let events):
+                    let result = try Self.append(events.map(\.event), db: db)
+                    guard batch.kind == .outbox, let last = events.last else {
+                        try db.execute(sql: "UPDATE syncSites SET lastContactAt = ? WHERE siteId = ? AND storeId = ?", arguments: [now] + key)
+                        return .applied(before, accepted: result.accepted, duplicates: result.duplicates)
+                    }
+                    try db.execute(
+                        sql: """
+                            UPDATE syncSites SET ackedSeq = ?, lastEventId = ?, completeThrough = coalesce(?, completeThrough), pendingEvents = ?,
+                                lastContactAt = ?, batchesApplied = batchesApplied + 1, eventsApplied = eventsApplied + ?
+                            WHERE siteId = ? AND storeId = ?
+                            """,
+                        arguments: [batch.lastSeq, Data(last.event.eventId.bytes)] + report + [result.accepted] + key)
+                    let after = SyncWatermark(ackedSeq: batch.lastSeq, lastEventId: last.event.eventId)
+                    return .applied(after, accepted: result.accepted, duplicates: result.duplicates)
+                }
+            }
+        } catch {
+            throw Self.storeError(error, path: path)
+        }
+    }
+
+    public func syncWatermark(siteId: String, storeId: String) async throws(StoreError) -> SyncWatermark {
+        do {
+            return try await pool.read { db in
+                let row = try Row.fetchOne(db, sql: "SELECT ackedSeq, lastEventId FROM syncSites WHERE siteId = ? AND storeId = ?", arguments: [siteId, storeId])
+                return SyncWatermark(ackedSeq: row?[0] ?? 0, lastEventId: (row?[1] as Data?).flatMap { EventID(bytes: $0) })
+            }
+        } catch {
+            throw Self.storeError(error, path: path)
+        }
+    }
+
+    public func syncSites() async throws(StoreError) -> [SyncSite] {
+        do {
+            return try await pool.read { db in
+                try Row.fetchAll(db, sql: """
+                    SELECT siteId, storeId, ackedSeq, completeThrough, pendingEvents, lastContactAt, batchesApplied, eventsApplied
+                    FROM syncSites ORDER BY siteId, lastContactAt DESC
+                    """).map { row in
+                    SyncSite(
+                        siteId: row[0], storeId: row[1], ackedSeq: row[2], completeThrough: (row[3] as Int64?).map(Timestamp.init(microseconds:)),
+                        pendingEvents: row[4], lastContactAt: Timestamp(microseconds: row[5]), batchesApplied: row[6], eventsApplied: row[7])
+                }
+            }
+        } catch {
+            throw Self.storeError(error, path: path)
+        }
+    }
+}

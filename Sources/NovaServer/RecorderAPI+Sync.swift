@@ -1,0 +1,200 @@
+import CompressNIO
+import Foundation
+import HTTPTypes
+import Hummingbird
+import NIOCore
+import NovaCore
+import Prometheus
+import Synchronization
+
+extension RecorderAPI {
+    /// `POST /v1/sync/batches` (hub): decode and check the whole batch, then apply it and advance
+    /// the site's watermark in one transaction, answering only after the commit (sync.md step 2).
+    /// A sync token ships only for its own site (403). A malformed batch is refused whole (400).
+    /// Beyond `sync.maxConcurrentBatches` applies at once the hub answers 503 with `Retry-After`,
+    /// which the edge honours while it keeps recording.
+    func receiveSyncBatch(_ request: Request, context: NovaRequestContext) async throws -> Response {
+        try QueryParameters(request.uri).finish()
+        let mediaType = request.headers[.contentType]?.split(separator: ";").first?.trimmingCharacters(in: .whitespaces).lowercased()
+        guard mediaType == SyncBatchCodec.contentType else {
+            throw APIError(.unsupportedMediaType, "Content-Type: must be \(SyncBatchCodec.contentType), found \(request.headers[.contentType].map(quotedParameter) ?? "none")")
+        }
+        let maxBytes = configuration.server.maxBodyBytes
+        var body: ByteBuffer
+        do {
+            body = try await request.body.collect(upTo: maxBytes)
+        } catch is NIOTooManyBytesError {
+            throw APIError(.contentTooLarge, "body: exceeds the limit of \(maxBytes) bytes (server.maxBodyBytes); nothing applied")
+        }
+        switch request.headers[.contentEncoding]?.lowercased() {
+        case nil, "identity": break
+        case "gzip":
+            do {
+                body = try body.decompress(with: .gzip(), maxSize: maxBytes)
+            } catch {
+                throw APIError(.badRequest, "body: not valid gzip data or over \(maxBytes) bytes once decompressed; nothing applied")
+            }
+        case let other?:
+            throw APIError(.unsupportedMediaType, "Content-Encoding: must be gzip or identity, found \(quotedParameter(other))")
+        }
+        let batch: SyncBatch
+        do {
+            batch = try body.withUnsafeReadableBytes { raw in try SyncBatchCodec.decode(raw.bindMemory(to: UInt8.self), decoder: decoder) }
+        } catch let error as SyncBatchError {
+            metrics.syncBatchesRefused.increment()
+            throw APIError(.badRequest, "sync batch refused, nothing applied: \(error.message)")
+        }
+        if let bound = context.syncSiteId, bound != batch.siteId {
+            throw APIError(.forbidden, "siteId: this token ships for site \(quotedParameter(bound)), not \(quotedParameter(batch.siteId))")
+        }
+        guard syncAdmission.enter() else {
+            metrics.syncOverloaded.increment()
+            throw APIError(.serviceUnavailable, "hub busy: \(configuration.sync.maxConcurrentBatches) sync batches are being applied; retry later", headers: [.retryAfter: "1"])
+        }
+        defer { syncAdmission.leave() }
+        let outcome: SyncApplyOutcome
+        do {
+            outcome = try await store.applySync(batch)
+        } catch {
+            throw APIError.store(error)
+        }
+        let site = metrics.syncSite(batch.siteId)
+        switch outcome {
+        case .applied(let watermark, let accepted, let duplicates):
+            if accepted > 0 { await feed.signalled(nil) }
+            site.eventsApplied.increment(by: Int64(accepted))
+            site.batchesApplied.increment()
+            if batch.kind == .outbox {
+                site.pendingEvents.set(Double(batch.outboxSize))
+                if let from = batch.pendingFrom { site.lagSeconds.set(Swift.max(0, Double(Timestamp.now().microseconds - from.microseconds) / 1e6)) }
+            }
+            return watermarkResponse(watermark, extra: #","accepted":\#(accepted),"duplicates":\#(duplicates)"#)
+        case .alreadyApplied(let watermark):
+            return watermarkResponse(watermark, extra: #","replay":true"#)
+        case .gap(let watermark):
+            let error = "firstSeq: \(batch.firstSeq) leaves a gap after ackedSeq \(watermark.ackedSeq); resume from \(watermark.ackedSeq + 1)"
+            var text = #"{"error":"#
+            text += quotedJSON(error)
+            return watermarkResponse(watermark, status: .conflict, prefix: text + ",")
+        }
+    }
+
+    /// `GET /v1/sync/watermark?siteId=…&storeId=…` (sync role): where an edge resumes (sync.md step 3).
+    func syncWatermark(_ request: Request, context: NovaRequestContext) async throws -> Response {
+        var p = try QueryParameters(request.uri)
+        let siteId = try p.required("siteId")
+        let storeId = try p.required("storeId")
+        try p.finish()
+        if let bound = context.syncSiteId, bound != siteId {
+            throw APIError(.forbidden, "siteId: this token ships for site \(quotedParameter(bound)), not \(quotedParameter(siteId))")
+        }
+        do {
+            return watermarkResponse(try await store.syncWatermark(siteId: siteId, storeId: storeId))
+        } catch {
+            throw APIError.store(error)
+        }
+    }
+
+    private func watermarkResponse(_ w: SyncWatermark, status: HTTPResponse.Status = .ok, prefix: String = "{", extra: String = "") -> Response {
+        let last = w.lastEventId.map { "\"\($0.hex)\"" } ?? "null"
+        return jsonResponse(prefix + #""ackedSeq":\#(w.ackedSeq),"lastEventId":\#(last)\#(extra)}"#, status: status)
+    }
+
+    /// `GET /v1/sync/sites` (hub): every site's watermarks and lag (sync.md, Observability).
+    func syncSites(_ request: Request) async throws -> Response {
+        try QueryParameters(request.uri).finish()
+        let sites: [SyncSite]
+        do {
+            sites = try await store.syncSites()
+        } catch {
+            throw APIError.store(error)
+        }
+        let now = Timestamp.now()
+        let items = sites.map { s in
+            let lag = s.completeThrough.map { String(format: "%.3f", Swift.max(0, Double(now.microseconds - $0.microseconds) / 1e6)) } ?? "null"
+            return #"{"siteId":\#(quotedJSON(s.siteId)),"storeId":\#(quotedJSON(s.storeId)),"ackedSeq":\#(s.ackedSeq),"#
+                + #""completeThrough":\#(s.completeThrough.map { "\"\($0.rfc3339)\"" } ?? "null"),"lagSeconds":\#(lag),"#
+                + #""pendingEvents":\#(s.pendingEvents),"lastContactAt":"\#(s.lastContactAt.rfc3339)","#
+                + #""batchesApplied":\#(s.batchesApplied),"eventsApplied":\#(s.eventsApplied)}"#
+        }
+        return jsonResponse(#"{"sites":[\#(items.joined(separator: ","))]}"#)
+    }
+
+    /// `GET /v1/sync/status` (edge): the outbox and the link to the hub.
+    func syncStatus(_ request: Request) async throws -> Response {
+        try QueryParameters(request.uri).finish()
+        guard let syncStatus else {
+            throw APIError(.notFound, "sync: this recorder does not ship to a hub (sync.enabled is false)")
+        }
+        let s = try await syncStatus()
+        let age = s.oldestPendingAgeSeconds.map { String(format: "%.3f", $0) } ?? "null"
+        return jsonResponse(
+            #"{"siteId":\#(quotedJSON(s.siteId)),"storeId":\#(quotedJSON(s.storeId)),"pendingEvents":\#(s.pendingEvents),"#
+                + #""oldestPendingAgeSeconds":\#(age),"ackedSeq":\#(s.ackedSeq),"lastAckAt":\#(s.lastAckAt.map { "\"\($0.rfc3339)\"" } ?? "null"),"#
+                + #""backoffSeconds":\#(String(format: "%.3f", s.backoffSeconds)),"lastError":\#(s.lastError.map(quotedJSON) ?? "null"),"#
+                + #""upstreamReachable":\#(s.upstreamReachable)}"#)
+    }
+
+    /// `GET /v1/digests?scope=…&from=…&to=…&bucket=1m[&timebase=…][&lane=…]`: the bucket digests
+    /// of sync.md, so that `nova verify` can compare stores it reaches only over HTTP.
+    func digests(_ request: Request) async throws -> Response {
+        var p = try QueryParameters(request.uri)
+        let digestRequest = try DigestRequest(parameters: &p)
+        let digests: [BucketDigest]
+        do {
+            digests = try await store.digests(digestRequest)
+        } catch {
+            throw APIError.store(error)
+        }
+        let items = digests.map { d in
+            #"{"lane":"\#(d.lane.rawValue)","bucket":"\#(d.bucketStart.rfc3339)","count":\#(d.count),"xor":"\#(d.xor.hex)"}"#
+        }
+        return jsonResponse(#"{"digests":[\#(items.joined(separator: ","))]}"#)
+    }
+}
+
+extension DigestRequest {
+    init(parameters p: inout QueryParameters) throws(APIError) {
+        let scope = try p.required("scope")
+        let from = try p.time("from")
+        let to = try p.time("to")
+        guard from <= to else { throw APIError(.badRequest, "from: must not be after to") }
+        let bucketText = try p.required("bucket")
+        guard let bucket = DigestRequest.parseBucket(bucketText) else {
+            throw APIError(.badRequest, "bucket: must be a positive width such as 1m, 30s, 500ms, 1h or 1d, found \(quotedParameter(bucketText))")
+        }
+        let (timebase, lanes, filters) = try p.selection()
+        guard filters.isEmpty else { throw APIError(.badRequest, "\(filters.keys.sorted()[0].filterField): digests take no filters") }
+        try p.finish()
+        self.init(scopeId: scope, range: from..<to, timebase: timebase, lanes: lanes, bucketMicros: bucket)
+    }
+}
+
+func quotedJSON(_ text: String) -> String {
+    var out = [UInt8]()
+    CanonicalJSON.writeString(text, into: &out)
+    return String(decoding: out, as: UTF8.self)
+}
+
+/// Counts the sync batches being applied, refusing one beyond the limit rather than queueing it:
+/// an edge retries later, so the hub holds no unbounded queue of bodies in memory.
+final class SyncAdmission: Sendable {
+    private let inFlight = Mutex(0)
+    let limit: Int
+
+    init(limit: Int) {
+        self.limit = limit
+    }
+
+    func enter() -> Bool {
+        inFlight.withLock { n in
+            guard n < limit else { return false }
+            n += 1
+            return true
+        }
+    }
+
+    func leave() {
+        inFlight.withLock { $0 -= 1 }
+    }
+}

@@ -1,0 +1,110 @@
+import ArgumentParser
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NovaCore
+import NovaSync
+
+/// `nova sync status|repair`: the edge's outbox seen from the command line, and repair of what
+/// `nova verify` finds missing at the hub.
+struct SyncCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sync",
+        abstract: "Sync state of an edge recorder, and repair of what the hub is missing.",
+        subcommands: [SyncStatusCommand.self, SyncRepairCommand.self]
+    )
+}
+
+struct SyncStatusCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "status",
+        abstract: "Print a running recorder's GET /v1/sync/status (or a hub's GET /v1/sync/sites with --sites).",
+        discussion: """
+            The recorder is found at server.host:server.port of the configuration, or at --url.
+            """
+    )
+
+    @OptionGroup var options: ConfigOptions
+    @Option(help: "Base URL of the recorder (default: from the configuration).") var url: String?
+    @Flag(help: "Ask a hub for every site's watermarks instead.") var sites = false
+    @Option(help: "Environment variable holding a read token.") var tokenEnv: String = "NOVA_TOKEN"
+
+    func run() async throws {
+        let config = try options.load()
+        let base = url ?? "http://\(config.server.host):\(config.server.port)"
+        var request = HTTPClientRequest(url: base + (sites ? "/v1/sync/sites" : "/v1/sync/status"))
+        if let token = ProcessInfo.processInfo.environment[tokenEnv], !token.isEmpty {
+            request.headers.add(name: "Authorization", value: "Bearer \(token)")
+        }
+        let response: HTTPClientResponse
+        do {
+            response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+        } catch {
+            throw CLIError("\(base): no answer (is the recorder running?): \(error)")
+        }
+        let body = String(buffer: try await response.body.collect(upTo: 16 << 20))
+        guard response.status.code == 200 else { throw CLIError("\(base) answered \(response.status.code): \(body)") }
+        print(body, terminator: "")
+    }
+}
+
+struct SyncRepairCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "repair",
+        abstract: "Compare this edge's store with the hub, re-ship the events of every differing bucket, then compare again.",
+        discussion: """
+            Reads the edge store of the configuration (database.sqlite.path; a running recorder may keep \
+            writing) and the hub at sync.upstream with the site's sync token (sync.token_env). Events the \
+            hub already holds are deduped there, so repeating a repair is harmless. Without --scope, every \
+            scope of the edge store. Exit status 0 when the stores agree afterwards, 1 otherwise.
+            """
+    )
+
+    @OptionGroup var options: ConfigOptions
+    @OptionGroup var selection: DigestSelection
+
+    func run() async throws {
+        let config = try options.load()
+        guard config.database.type == .sqlite else { throw CLIError("database.type: sync repair runs on an edge's sqlite store") }
+        let token = ProcessInfo.processInfo.environment[config.sync.tokenEnv].flatMap { $0.isEmpty ? nil : $0 }
+        let client = SyncClient(upstream: config.sync.upstream, token: token, gzip: config.sync.compression == "gzip")
+        let hub = DigestSide(client: client)
+        let status = StatusLine()
+        let locator = "sqlite:\(config.database.sqlite.path)"
+        try await StoreLocator(locator).withStore(create: false, logger: toolLogger()) { store in
+            let edge = DigestSide(store: store, name: locator)
+            var verification = selection.verification
+            if verification.scopes == nil { verification.scopes = try await store.stats().lanes.map(\.scopeId).uniqued() }
+            let before = try await verification.run(edge, hub) { status.update("verify: \($0)") }
+            status.finish()
+            let differing = before.reduce(0) { $0 + $1.differences.count }
+            guard differing > 0 else {
+                _ = report(before, left: locator, right: config.sync.upstream, bucket: selection.bucket)
+                print("nothing to repair")
+                return
+            }
+            print("found \(differing) differing buckets; re-shipping the edge's events of them")
+            let repair = Repair(siteId: config.core.siteId, batchSize: config.sync.batchSize)
+            let sent = try await repair.run(
+                before, edge: store, client: client, timebase: verification.timebase, bucketMicros: verification.bucketMicros
+            ) { status.update($0) }
+            status.finish()
+            print("re-sent \(sent) events")
+            let after = try await verification.run(edge, hub) { status.update("verify again: \($0)") }
+            status.finish()
+            if report(after, left: locator, right: config.sync.upstream, bucket: selection.bucket) > 0 {
+                print("the hub still differs: where it holds more than this edge (right > left), the events came from elsewhere "
+                    + "(another store of the site) or this edge's retention removed them; repair cannot add them from here")
+                throw ExitCode(1)
+            }
+        }
+    }
+}
+
+extension Array where Element == String {
+    func uniqued() -> [String] {
+        var seen = Set<String>()
+        return filter { seen.insert($0).inserted }
+    }
+}

@@ -1,0 +1,235 @@
+import Logging
+import NovaCore
+import Prometheus
+import ServiceLifecycle
+import Synchronization
+
+/// The edge's sync service inside `nova record`: performs the ``ShipperMachine``'s actions against
+/// the local store and the hub, one batch at a time (sync.md's protocol is sequential per store),
+/// records each acknowledgement locally, and keeps the status and metrics current.
+///
+/// Nothing here deletes anything: the outbox is the store itself, read by `ingestSeq`.
+public final class Shipper: Service, Sendable {
+    public struct Settings: Sendable {
+        public var siteId: String
+        public var batchSize: Int
+        public var maxBackoff: Duration
+        /// How often an idle shipper tells the hub it is still complete (a heartbeat).
+        public var heartbeat: Duration = .seconds(1)
+        /// How often an idle shipper looks for new commits.
+        public var poll: Duration = .milliseconds(50)
+        /// Below this many pending events after a batch, `pendingFrom` is computed exactly (a
+        /// scan of that tail); above it, the batch reports none and the hub keeps its last.
+        public var exactPendingFromTail: Int64 = 50_000
+
+        public init(siteId: String, batchSize: Int, maxBackoff: Duration) {
+            self.siteId = siteId
+            self.batchSize = batchSize
+            self.maxBackoff = maxBackoff
+        }
+    }
+
+    let store: any EventStore
+    let client: SyncClient
+    let settings: Settings
+    let logger: Logger
+    let metrics: ShipperMetrics
+    let inFlight: InFlightIngest
+    private let state = Mutex(Snapshot())
+
+    /// What `status()` reports between steps.
+    struct Snapshot {
+        var machine = ShipperMachine()
+        var lastAckAt: Timestamp?
+    }
+
+    /// `inFlight`: the ingest requests of the recorder this shipper ships for.
+    public init(
+        store: any EventStore, client: SyncClient, settings: Settings, inFlight: InFlightIngest, registry: PrometheusCollectorRegistry, logger: Logger
+    ) {
+        self.store = store
+        self.inFlight = inFlight
+        self.client = client
+        self.settings = settings
+        self.logger = logger
+        self.metrics = ShipperMetrics(registry: registry)
+    }
+
+    public func run() async throws {
+        await cancelWhenGracefulShutdown { await self.loop() }
+    }
+
+    /// The edge's `GET /v1/sync/status`.
+    public func status() async throws -> SyncStatusReport {
+        let outbox = try await store.outboxState()
+        let snapshot = state.withLock { $0 }
+        var age: Double?
+        if outbox.pendingEvents > 0, let first = try await store.committed(after: outbox.ackedSeq, limit: 1).first {
+            age = Swift.max(0, Double(Timestamp.now().microseconds - first.event.canonicalTruthTime.microseconds) / 1e6)
+        }
+        let m = snapshot.machine
+        return SyncStatusReport(
+            siteId: settings.siteId, storeId: outbox.storeId, pendingEvents: outbox.pendingEvents, oldestPendingAgeSeconds: age,
+            ackedSeq: m.ackedSeq ?? outbox.ackedSeq, lastAckAt: snapshot.lastAckAt, backoffSeconds: m.backoff.seconds, lastError: m.lastError,
+            upstreamReachable: m.upstreamReachable)
+    }
+
+    private func loop() async {
+        var machine = ShipperMachine(maxBackoff: settings.maxBackoff)
+        var action = machine.start()
+        var lastContact = ContinuousClock.now - settings.heartbeat
+        var lastGauges = ContinuousClock.now - .seconds(1)
+        while !Task.isCancelled {
+            state.withLock { $0.machine = machine }
+            if ContinuousClock.now - lastGauges >= .seconds(1) {
+                lastGauges = .now
+                await updateGauges(machine)
+            }
+            let heartbeatDue = ContinuousClock.now - lastContact >= settings.heartbeat
+            do {
+                switch action {
+                case .fetchWatermark:
+                    let outbox = try await store.outboxState()
+                    let w: SyncWatermark
+                    do {
+                        w = try await client.watermark(siteId: settings.siteId, storeId: outbox.storeId)
+                    } catch {
+                        action = machine.failed(error.message, reachable: error.status != nil, random: .random(in: 0..<1))
+                        note(machine, failure: error.message)
+                        continue
+                    }
+                    var id: EventID?
+                    if w.ackedSeq > 0, let at = try await store.committed(after: w.ackedSeq - 1, limit: 1).first, at.seq == w.ackedSeq {
+                        id = at.event.eventId
+                    }
+                    action = machine.watermark(w, lastSeq: outbox.lastSeq, idAtWatermark: id, heartbeatDue: heartbeatDue)
+                    if let acked = machine.ackedSeq {
+                        try await store.recordAcknowledged(acked)
+                        logger.info("sync resumes", metadata: ["ackedSeq": "\(acked)", "pending": "\(outbox.lastSeq - acked)", "storeId": "\(outbox.storeId)"])
+                    }
+                case .ship(let after):
+                    let outbox = try await store.outboxState()
+                    let events = try await store.committed(after: after, limit: settings.batchSize)
+                    guard let last = events.last else {
+                        action = machine.next(lastSeq: after, heartbeatDue: heartbeatDue)
+                        continue
+                    }
+                    let head = Swift.max(outbox.lastSeq, last.seq)
+                    let batch = SyncBatch(
+                        siteId: settings.siteId, storeId: outbox.storeId, firstSeq: after + 1, lastSeq: last.seq,
+                        pendingFrom: try await pendingFrom(after: last.seq, head: head), outboxSize: head - last.seq, events: events)
+                    let started = ContinuousClock.now
+                    let outcome = await client.ship(batch)
+                    lastContact = .now
+                    if case .acknowledged(let w) = outcome {
+                        try await store.recordAcknowledged(w.ackedSeq)
+                        state.withLock { $0.lastAckAt = .now() }
+                        metrics.batches.increment()
+                        metrics.events.increment(by: Int64(events.count))
+                        metrics.shipDuration.record(ContinuousClock.now - started)
+                        if let from = batch.pendingFrom { metrics.lag.set(Swift.max(0, Double(Timestamp.now().microseconds - from.microseconds) / 1e6)) }
+                    }
+                    action = machine.shipped(outcome, lastSeq: head, random: .random(in: 0..<1))
+                    note(machine, outcome: outcome)
+                case .heartbeat(let acked):
+                    let claim = try await pendingFrom(after: acked, head: acked)
+                    let batch = SyncBatch(
+                        kind: .heartbeat, siteId: settings.siteId, storeId: try await store.outboxState().storeId, firstSeq: 0, lastSeq: acked,
+                        pendingFrom: claim, outboxSize: 0, events: [])
+                    let outcome = await client.ship(batch)
+                    lastContact = .now
+                    if case .acknowledged = outcome, let claim {
+                        metrics.lag.set(Swift.max(0, Double(Timestamp.now().microseconds - claim.microseconds) / 1e6))
+                    }
+                    action = machine.shipped(outcome, lastSeq: try await store.lastCommittedSeq(), random: .random(in: 0..<1))
+                    note(machine, outcome: outcome)
+                case .idle:
+                    try await Task.sleep(for: settings.poll)
+                    action = machine.next(lastSeq: try await store.lastCommittedSeq(), heartbeatDue: heartbeatDue)
+                case .sleep(let delay):
+                    metrics.retries.increment()
+                    state.withLock { $0.machine = machine }
+                    try await Task.sleep(for: delay)
+                    action = machine.resume(lastSeq: try await store.lastCommittedSeq(), heartbeatDue: true)
+                case .renewIdentity(let reason):
+                    let fresh = try await store.renewStoreId()
+                    logger.error("sync: this store no longer matches what the hub acknowledged; shipping everything again under a new storeId (the hub dedupes)",
+                                 metadata: ["reason": "\(reason)", "storeId": "\(fresh)"])
+                    action = machine.start()
+                }
+            } catch is CancellationError {
+                return
+            } catch {
+                let message = (error as? StoreError)?.message ?? "\(error)"
+                logger.error("sync: the local store failed", metadata: ["error": "\(message)"])
+                action = machine.failed("local store: \(message)", reachable: machine.upstreamReachable, random: .random(in: 0..<1))
+            }
+        }
+    }
+
+    /// The smallest canonical time still unacknowledged after a batch ending at `last` (sync.md):
+    /// the oldest of the stored tail, of the ingest requests still committing, and the clock.
+    /// Exact when the tail is short; nil (the hub keeps its last value) when it is long.
+    private func pendingFrom(after last: Int64, head: Int64) async throws -> Timestamp? {
+        // Read before the tail: a request that commits meanwhile is then in the tail.
+        let now = Timestamp.now()
+        let committing = inFlight.oldest ?? now
+        guard head - last <= settings.exactPendingFromTail else { return nil }
+        let oldest = try await store.oldestCanonicalTime(after: last) ?? now
+        return Swift.min(oldest, committing, now)
+    }
+
+    private func note(_ machine: ShipperMachine, outcome: ShipperMachine.Outcome) {
+        switch outcome {
+        case .acknowledged: break
+        case .gap(let w): logger.warning("sync: the hub is behind the batch sent (409); resuming from its watermark", metadata: ["ackedSeq": "\(w.ackedSeq)"])
+        default: note(machine, failure: machine.lastError ?? "\(outcome)")
+        }
+    }
+
+    private func note(_ machine: ShipperMachine, failure: String) {
+        // The first failure of a run at warning, the rest at debug: an outage is one story.
+        let level: Logger.Level = machine.failures <= 1 ? .warning : .debug
+        logger.log(level: level, "sync: shipping failed; backing off and keeping everything", metadata: [
+            "error": "\(failure)", "backoff": "\(machine.backoff)", "failures": "\(machine.failures)",
+        ])
+    }
+
+    private func updateGauges(_ machine: ShipperMachine) async {
+        guard let status = try? await status() else { return }
+        metrics.pending.set(Double(status.pendingEvents))
+        metrics.oldestPendingAge.set(status.oldestPendingAgeSeconds ?? 0)
+        metrics.reachable.set(machine.upstreamReachable ? 1.0 : 0.0)
+    }
+}
+
+/// The edge's sync series (sync.md, Observability).
+struct ShipperMetrics: Sendable {
+    let pending: Gauge
+    let oldestPendingAge: Gauge
+    let reachable: Gauge
+    let lag: Gauge
+    let batches: Counter
+    let events: Counter
+    let retries: Counter
+    let shipDuration: DurationHistogram
+
+    init(registry: PrometheusCollectorRegistry) {
+        pending = registry.makeGauge(name: "nova_sync_pending_events", help: "Edge: events recorded but not yet acknowledged by the hub.")
+        oldestPendingAge = registry.makeGauge(
+            name: "nova_sync_oldest_pending_age_seconds", help: "Edge: age of the canonical time of the oldest unacknowledged event.")
+        reachable = registry.makeGauge(name: "nova_sync_upstream_reachable", help: "Edge: 1 when the hub answered the last request.")
+        lag = registry.makeGauge(name: "nova_sync_lag_seconds", help: "Edge: now minus the pendingFrom of the last acknowledged batch.")
+        batches = registry.makeCounter(name: "nova_sync_shipped_batches_total", help: "Edge: batches the hub acknowledged.")
+        events = registry.makeCounter(name: "nova_sync_shipped_events_total", help: "Edge: events in batches the hub acknowledged.")
+        retries = registry.makeCounter(name: "nova_sync_retries_total", help: "Edge: back-offs after a failed or refused shipment.")
+        shipDuration = registry.makeDurationHistogram(
+            name: "nova_sync_ship_duration_seconds",
+            buckets: [.milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2.5), .seconds(5), .seconds(10)],
+            help: "Edge: time from sending a batch to its acknowledgement.")
+    }
+}
+
+extension Duration {
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+}

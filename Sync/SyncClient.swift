@@ -1,0 +1,133 @@
+import AsyncHTTPClient
+import CompressNIO
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NovaCore
+
+/// The edge's HTTP client for the hub's sync routes: the watermark, batches (gzipped unless
+/// configured off), and the digests that `nova verify` and `nova sync repair` compare.
+public struct SyncClient: Sendable {
+    public let upstream: String
+    let token: String?
+    let gzip: Bool
+    let timeout: TimeAmount
+    let http: HTTPClient
+
+    /// A request the hub answered with an error, or that got no answer.
+    public struct Failure: Error, Sendable, CustomStringConvertible {
+        /// The HTTP status, nil when there was no answer.
+        public var status: Int?
+        public var message: String
+        public var retryAfter: Duration?
+        public var description: String { message }
+    }
+
+    public init(upstream: String, token: String?, gzip: Bool = true, timeout: Duration = .seconds(60), http: HTTPClient = .shared) {
+        self.upstream = upstream.hasSuffix("/") ? String(upstream.dropLast()) : upstream
+        self.token = token
+        self.gzip = gzip
+        self.timeout = .nanoseconds(Int64(timeout.components.seconds) * 1_000_000_000 + timeout.components.attoseconds / 1_000_000_000)
+        self.http = http
+    }
+
+    public func watermark(siteId: String, storeId: String) async throws(Failure) -> SyncWatermark {
+        let query = "siteId=\(Self.percentEncoded(siteId))&storeId=\(Self.percentEncoded(storeId))"
+        let (status, body, _) = try await request(.GET, "/v1/sync/watermark?\(query)")
+        guard status == 200 else { throw failure(status, body) }
+        return try Self.parseWatermark(body)
+    }
+
+    /// Sends a batch (or heartbeat) and says what came of it.
+    public func ship(_ batch: SyncBatch) async -> ShipperMachine.Outcome {
+        var body = ByteBuffer(bytes: SyncBatchCodec.encode(batch))
+        var headers: HTTPHeaders = ["Content-Type": SyncBatchCodec.contentType]
+        if gzip {
+            do {
+                body = try body.compress(with: .gzip(configuration: .init(compressionLevel: .fastestCompression)))
+                headers.add(name: "Content-Encoding", value: "gzip")
+            } catch {
+                return .refused("cannot compress the batch: \(error)")
+            }
+        }
+        do {
+            let (status, answer, retryAfter) = try await request(.POST, "/v1/sync/batches", headers: headers, body: body)
+            switch status {
+            case 200: return .acknowledged(try Self.parseWatermark(answer))
+            case 409: return .gap(try Self.parseWatermark(answer))
+            case 503: return .overloaded(retryAfter: retryAfter)
+            case 500...: return .unreachable(failure(status, answer).message)
+            default: return .refused(failure(status, answer).message)
+            }
+        } catch {
+            return error.status == nil ? .unreachable(error.message) : .refused(error.message)
+        }
+    }
+
+    /// The hub's digests for `request` (`GET /v1/digests`).
+    public func digests(_ r: DigestRequest) async throws(Failure) -> [BucketDigest] {
+        let query = [
+            "scope=\(Self.percentEncoded(r.scopeId))", "from=\(r.range.lowerBound.rfc3339)", "to=\(r.range.upperBound.rfc3339)",
+            "bucket=\(r.bucketMicros)us", "timebase=\(r.timebase.rawValue)", "lane=\(r.lanes.map(\.rawValue).joined(separator: ","))",
+        ].joined(separator: "&")
+        let (status, body, _) = try await request(.GET, "/v1/digests?\(query)")
+        guard status == 200 else { throw failure(status, body) }
+        guard case .array(let items)? = (try? JSONParser.parse(body))?["digests"] else {
+            throw Failure(status: status, message: "\(upstream): the digests answer is not {\"digests\": [...]}")
+        }
+        var out = [BucketDigest]()
+        for item in items {
+            guard let digest = Self.digest(item) else { throw Failure(status: status, message: "\(upstream): a digest entry is malformed") }
+            out.append(digest)
+        }
+        return out
+    }
+
+    static func digest(_ item: JSONValue) -> BucketDigest? {
+        guard case .string(let laneName)? = item["lane"], let lane = Lane(rawValue: laneName) else { return nil }
+        guard case .string(let bucket)? = item["bucket"], let start = try? Timestamp(rfc3339: bucket) else { return nil }
+        guard case .number(let count)? = item["count"], let n = count.int64 else { return nil }
+        guard case .string(let xor)? = item["xor"], let id = EventID(hex: xor) else { return nil }
+        return BucketDigest(lane: lane, bucketStart: start, count: n, xor: id)
+    }
+
+    func request(_ method: HTTPMethod, _ path: String, headers: HTTPHeaders = [:], body: ByteBuffer? = nil) async throws(Failure) -> (Int, [UInt8], Duration?) {
+        var request = HTTPClientRequest(url: upstream + path)
+        request.method = method
+        request.headers = headers
+        if let token { request.headers.add(name: "Authorization", value: "Bearer \(token)") }
+        if let body { request.body = .bytes(body) }
+        do {
+            let response = try await http.execute(request, timeout: timeout)
+            let bytes = try await response.body.collect(upTo: 64 << 20)
+            let retryAfter = response.headers.first(name: "Retry-After").flatMap(Int.init).map { Duration.seconds($0) }
+            return (Int(response.status.code), Array(bytes.readableBytesView), retryAfter)
+        } catch {
+            throw Failure(status: nil, message: "\(upstream): no answer (\(Self.describe(error)))")
+        }
+    }
+
+    func failure(_ status: Int, _ body: [UInt8]) -> Failure {
+        var message = "\(upstream) answered \(status)"
+        if case .string(let text)? = (try? JSONParser.parse(body))?["error"] { message += ": \(text)" }
+        return Failure(status: status, message: message)
+    }
+
+    static func parseWatermark(_ body: [UInt8]) throws(Failure) -> SyncWatermark {
+        guard let value = try? JSONParser.parse(body), case .number(let n)? = value["ackedSeq"], let acked = n.int64, acked >= 0 else {
+            throw Failure(status: 200, message: "the hub's answer has no valid ackedSeq")
+        }
+        var last: EventID?
+        if case .string(let hex)? = value["lastEventId"] { last = EventID(hex: hex) }
+        return SyncWatermark(ackedSeq: acked, lastEventId: last)
+    }
+
+    static func describe(_ error: any Error) -> String {
+        let text = String(describing: error)
+        return text.count > 200 ? String(text.prefix(200)) + "…" : text
+    }
+
+    static func percentEncoded(_ text: String) -> String {
+        text.addingPercentEncoding(withAllowedCharacters: .alphanumerics.union(CharacterSet(charactersIn: "-._~"))) ?? text
+    }
+}

@@ -1,0 +1,155 @@
+import Foundation
+import NIOHTTP1
+import NovaCore
+
+/// One side of a comparison: a store opened directly, or a server reached over HTTP.
+public struct DigestSide: Sendable {
+    public var name: String
+    public var digests: @Sendable (DigestRequest) async throws -> [BucketDigest]
+    public var stats: @Sendable () async throws -> StoreStats
+
+    public init(name: String, digests: @escaping @Sendable (DigestRequest) async throws -> [BucketDigest], stats: @escaping @Sendable () async throws -> StoreStats) {
+        self.name = name
+        self.digests = digests
+        self.stats = stats
+    }
+
+    public init(store: any EventStore, name: String) {
+        self.init(name: name, digests: { try await store.digests($0) }, stats: { try await store.stats() })
+    }
+
+    public init(client: SyncClient) {
+        self.init(name: client.upstream, digests: { try await client.digests($0) }, stats: { try await client.stats() })
+    }
+}
+
+/// `nova verify` (sync.md, Verification): bucket digests of two stores compared scope by scope,
+/// in windows of a bounded number of buckets so that memory stays flat and progress shows.
+public struct Verification: Sendable {
+    public var scopes: [String]?
+    public var range: Range<Timestamp>?
+    public var timebase: Timebase = .canonical
+    public var lanes: [Lane] = Lane.allCases
+    public var bucketMicros: Int64 = 60_000_000
+    /// Buckets per digest request.
+    public var bucketsPerWindow: Int64 = 10_000
+
+    public init() {}
+
+    public struct ScopeResult: Sendable {
+        public var scopeId: String
+        public var range: Range<Timestamp>
+        public var leftEvents: Int64
+        public var rightEvents: Int64
+        public var buckets: Int
+        public var differences: [DigestDifference]
+    }
+
+    public func run(_ a: DigestSide, _ b: DigestSide, progress: (String) -> Void = { _ in }) async throws -> [ScopeResult] {
+        let (sa, sb) = (try await a.stats(), try await b.stats())
+        let known = Set(sa.lanes.map(\.scopeId)).union(sb.lanes.map(\.scopeId))
+        let scopes = self.scopes ?? known.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) }
+        var results = [ScopeResult]()
+        for (k, scope) in scopes.enumerated() {
+            guard let range = range ?? Self.span(of: scope, in: [sa, sb], timebase: timebase) else {
+                results.append(ScopeResult(scopeId: scope, range: Timestamp.min..<Timestamp.min, leftEvents: 0, rightEvents: 0, buckets: 0, differences: []))
+                continue
+            }
+            var result = ScopeResult(scopeId: scope, range: range, leftEvents: 0, rightEvents: 0, buckets: 0, differences: [])
+            let width = bucketMicros * bucketsPerWindow
+            var start = DigestRequest(scopeId: scope, range: range, bucketMicros: bucketMicros).bucketStart(range.lowerBound.microseconds)
+            while start < range.upperBound.microseconds {
+                let end = Swift.min(range.upperBound.microseconds, start + width)
+                let window = Swift.max(start, range.lowerBound.microseconds)
+                let request = DigestRequest(
+                    scopeId: scope, range: Timestamp(microseconds: window)..<Timestamp(microseconds: end), timebase: timebase, lanes: lanes,
+                    bucketMicros: bucketMicros)
+                async let left = a.digests(request)
+                async let right = b.digests(request)
+                let (l, r) = try await (left, right)
+                result.leftEvents += l.reduce(0) { $0 + $1.count }
+                result.rightEvents += r.reduce(0) { $0 + $1.count }
+                result.buckets += Set(l.map(\.bucketStart) + r.map(\.bucketStart)).count
+                result.differences += DigestDifference.compare(l, r)
+                let done = Double(end - range.lowerBound.microseconds) / Double(Swift.max(1, range.upperBound.microseconds - range.lowerBound.microseconds))
+                progress("scope \(k + 1)/\(scopes.count) \(scope): \(Int(done * 100))%, \(result.leftEvents) events, \(result.differences.count) differing buckets")
+                start = end
+            }
+            results.append(result)
+        }
+        return results
+    }
+
+    /// The time span a scope covers on either side, on `timebase` (end exclusive).
+    static func span(of scope: String, in stats: [StoreStats], timebase: Timebase) -> Range<Timestamp>? {
+        let lanes = stats.flatMap(\.lanes).filter { $0.scopeId == scope }
+        guard !lanes.isEmpty else { return nil }
+        let first = lanes.map { timebase == .canonical ? $0.firstCanonicalTruthTime : $0.firstSourceTruthTime }.min()!
+        let last = lanes.map { timebase == .canonical ? $0.lastCanonicalTruthTime : $0.lastSourceTruthTime }.max()!
+        return first..<Timestamp(microseconds: last.microseconds + 1)
+    }
+}
+
+extension SyncClient {
+    /// `GET /v1/stats` of the server.
+    public func stats() async throws(Failure) -> StoreStats {
+        let (status, body, _) = try await request(.GET, "/v1/stats")
+        guard status == 200 else { throw failure(status, body) }
+        do {
+            return try JSONDecoder().decode(StoreStats.self, from: Data(body))
+        } catch {
+            throw Failure(status: status, message: "\(upstream): the stats answer is malformed (\(error))")
+        }
+    }
+}
+
+/// `nova sync repair`: re-ships, as repair batches, the edge's events of every bucket where the
+/// hub differs (sync.md). Idempotent: the hub dedupes what it already holds.
+public struct Repair: Sendable {
+    public var siteId: String
+    public var batchSize: Int
+
+    public init(siteId: String, batchSize: Int) {
+        self.siteId = siteId
+        self.batchSize = batchSize
+    }
+
+    /// Returns how many events were re-sent.
+    public func run(
+        _ results: [Verification.ScopeResult], edge: any EventStore, client: SyncClient, timebase: Timebase, bucketMicros: Int64,
+        progress: (String) -> Void = { _ in }
+    ) async throws -> Int {
+        let storeId = try await edge.outboxState().storeId
+        var sent = 0
+        var pending = [CommittedEvent]()
+        func flush() async throws {
+            guard !pending.isEmpty else { return }
+            let batch = SyncBatch(kind: .repair, siteId: siteId, storeId: storeId, firstSeq: 0, lastSeq: 0, pendingFrom: nil, outboxSize: 0, events: pending)
+            switch await client.ship(batch) {
+            case .acknowledged: sent += pending.count
+            case let other: throw SyncClient.Failure(status: nil, message: "the hub did not take a repair batch: \(other)")
+            }
+            pending.removeAll(keepingCapacity: true)
+        }
+        let total = results.reduce(0) { $0 + $1.differences.filter { $0.left > 0 }.count }
+        var done = 0
+        for result in results {
+            for difference in result.differences where difference.left > 0 {
+                let start = difference.bucketStart
+                let range = start..<Timestamp(microseconds: start.microseconds + bucketMicros)
+                var query = EventQuery(scopeId: result.scopeId, range: range, timebase: timebase, lanes: [difference.lane], limit: batchSize)
+                while true {
+                    let page = try await edge.page(query)
+                    pending += page.events.map { CommittedEvent(seq: 0, event: $0) }
+                    if pending.count >= batchSize { try await flush() }
+                    guard let next = page.next else { break }
+                    query.after = next
+                }
+                done += 1
+                progress("repair: \(done)/\(total) buckets, \(sent + pending.count) events re-sent")
+            }
+        }
+        try await flush()
+        return sent
+    }
+}

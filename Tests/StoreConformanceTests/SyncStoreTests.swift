@@ -1,0 +1,182 @@
+import NovaCore
+import NovaTestSupport
+import Testing
+
+/// The store side of sync.md on every backend: applying batches with watermarks (replays, gaps,
+/// overlaps, repairs), the outbox's state, and bucket digests.
+@Suite struct SyncStoreTests {
+    func batch(_ events: [CommittedEvent], first: Int64, last: Int64, site: String = "site-a", store: String = "edge-1", kind: SyncBatch.Kind = .outbox)
+        -> SyncBatch
+    {
+        SyncBatch(
+            kind: kind, siteId: site, storeId: store, firstSeq: first, lastSeq: last, pendingFrom: Timestamp(microseconds: 42_000_000),
+            outboxSize: 7, events: events)
+    }
+
+    func numbered(_ events: [Event], from: Int64 = 1) -> [CommittedEvent] {
+        events.enumerated().map { CommittedEvent(seq: from + Int64($0.offset), event: $0.element) }
+    }
+
+    func uniqueEvents(_ count: Int, seed: UInt64) -> [Event] {
+        var random = RandomEvents(seed: seed)
+        var seen = Set<EventID>()
+        var out = [Event]()
+        while out.count < count {
+            let e = random.event()
+            if seen.insert(e.eventId).inserted { out.append(e) }
+        }
+        return out
+    }
+
+    @Test(arguments: Backend.allCases)
+    func batchesAdvanceTheWatermarkOnceAndInOrder(backend: Backend) async throws {
+        let (store, cleanup) = try await backend.makeStore()
+        defer { Task { await cleanup() } }
+        let events = numbered(uniqueEvents(30, seed: 1))
+        #expect(try await store.syncWatermark(siteId: "site-a", storeId: "edge-1").ackedSeq == 0)
+
+        let first = try await store.applySync(batch(Array(events[0..<10]), first: 1, last: 10))
+        guard case .applied(let w1, accepted: 10, duplicates: 0) = first else { Issue.record("\(first)"); return }
+        #expect(w1 == SyncWatermark(ackedSeq: 10, lastEventId: events[9].event.eventId))
+
+        // The same batch again: an idempotent replay that changes nothing.
+        #expect(try await store.applySync(batch(Array(events[0..<10]), first: 1, last: 10)) == .alreadyApplied(w1))
+        // A batch that skips ahead: a gap, answered with the watermark to resume from.
+        #expect(try await store.applySync(batch(Array(events[20..<30]), first: 21, last: 30)) == .gap(w1))
+        // Overlapping 6...20: only 11...20 is new.
+        let overlap = try await store.applySync(batch(Array(events[5..<20]), first: 6, last: 20))
+        guard case .applied(let w2, accepted: 10, duplicates: 0) = overlap else { Issue.record("\(overlap)"); return }
+        #expect(w2.ackedSeq == 20)
+        #expect(try await store.syncWatermark(siteId: "site-a", storeId: "edge-1") == w2)
+
+        // Another store of the same site has its own sequence; its copies are deduped.
+        let replaced = try await store.applySync(batch(Array(events[0..<25]), first: 1, last: 25, store: "edge-2"))
+        guard case .applied(_, accepted: 5, duplicates: 20) = replaced else { Issue.record("\(replaced)"); return }
+
+        let stored = try await store.stats().totalEvents
+        #expect(stored == 25)
+        let sites = try await store.syncSites()
+        #expect(sites.map(\.storeId).sorted() == ["edge-1", "edge-2"])
+        let one = try #require(sites.first { $0.storeId == "edge-1" })
+        #expect(one.ackedSeq == 20)
+        #expect(one.batchesApplied == 2)
+        #expect(one.eventsApplied == 20)
+        #expect(one.pendingEvents == 7)
+        #expect(one.completeThrough == Timestamp(microseconds: 42_000_000))
+    }
+
+    @Test(arguments: Backend.allCases)
+    func repairBatchesInsertMissingEventsAndLeaveWatermarks(backend: Backend) async throws {
+        let (store, cleanup) = try await backend.makeStore()
+        defer { Task { await cleanup() } }
+        let events = numbered(uniqueEvents(6, seed: 2))
+        _ = try await store.applySync(batch(Array(events[0..<3]), first: 1, last: 3))
+        let repair = batch(events.map { CommittedEvent(seq: 0, event: $0.event) }, first: 0, last: 0, kind: .repair)
+        let outcome = try await store.applySync(repair)
+        guard case .applied(let w, accepted: 3, duplicates: 3) = outcome else { Issue.record("\(outcome)"); return }
+        #expect(w.ackedSeq == 3)
+        #expect(try await store.syncWatermark(siteId: "site-a", storeId: "edge-1").ackedSeq == 3)
+        #expect(try await store.stats().totalEvents == 6)
+    }
+
+    @Test(arguments: Backend.allCases)
+    func theOutboxTracksAcknowledgementsAndIdentity(backend: Backend) async throws {
+        let (store, cleanup) = try await backend.makeStore()
+        defer { Task { await cleanup() } }
+        var events = uniqueEvents(5, seed: 3)
+        for k in events.indices { events[k].canonicalTruthTime = Timestamp(microseconds: Int64(1_000 - k)) }
+        _ = try await store.append(events)
+        let start = try await store.outboxState()
+        #expect(start.lastSeq == 5)
+        #expect(start.ackedSeq == 0)
+        #expect(start.pendingEvents == 5)
+        try await store.recordAcknowledged(3)
+        try await store.recordAcknowledged(2)  // never backwards
+        #expect(try await store.outboxState().ackedSeq == 3)
+        #expect(try await store.oldestCanonicalTime(after: 3) == Timestamp(microseconds: 996))
+        #expect(try await store.oldestCanonicalTime(after: 5) == nil)
+
+        let fresh = try await store.renewStoreId()
+        let renewed = try await store.outboxState()
+        #expect(fresh != start.storeId)
+        #expect(renewed.storeId == fresh)
+        #expect(renewed.ackedSeq == 0)
+        #expect(renewed.lastSeq == 5)
+    }
+
+    @Test(arguments: Backend.allCases)
+    func digestsAreCountsAndXorsPerLaneAndBucket(backend: Backend) async throws {
+        let (store, cleanup) = try await backend.makeStore()
+        defer { Task { await cleanup() } }
+        var random = RandomEvents(seed: 4)
+        let events = random.events(400)
+        _ = try await store.append(events)
+        var firstCopies = [EventID: Event]()
+        for e in events where firstCopies[e.eventId] == nil { firstCopies[e.eventId] = e }
+        for timebase in Timebase.allCases {
+            let range = Timestamp(microseconds: random.base.microseconds + 1_000)..<Timestamp(microseconds: random.base.microseconds + 8_000)
+            let request = DigestRequest(scopeId: "site-a", range: range, timebase: timebase, bucketMicros: 1_500)
+            let want = [BucketDigest].folding(firstCopies.values.filter { e in
+                let t = timebase == .canonical ? e.canonicalTruthTime : e.sourceTruthTime
+                return e.scopeId == "site-a" && range.contains(t)
+            }.map { e in
+                let t = timebase == .canonical ? e.canonicalTruthTime : e.sourceTruthTime
+                return (e.lane, request.bucketStart(t.microseconds), e.eventId)
+            })
+            let got = try await store.digests(request)
+            #expect(got == want, "timebase \(timebase)")
+            #expect(!got.isEmpty)
+            #expect(DigestDifference.compare(got, want).isEmpty)
+        }
+        // Pre-epoch buckets start at multiples of the width too (floor, not truncation).
+        let early = Event(
+            scopeId: "old", sourceTruthTime: Timestamp(microseconds: 1), canonicalTruthTime: Timestamp(microseconds: 2_500),
+            fields: .metadata(metadataType: "m", payload: CanonicalPayload([])))
+        _ = try await store.append([early])
+        let d = try await store.digests(DigestRequest(scopeId: "old", range: Timestamp.min..<Timestamp.endOfTime, bucketMicros: 1_000))
+        #expect(d == [BucketDigest(lane: .metadata, bucketStart: Timestamp(microseconds: 2_000), count: 1, xor: early.eventId)])
+    }
+}
+
+@Suite struct SyncBatchCodecTests {
+    @Test func batchesRoundTripAndFaultsAreNamed() throws {
+        var random = RandomEvents(seed: 9)
+        var events = [CommittedEvent]()
+        var seen = Set<EventID>()
+        var seq: Int64 = 10
+        while events.count < 20 {
+            let e = random.event()
+            guard seen.insert(e.eventId).inserted else { continue }
+            events.append(CommittedEvent(seq: seq, event: e))
+            seq += 2  // positions may skip (events the edge's retention removed under an earlier identity)
+        }
+        let batch = SyncBatch(
+            siteId: "site-a", storeId: "u-1", firstSeq: 9, lastSeq: events.last!.seq, pendingFrom: Timestamp(microseconds: 5), outboxSize: 3, events: events)
+        let bytes = SyncBatchCodec.encode(batch)
+        let back = try bytes.withUnsafeBufferPointer { try SyncBatchCodec.decode($0, decoder: EventDecoder()) }
+        #expect(back.events.map(\.seq) == events.map(\.seq))
+        #expect(back.events.map(\.event) == events.map(\.event))
+        #expect(back.siteId == "site-a" && back.storeId == "u-1" && back.firstSeq == 9 && back.lastSeq == batch.lastSeq)
+        #expect(back.pendingFrom == Timestamp(microseconds: 5) && back.outboxSize == 3)
+
+        func fault(_ body: [UInt8]) -> String {
+            do {
+                _ = try body.withUnsafeBufferPointer { try SyncBatchCodec.decode($0, decoder: EventDecoder()) }
+                return "accepted"
+            } catch {
+                return "\(error)"
+            }
+        }
+        let text = String(decoding: bytes, as: UTF8.self)
+        var lines = text.split(separator: "\n").map(String.init)
+        #expect(fault(Array(lines.dropLast().joined(separator: "\n").utf8)).contains("announces 20 events but 19 follow"))
+        #expect(fault(Array(text.utf8.prefix(text.utf8.count / 2))).contains("announces 20 events but 10 follow"))
+        #expect(fault(Array(text.replacingOccurrences(of: #""version":1"#, with: #""version":2"#).utf8)).contains("header.version: 2 is not supported"))
+        #expect(fault(Array(text.replacingOccurrences(of: #""firstSeq":9"#, with: #""firstSeq":-4"#).utf8)).contains("header.firstSeq/lastSeq"))
+        #expect(fault([]).contains("empty"))
+        #expect(fault(Array("garbage\n".utf8)).contains("header: invalid JSON"))
+        // A tampered event: its content no longer hashes to its id.
+        lines[3] = lines[3].replacingOccurrences(of: #""scopeId":""#, with: #""scopeId":"x"#)
+        #expect(fault(Array(lines.joined(separator: "\n").utf8)).contains("events[2].event.eventId"))
+    }
+}
