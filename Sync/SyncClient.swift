@@ -23,7 +23,17 @@ public struct SyncClient: Sendable {
         public var description: String { message }
     }
 
-    public init(upstream: String, token: String?, gzip: Bool = true, timeout: Duration = .seconds(60), http: HTTPClient = .shared) {
+    /// One client for the process. It fails a request at once when the hub refuses connections
+    /// (the default client retries connecting until the request's deadline, which would hide an
+    /// outage from the shipper's back-off and status for a minute).
+    public static let defaultHTTP: HTTPClient = {
+        var configuration = HTTPClient.Configuration()
+        configuration.connectionPool.retryConnectionEstablishment = false
+        configuration.timeout.connect = .seconds(5)
+        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+    }()
+
+    public init(upstream: String, token: String?, gzip: Bool = true, timeout: Duration = .seconds(60), http: HTTPClient = SyncClient.defaultHTTP) {
         self.upstream = upstream.hasSuffix("/") ? String(upstream.dropLast()) : upstream
         self.token = token
         self.gzip = gzip

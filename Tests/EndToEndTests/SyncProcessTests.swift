@@ -1,0 +1,284 @@
+import Foundation
+import NovaCore
+import NovaPostgres
+import NovaTestSupport
+import Testing
+
+/// Sync with real processes (sync.md, Guarantees): `nova record` edges shipping to a `nova serve`
+/// hub on PostgreSQL, killed with SIGKILL under continuous ingest, cut off, replaced; then
+/// `nova verify` must find no difference and the hub no duplicate.
+@Suite(.serialized, .timeLimit(.minutes(4))) struct SyncProcessTests {
+    @Test func killsOfHubAndEdgeUnderLoadLoseNothingAndStoreNothingTwice() async throws {
+        let rig = try await SyncRig()
+        defer { rig.cleanup() }
+        try await rig.startHub()
+        let edge = try rig.edge("edge-a", site: "site-a", batchSize: 300)
+        try await edge.start()
+        let loader = Loader(edge: edge)
+        let loading = Task { await loader.run() }
+        for round in 0..<2 {
+            try await Task.sleep(for: .milliseconds(1500))
+            rig.hub?.kill()  // mid-batch: the edge is shipping continuously
+            _ = try await rig.hub?.wait()
+            try await Task.sleep(for: .milliseconds(700))
+            try await rig.startHub()
+            try await Task.sleep(for: .milliseconds(1500))
+            edge.process?.kill()  // mid-ship and mid-ingest
+            _ = try await edge.process?.wait()
+            try await edge.start()
+            #expect(edge.process?.process.isRunning == true, "round \(round)")
+        }
+        try await Task.sleep(for: .seconds(1))
+        await loader.stop()
+        await loading.value
+        let acked = await loader.acked
+        #expect(acked.count >= 1_000, "the loader kept ingesting (\(acked.count) acknowledged)")
+
+        try await edge.waitUntilDrained(hub: rig.hubURL)
+        let edgeIds = try await HTTP.allEventIds(edge.base, scope: "kill")
+        let hubIds = try await HTTP.allEventIds(rig.hubURL, scope: "kill")
+        #expect(Set(hubIds).count == hubIds.count, "no event is stored twice at the hub")
+        let missing = Set(edgeIds).subtracting(hubIds).count
+        let extra = Set(hubIds).subtracting(edgeIds).count
+        #expect(missing == 0 && extra == 0, "the hub holds exactly the edge's \(edgeIds.count) events: \(missing) missing, \(extra) extra")
+        #expect(acked.subtracting(hubIds).count == 0, "every acknowledged event reached the hub")
+        let verify = try await NovaProcess.run(["verify", "sqlite:\(edge.dbPath)", rig.hubURL], directory: rig.dir)
+        #expect(verify.status == 0, "\(verify.stdout)\(verify.stderr)")
+        #expect(verify.stdout.contains("result: equal"), "\(verify.stdout)")
+
+        // Watermarks and lag are visible on both sides, and in the metrics.
+        let sites = try JSONParser.parse(try await HTTP.get("\(rig.hubURL)/v1/sync/sites").body)
+        guard case .array(let list)? = sites["sites"], let site = list.first(where: { $0["siteId"] == .string("site-a") }) else {
+            Issue.record("no site-a in \(sites)")
+            return
+        }
+        guard case .number(let lag)? = site["lagSeconds"] else { Issue.record("no lag in \(site)"); return }
+        #expect(lag.double < 5, "an idle, drained site's lag stays small: \(site)")
+        #expect(try await HTTP.get("\(rig.hubURL)/metrics").body.contains(#"nova_sync_applied_events_total{site="site-a"}"#))
+        let edgeMetrics = try await HTTP.get("\(edge.base)/metrics").body
+        #expect(edgeMetrics.contains("nova_sync_pending_events 0"), "\(edgeMetrics)")
+        #expect(edgeMetrics.contains("nova_sync_shipped_events_total"))
+    }
+
+    @Test func aLinkCutUnderLoadDrainsOnceRestoredWhileTheEdgeKeepsRecording() async throws {
+        let rig = try await SyncRig()
+        defer { rig.cleanup() }
+        try await rig.startHub()
+        let edge = try rig.edge("edge-a", site: "site-a", batchSize: 500)
+        try await edge.start()
+        let loader = Loader(edge: edge)
+        let loading = Task { await loader.run() }
+        try await Task.sleep(for: .seconds(1))
+        rig.hub?.kill(SIGTERM)
+        _ = try await rig.hub?.wait()
+        let cutAt = await loader.acked.count
+        try await Task.sleep(for: .seconds(4))
+        let during = try JSONParser.parse(try await HTTP.get("\(edge.base)/v1/sync/status").body)
+        #expect(during["upstreamReachable"] == .bool(false), "\(during)")
+        guard case .number(let pending)? = during["pendingEvents"], case .string? = during["lastError"] else {
+            Issue.record("status lacks pendingEvents or lastError: \(during)")
+            return
+        }
+        #expect(pending.double > 0, "events recorded during the cut wait in the outbox")
+        #expect(await loader.acked.count > cutAt + 500, "the edge kept recording while cut off")
+        #expect(await loader.failures == 0, "no ingest request failed during the cut")
+        try await rig.startHub()
+        try await Task.sleep(for: .seconds(1))
+        await loader.stop()
+        await loading.value
+        try await edge.waitUntilDrained(hub: rig.hubURL)
+        let verify = try await NovaProcess.run(["verify", "sqlite:\(edge.dbPath)", rig.hubURL, "--scope", "kill"], directory: rig.dir)
+        #expect(verify.status == 0, "\(verify.stdout)\(verify.stderr)")
+        #expect(try await HTTP.allEventIds(rig.hubURL, scope: "kill").count == HTTP.allEventIds(edge.base, scope: "kill").count)
+    }
+
+    @Test func aReplacedEdgeStoreStartsANewSequenceAndItsOverlapIsDeduped() async throws {
+        let rig = try await SyncRig()
+        defer { rig.cleanup() }
+        try await rig.startHub()
+        let edge = try rig.edge("edge-a", site: "site-a", batchSize: 400)
+        try await edge.start()
+        #expect(try await HTTP.post("\(edge.base)/v1/events", ndjson: RecorderProcessTests.batch(1_000, offset: 0).lines).status == 200)
+        try await edge.waitUntilDrained(hub: rig.hubURL)
+        let firstStore = try JSONParser.parse(try await HTTP.get("\(edge.base)/v1/sync/status").body)["storeId"]
+
+        // The box is replaced: a new, empty database file, then events overlapping the old ones.
+        edge.process?.kill(SIGTERM)
+        _ = try await edge.process?.wait()
+        for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: edge.dbPath + suffix) }
+        try await edge.start()
+        #expect(try await HTTP.post("\(edge.base)/v1/events", ndjson: RecorderProcessTests.batch(1_500, offset: 500).lines).status == 200)
+        try await edge.waitUntilDrained(hub: rig.hubURL)
+        let secondStore = try JSONParser.parse(try await HTTP.get("\(edge.base)/v1/sync/status").body)["storeId"]
+        #expect(firstStore != secondStore)
+
+        let hubIds = try await HTTP.allEventIds(rig.hubURL, scope: "kill")
+        #expect(hubIds.count == 2_000, "1,000 old + 1,000 new; the 500 overlapping were deduped")
+        #expect(Set(hubIds).count == hubIds.count)
+        let sites = try JSONParser.parse(try await HTTP.get("\(rig.hubURL)/v1/sync/sites").body)
+        guard case .array(let list)? = sites["sites"] else { Issue.record("\(sites)"); return }
+        #expect(list.count == 2, "one watermark per (siteId, storeId): \(sites)")
+        let applied = list.compactMap { site -> Int64? in if case .number(let n)? = site["eventsApplied"] { n.int64 } else { nil } }
+        #expect(applied.sorted() == [1_000, 1_000], "\(sites)")
+    }
+
+    @Test func verifyFindsALostHubRowAndRepairRestoresIt() async throws {
+        let rig = try await SyncRig()
+        defer { rig.cleanup() }
+        try await rig.startHub()
+        let edge = try rig.edge("edge-a", site: "site-a", batchSize: 1_000)
+        try await edge.start()
+        let (lines, ids) = RecorderProcessTests.batch(600, offset: 0)
+        #expect(try await HTTP.post("\(edge.base)/v1/events", ndjson: lines).status == 200)
+        try await edge.waitUntilDrained(hub: rig.hubURL)
+
+        // One event lost at the hub (its row and its dedupe entry).
+        let lost = ids[321]
+        try await TestPostgres.withConnection(rig.location) { conn in
+            try await conn.query(#"DELETE FROM "rawEvents" WHERE "eventId" = decode(\#(lost), 'hex')"#, logger: quietLogger)
+            try await conn.query(#"DELETE FROM "eventIndex" WHERE "eventId" = decode(\#(lost), 'hex')"#, logger: quietLogger)
+        }
+        let found = try await NovaProcess.run(["verify", "sqlite:\(edge.dbPath)", rig.hubURL, "--scope", "kill", "--bucket", "1s"], directory: rig.dir)
+        #expect(found.status == 1, "\(found.stdout)\(found.stderr)")
+        #expect(found.stdout.contains("1 differing buckets"), "\(found.stdout)")
+        #expect(found.stdout.contains("left 600  right 599"), "\(found.stdout)")
+
+        let repair = try await NovaProcess.run(["sync", "repair", "--config", edge.configPath, "--bucket", "1s"], directory: rig.dir)
+        #expect(repair.status == 0, "\(repair.stdout)\(repair.stderr)")
+        #expect(repair.stdout.contains("re-sent 600 events"), "\(repair.stdout)")
+        #expect(repair.stdout.contains("result: equal"), "\(repair.stdout)")
+        let again = try await NovaProcess.run(["verify", "sqlite:\(edge.dbPath)", rig.hubURL], directory: rig.dir)
+        #expect(again.status == 0, "\(again.stdout)\(again.stderr)")
+        #expect(try await HTTP.allEventIds(rig.hubURL, scope: "kill").contains(lost))
+    }
+}
+
+/// A hub on a fresh PostgreSQL database at a fixed port (it keeps its address across restarts),
+/// and edges shipping to it.
+final class SyncRig: @unchecked Sendable {
+    let dir: TemporaryDirectory
+    let location: PostgresLocation
+    let hubPort: Int
+    let hubConfig: String
+    var hub: NovaProcess?
+    var edges = [Edge]()
+
+    var hubURL: String { "http://127.0.0.1:\(hubPort)" }
+
+    init(hubExtra: String = "") async throws {
+        dir = try TemporaryDirectory("nova-sync")
+        location = try await TestPostgres.createDatabase()
+        hubPort = try freePort()
+        hubConfig = dir.file("hub.json")
+        try Data(#"""
+            {"core": {"siteId": "hub"}, "database": {"type": "timescaledb", "timescaledb": {"host": "\#(location.host)", "port": \#(location.port),
+              "database": "\#(location.database)", "user": "\#(location.user)", "pool": {"connectionTimeout": 2},
+              "hypertable": {"retentionAfter": "1000 years"}}},
+             "server": {"port": \#(hubPort)}\#(hubExtra)}
+            """#.utf8).write(to: URL(fileURLWithPath: hubConfig))
+    }
+
+    func startHub() async throws {
+        let process = try NovaProcess(["serve", "--config", hubConfig], directory: dir, name: "hub", environment: ["NOVA_DB_PASSWORD": location.password ?? ""])
+        hub = process
+        _ = try await process.waitUntilListening()
+        let deadline = ContinuousClock.now + .seconds(60)
+        while (try? await HTTP.get("\(hubURL)/readyz").status) != 200 {
+            guard ContinuousClock.now < deadline else { throw ProcessError("the hub never became ready: \(process.stderr)") }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+    }
+
+    func edge(_ name: String, site: String, batchSize: Int, environment: [String: String] = [:]) throws -> Edge {
+        let edge = try Edge(name: name, site: site, batchSize: batchSize, hubURL: hubURL, dir: dir, environment: environment)
+        edges.append(edge)
+        return edge
+    }
+
+    func cleanup() {
+        hub?.kill()
+        for edge in edges { edge.process?.kill() }
+        let name = location.database
+        let dir = dir
+        Task {
+            await TestPostgres.dropDatabase(name)
+            dir.remove()
+        }
+    }
+
+    final class Edge: @unchecked Sendable {
+        let name: String
+        let dbPath: String
+        let configPath: String
+        let port: Int
+        let dir: TemporaryDirectory
+        let environment: [String: String]
+        var process: NovaProcess?
+
+        var base: String { "http://127.0.0.1:\(port)" }
+
+        init(name: String, site: String, batchSize: Int, hubURL: String, dir: TemporaryDirectory, environment: [String: String]) throws {
+            self.name = name
+            self.dir = dir
+            self.environment = environment
+            dbPath = dir.file("\(name).db")
+            configPath = dir.file("\(name).json")
+            port = try freePort()
+            try Data(#"""
+                {"core": {"siteId": "\#(site)"}, "database": {"sqlite": {"path": "\#(dbPath)"}}, "server": {"port": \#(port)},
+                 "sync": {"enabled": true, "upstream": "\#(hubURL)", "batchSize": \#(batchSize), "maxBackoffSeconds": 1}}
+                """#.utf8).write(to: URL(fileURLWithPath: configPath))
+        }
+
+        func start() async throws {
+            let p = try NovaProcess(["record", "--config", configPath], directory: dir, name: name, environment: environment)
+            process = p
+            _ = try await p.waitUntilListening()
+        }
+
+        /// Waits until the edge has nothing pending and the hub's watermark is its head.
+        func waitUntilDrained(hub: String, timeout: Duration = .seconds(90)) async throws {
+            let deadline = ContinuousClock.now + timeout
+            var last = ""
+            while ContinuousClock.now < deadline {
+                if let status = try? await HTTP.get("\(base)/v1/sync/status"), status.status == 200 {
+                    last = status.body
+                    let value = try JSONParser.parse(status.body)
+                    if value["pendingEvents"] == .number(JSONNumber(0)), value["upstreamReachable"] == .bool(true) { return }
+                }
+                try await Task.sleep(for: .milliseconds(200))
+            }
+            throw ProcessError("\(name) did not drain within \(timeout): \(last)\n\(process?.stderr.suffix(2000) ?? "")")
+        }
+    }
+}
+
+/// Posts batches of 100 events to an edge until stopped, retrying a failed batch (the edge may be
+/// down: killed and restarting), and keeps the ids of every acknowledged one.
+actor Loader {
+    let edge: SyncRig.Edge
+    private(set) var acked = Set<String>()
+    private(set) var failures = 0
+    private var stopped = false
+    private var offset = 0
+
+    init(edge: SyncRig.Edge) {
+        self.edge = edge
+    }
+
+    func run() async {
+        while !stopped {
+            let (lines, ids) = RecorderProcessTests.batch(100, offset: offset)
+            if let answer = try? await HTTP.post("\(edge.base)/v1/events", ndjson: lines, timeout: .seconds(10)), answer.status == 200 {
+                acked.formUnion(ids)
+                offset += 100
+                try? await Task.sleep(for: .milliseconds(10))
+            } else {
+                failures += 1
+                try? await Task.sleep(for: .milliseconds(100))
+            }
+        }
+    }
+
+    func stop() { stopped = true }
+}
