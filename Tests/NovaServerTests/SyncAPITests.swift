@@ -1,0 +1,197 @@
+import AsyncHTTPClient
+import CompressNIO
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import NIOCore
+import NovaCore
+import NovaServer
+import NovaTestSupport
+import Testing
+
+/// The hub's sync routes over real loopback HTTP on both stores: watermarks, replays and gaps,
+/// tokens bound to sites, malformed batches refused whole, overload answered with 503.
+@Suite struct SyncAPITests {
+    static let siteToken = "sync-token-of-site-a"
+    static let readToken = "a-read-token"
+
+    static func events(_ n: Int, offset: Int = 0) -> [CommittedEvent] {
+        (0..<n).map { k in
+            let seq = offset + k
+            let event = Event(
+                scopeId: "s", sourceTruthTime: Timestamp(microseconds: 1_780_000_000_000_000 + Int64(seq) * 1_000),
+                canonicalTruthTime: Timestamp(microseconds: 1_780_000_000_000_000 + Int64(seq) * 1_000),
+                fields: .raw(connectionId: "c", sequence: Int64(seq), bytes: [UInt8(seq & 255)]))
+            return CommittedEvent(seq: Int64(seq + 1), event: event)
+        }
+    }
+
+    static func batch(_ events: [CommittedEvent], site: String = "site-a", kind: SyncBatch.Kind = .outbox, pendingFrom: Timestamp? = nil) -> SyncBatch {
+        SyncBatch(
+            kind: kind, siteId: site, storeId: "store-1", firstSeq: events.first?.seq ?? 0, lastSeq: events.last?.seq ?? 0,
+            pendingFrom: pendingFrom, outboxSize: 0, events: events)
+    }
+
+    static func body(_ batch: SyncBatch, gzip: Bool = true) throws -> (ByteBuffer, HTTPFields) {
+        var buffer = ByteBuffer(bytes: SyncBatchCodec.encode(batch))
+        var headers: HTTPFields = [.contentType: SyncBatchCodec.contentType]
+        if gzip {
+            buffer = try buffer.compress(with: .gzip())
+            headers[.contentEncoding] = "gzip"
+        }
+        return (buffer, headers)
+    }
+
+    @Test(arguments: Backend.allCases)
+    func watermarksAnswerReplaysAndGaps(backend: Backend) async throws {
+        try await withRecorder(backend) { client, store, _ in
+            let events = Self.events(30)
+            func ship(_ b: SyncBatch, gzip: Bool = true) async throws -> TestResponse {
+                let (body, headers) = try Self.body(b, gzip: gzip)
+                return try await client.execute(uri: "/v1/sync/batches", method: .post, headers: headers, body: body)
+            }
+            let first = try await ship(Self.batch(Array(events[0..<10])))
+            #expect(first.status == .ok, "\(first.text)")
+            #expect(first.json["ackedSeq"] == .number(JSONNumber(10)))
+            #expect(first.json["accepted"] == .number(JSONNumber(10)))
+            #expect(first.json["lastEventId"] == .string(events[9].event.eventId.hex))
+
+            let replay = try await ship(Self.batch(Array(events[0..<10])), gzip: false)
+            #expect(replay.status == .ok)
+            #expect(replay.json["replay"] == .bool(true))
+            #expect(replay.json["ackedSeq"] == .number(JSONNumber(10)))
+
+            let gap = try await ship(Self.batch(Array(events[20..<30])))
+            #expect(gap.status == .conflict)
+            #expect(gap.json["ackedSeq"] == .number(JSONNumber(10)))
+            #expect(gap.errorMessage.contains("resume from 11"), "\(gap.text)")
+
+            let watermark = try await client.get("/v1/sync/watermark?siteId=site-a&storeId=store-1")
+            #expect(watermark.json["ackedSeq"] == .number(JSONNumber(10)))
+            let unknown = try await client.get("/v1/sync/watermark?siteId=site-a&storeId=other")
+            #expect(unknown.json["ackedSeq"] == .number(JSONNumber(0)))
+            #expect(unknown.json["lastEventId"] == .null)
+
+            let claim = Timestamp(microseconds: 1_790_000_000_000_000)
+            let heartbeat = SyncBatch(kind: .heartbeat, siteId: "site-a", storeId: "store-1", firstSeq: 0, lastSeq: 10, pendingFrom: claim, outboxSize: 0, events: [])
+            #expect(try await ship(heartbeat).status == .ok)
+            let sites = try await client.get("/v1/sync/sites").json
+            guard case .array(let list)? = sites["sites"], let site = list.first else { Issue.record("\(sites)"); return }
+            #expect(site["completeThrough"] == .string(claim.rfc3339))
+            #expect(site["batchesApplied"] == .number(JSONNumber(1)))
+            #expect(site["eventsApplied"] == .number(JSONNumber(10)))
+            #expect(try await store.stats().totalEvents == 10)
+
+            // A hub has no shipper of its own.
+            let status = try await client.get("/v1/sync/status")
+            #expect(status.status == .notFound)
+            #expect(status.errorMessage.contains("sync.enabled"))
+        }
+    }
+
+    @Test(arguments: Backend.allCases)
+    func malformedBatchesAreRefusedWholeAndApplyNothing(backend: Backend) async throws {
+        try await withRecorder(backend) { client, store, _ in
+            let good = SyncBatchCodec.encode(Self.batch(Self.events(5)))
+            let text = String(decoding: good, as: UTF8.self)
+            let lines = text.split(separator: "\n").map(String.init)
+            func post(_ body: String, contentType: String = SyncBatchCodec.contentType, encoding: String? = nil) async throws -> TestResponse {
+                var headers: HTTPFields = [.contentType: contentType]
+                if let encoding { headers[.contentEncoding] = encoding }
+                return try await client.execute(uri: "/v1/sync/batches", method: .post, headers: headers, body: ByteBuffer(string: body))
+            }
+            let cases: [(String, HTTPResponse.Status, String, TestResponse)] = [
+                ("wrong content type", .unsupportedMediaType, "Content-Type", try await post(text, contentType: "application/json")),
+                ("unknown encoding", .unsupportedMediaType, "Content-Encoding", try await post(text, encoding: "br")),
+                ("not gzip", .badRequest, "not valid gzip", try await post(text, encoding: "gzip")),
+                ("truncated", .badRequest, "announces 5 events but 4 follow", try await post(lines.dropLast().joined(separator: "\n"))),
+                ("cut mid-line", .badRequest, "events[", try await post(String(text.dropLast(40)))),
+                ("newer version", .badRequest, "header.version: 2 is not supported", try await post(text.replacingOccurrences(of: #""version":1"#, with: #""version":2"#))),
+                ("firstSeq 0", .badRequest, "firstSeq/lastSeq", try await post(text.replacingOccurrences(of: #""firstSeq":1"#, with: #""firstSeq":0"#))),
+                ("absurd lastSeq", .badRequest, "firstSeq/lastSeq", try await post(text.replacingOccurrences(of: #""lastSeq":5"#, with: #""lastSeq":9223372036854775807"#))),
+                ("seq outside the batch", .badRequest, "events[4].seq", try await post(text.replacingOccurrences(of: #"{"seq":5,"#, with: #"{"seq":7,"#))),
+                ("tampered event", .badRequest, "eventId", try await post(text.replacingOccurrences(of: #""connectionId":"c""#, with: #""connectionId":"d""#))),
+                ("no canonical time", .badRequest, "canonicalTruthTime", try await post(text.replacingOccurrences(of: #","canonicalTruthTime":"2026-05-28T20:26:40.000000Z""#, with: ""))),
+                ("not JSON", .badRequest, "header: invalid JSON", try await post("hello\n")),
+                ("empty", .badRequest, "empty", try await post("")),
+            ]
+            for (name, status, message, response) in cases {
+                #expect(response.status == status, "\(name): \(response.status) \(response.text)")
+                #expect(response.errorMessage.contains(message), "\(name): \(response.text)")
+            }
+            #expect(try await store.stats().totalEvents == 0, "nothing of a refused batch is applied")
+            #expect(try await store.syncSites().isEmpty)
+            #expect(try await post(text).status == .ok, "the same batch, intact, is applied")
+        }
+    }
+
+    @Test func tokensBindShipmentsToTheirSite() async throws {
+        try await withRecorder(configure: { config in
+            config.server.tokens = [
+                .init(sha256: TokenHash.sha256Hex(Self.siteToken), roles: [.sync], siteId: "site-a"),
+                .init(sha256: TokenHash.sha256Hex(Self.readToken), roles: [.read], siteId: nil),
+            ]
+        }) { client, store, _ in
+            func ship(_ b: SyncBatch, token: String?) async throws -> TestResponse {
+                var (body, headers) = try Self.body(b)
+                if let token { headers[.authorization] = "Bearer \(token)" }
+                return try await client.execute(uri: "/v1/sync/batches", method: .post, headers: headers, body: body)
+            }
+            let events = Self.events(5)
+            #expect(try await ship(Self.batch(events), token: nil).status == .unauthorized)
+            let other = try await ship(Self.batch(events, site: "site-b"), token: Self.siteToken)
+            #expect(other.status == .forbidden)
+            #expect(other.errorMessage.contains("ships for site \"site-a\", not \"site-b\""), "\(other.text)")
+            let read = try await ship(Self.batch(events), token: Self.readToken)
+            #expect(read.status == .forbidden)
+            #expect(try await store.stats().totalEvents == 0)
+            #expect(try await ship(Self.batch(events), token: Self.siteToken).status == .ok)
+
+            let bearer: (String) -> HTTPFields = { [.authorization: "Bearer \($0)"] }
+            #expect(try await client.get("/v1/sync/watermark?siteId=site-b&storeId=x", headers: bearer(Self.siteToken)).status == .forbidden)
+            #expect(try await client.get("/v1/sync/watermark?siteId=site-a&storeId=x", headers: bearer(Self.siteToken)).status == .ok)
+            #expect(try await client.get("/v1/sync/watermark?siteId=site-a&storeId=x", headers: bearer(Self.readToken)).status == .forbidden)
+            // A site token reads the digests and stats that repair compares, and nothing else.
+            #expect(try await client.get("/v1/digests?scope=s&\(everything)&bucket=1m", headers: bearer(Self.siteToken)).status == .ok)
+            #expect(try await client.get("/v1/stats", headers: bearer(Self.siteToken)).status == .ok)
+            #expect(try await client.get("/v1/events?scope=s&\(everything)", headers: bearer(Self.siteToken)).status == .forbidden)
+            #expect(try await client.get("/v1/sync/sites", headers: bearer(Self.readToken)).status == .ok)
+        }
+    }
+
+    @Test func overloadIsAnswered503WithRetryAfter() async throws {
+        // Concurrent requests need several connections: the test client has one.
+        try await withRecorder(configure: { $0.sync.maxConcurrentBatches = 1 }) { client, _, _ in
+            let url = "http://127.0.0.1:\(client.port!)/v1/sync/batches"
+            var statuses = [HTTPResponse.Status: Int]()
+            var retryAfter: String?
+            for round in 0..<5 where statuses[.serviceUnavailable] == nil {
+                try await withThrowingTaskGroup(of: (HTTPResponse.Status, String?).self) { group in
+                    for k in 0..<8 {
+                        let events = Self.events(3_000, offset: (round * 8 + k) * 3_000)
+                        let b = SyncBatch(siteId: "site-\(k)", storeId: "store-\(round)", firstSeq: 1, lastSeq: 3_000, pendingFrom: nil, outboxSize: 0,
+                                          events: events.enumerated().map { CommittedEvent(seq: Int64($0.offset + 1), event: $0.element.event) })
+                        let (body, _) = try Self.body(b, gzip: false)
+                        group.addTask {
+                            var request = HTTPClientRequest(url: url)
+                            request.method = .POST
+                            request.headers.add(name: "Content-Type", value: SyncBatchCodec.contentType)
+                            request.body = .bytes(body)
+                            let r = try await HTTPClient.shared.execute(request, timeout: .seconds(60))
+                            _ = try await r.body.collect(upTo: 1 << 20)
+                            return (HTTPResponse.Status(code: Int(r.status.code)), r.headers.first(name: "Retry-After"))
+                        }
+                    }
+                    for try await (status, retry) in group {
+                        statuses[status, default: 0] += 1
+                        if status == .serviceUnavailable { retryAfter = retry }
+                    }
+                }
+            }
+            #expect(statuses[.serviceUnavailable, default: 0] > 0, "\(statuses)")
+            #expect(retryAfter == "1")
+            #expect(Set(statuses.keys).isSubset(of: [.ok, .serviceUnavailable]), "\(statuses)")
+        }
+    }
+}
