@@ -26,6 +26,12 @@ public struct NovaConfiguration: Sendable, Equatable {
         /// Relative paths are relative to the working directory.
         public var path = "data/nova.db"
         public var durability = Durability.normal
+        /// Delete events whose canonical time is older than this (e.g. "30 days"), never one the
+        /// hub has not acknowledged when sync is on; nil keeps everything.
+        public var retentionAfter: String?
+        /// The disk budget in bytes (database and its WAL); at it, ingest is refused with 507
+        /// rather than anything dropped. 0: no budget.
+        public var maxBytes: Int64 = 0
 
         public init() {}
     }
@@ -133,6 +139,25 @@ public struct NovaConfiguration: Sendable, Equatable {
     public init() {}
 }
 
+extension NovaConfiguration {
+    /// A duration such as "30 days", "12 hours", "15 minutes" or "90 seconds" (singular too).
+    public static func parseInterval(_ text: String) -> Duration? {
+        let parts = text.split(separator: " ")
+        guard parts.count == 2, let n = Int64(parts[0]), n > 0 else { return nil }
+        let unit = parts[1].hasSuffix("s") ? parts[1].dropLast() : parts[1]
+        let seconds: Int64
+        switch unit {
+        case "second": seconds = 1
+        case "minute": seconds = 60
+        case "hour": seconds = 3_600
+        case "day": seconds = 86_400
+        default: return nil
+        }
+        guard n <= Int64.max / seconds / 1_000_000 else { return nil }
+        return .seconds(n * seconds)
+    }
+}
+
 /// A configuration key that is unknown, of the wrong type, or breaks its rule.
 public struct ConfigurationError: Error, Sendable, Equatable, CustomStringConvertible {
     /// Dotted key path, e.g. `database.sqlite.durability`.
@@ -161,6 +186,13 @@ extension NovaConfiguration {
             if let s = try db.object("sqlite") {
                 config.database.sqlite.path = try s.string("path", default: config.database.sqlite.path, nonEmpty: true)
                 config.database.sqlite.durability = try s.choice("durability", default: config.database.sqlite.durability)
+                if let text = try s.optionalString("retentionAfter") {
+                    guard Self.parseInterval(text) != nil else {
+                        throw ConfigurationError(key: "database.sqlite.retentionAfter", rule: "must be a duration such as \"30 days\", \"12 hours\" or \"90 seconds\", found \(quoted(text))")
+                    }
+                    config.database.sqlite.retentionAfter = text
+                }
+                config.database.sqlite.maxBytes = Int64(try s.int("maxBytes", default: Int(config.database.sqlite.maxBytes), in: 0...(1 << 50)))
                 try s.finish()
             }
             if let p = try db.object("timescaledb") {
@@ -267,7 +299,10 @@ extension NovaConfiguration {
           "core": { "siteId": \(s(core.siteId)) },
           "database": {
             "type": \(s(database.type.rawValue)),
-            "sqlite": { "path": \(s(database.sqlite.path)), "durability": \(s(database.sqlite.durability.rawValue)) },
+            "sqlite": {
+              "path": \(s(database.sqlite.path)), "durability": \(s(database.sqlite.durability.rawValue)),
+              "retentionAfter": \(database.sqlite.retentionAfter.map(s) ?? "null"), "maxBytes": \(database.sqlite.maxBytes)
+            },
             "timescaledb": {
               "host": \(s(pg.host)), "port": \(pg.port), "database": \(s(pg.database)), "user": \(s(pg.user)),
               "password_env": \(s(pg.passwordEnv)),

@@ -8,8 +8,20 @@ extension SQLiteStore {
     /// consume a number, so `ingestSeq` stays gap-free in commit order.
     public func append(_ events: [Event]) async throws(StoreError) -> AppendResult {
         if events.isEmpty { return AppendResult(ingestSeqs: []) }
+        let maxBytes = maxBytes
         do {
-            return try await pool.write { db in try Self.append(events, db: db) }
+            return try await pool.write { db in
+                if maxBytes > 0 {
+                    // Pages in use, not the file's size: pages that retention freed are reused.
+                    let used = try Int64.fetchOne(db, sql: "SELECT (page_count - freelist_count) * page_size FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()") ?? 0
+                    if used >= maxBytes {
+                        throw StoreError(.full, "the disk budget is reached: \(used) bytes in use of \(maxBytes) (database.sqlite.maxBytes); ingest is refused and nothing stored is dropped. Sync to the hub and let retention free space, or raise the budget")
+                    }
+                }
+                return try Self.append(events, db: db)
+            }
+        } catch let error as StoreError {
+            throw error
         } catch {
             throw Self.storeError(error, path: path)
         }

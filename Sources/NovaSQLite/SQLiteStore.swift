@@ -29,6 +29,8 @@ public final class SQLiteStore: EventStore, Sendable {
         public var createIfMissing = true
         /// Open for reading only (tools such as `nova query` and `verify`).
         public var readOnly = false
+        /// The disk budget: pages in use, in bytes, past which appends are refused (0: none).
+        public var maxBytes: Int64 = 0
 
         public init(durability: NovaConfiguration.Durability = .normal, createIfMissing: Bool = true, readOnly: Bool = false) {
             self.durability = durability
@@ -37,8 +39,12 @@ public final class SQLiteStore: EventStore, Sendable {
         }
     }
 
-    private init(path: String, storeId: String, pool: DatabasePool, logger: Logger) {
+    /// Appends are refused (StoreError `.full`, HTTP 507) once the pages in use reach this.
+    let maxBytes: Int64
+
+    private init(path: String, storeId: String, pool: DatabasePool, maxBytes: Int64, logger: Logger) {
         self.path = path
+        self.maxBytes = maxBytes
         self.identity = Mutex(storeId)
         self.pool = pool
         self.logger = logger
@@ -85,7 +91,7 @@ public final class SQLiteStore: EventStore, Sendable {
             }
             guard let storeId else { throw StoreError(.unusable, "\(path): not a NOVA store (no storeId)") }
             logger.info("store opened", metadata: ["path": "\(path)", "storeId": "\(storeId)", "durability": "\(synchronous)"])
-            return SQLiteStore(path: path, storeId: storeId, pool: pool, logger: logger)
+            return SQLiteStore(path: path, storeId: storeId, pool: pool, maxBytes: options.maxBytes, logger: logger)
         } catch let error as StoreError {
             throw error
         } catch {

@@ -8,6 +8,7 @@ public final class NovaMetrics: Sendable {
     let ingestDuplicates: Counter
     let ingestRejected: Counter
     let ingestBatches: Counter
+    let ingestRefusedFull: Counter
     let appendDuration: DurationHistogram
     let queryDuration: DurationHistogram
     let streamClients: Gauge
@@ -30,6 +31,8 @@ public final class NovaMetrics: Sendable {
         ingestDuplicates = registry.makeCounter(name: "nova_ingest_events_total", labels: [("result", "duplicate")], help: help)
         ingestRejected = registry.makeCounter(name: "nova_ingest_events_total", labels: [("result", "rejected")], help: help)
         ingestBatches = registry.makeCounter(name: "nova_ingest_batches_total", help: "Ingest requests committed.")
+        ingestRefusedFull = registry.makeCounter(
+            name: "nova_ingest_refused_full_total", help: "Events refused with 507: the disk is full or the disk budget (database.sqlite.maxBytes) is reached.")
         appendDuration = registry.makeDurationHistogram(
             name: "nova_store_append_duration_seconds", buckets: Self.latencyBuckets,
             help: "Time to commit one ingest batch to the store.")

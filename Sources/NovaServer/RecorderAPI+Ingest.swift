@@ -45,6 +45,7 @@ extension RecorderAPI {
         do {
             result = try await store.append(batch.events)
         } catch {
+            if error.kind == .full { metrics.ingestRefusedFull.increment(by: Int64(batch.events.count)) }
             throw APIError.store(error)
         }
         metrics.appendDuration.record(ContinuousClock.now - started)

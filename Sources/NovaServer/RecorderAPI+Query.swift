@@ -27,6 +27,9 @@ extension RecorderAPI {
         if let next = page.next {
             headers[.novaNextCursor] = Cursor.encode(next, for: query)
         }
+        if let complete = await completeThrough.value(store) {
+            headers[.novaCompleteThrough] = complete.rfc3339
+        }
         return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: out)))
     }
 
@@ -59,4 +62,6 @@ extension RecorderAPI {
 extension HTTPField.Name {
     /// The cursor of the next page (api.md).
     public static let novaNextCursor = HTTPField.Name("Nova-Next-Cursor")!
+    /// At a hub: every site's data is here up to this time (sync.md, `completeThrough`).
+    public static let novaCompleteThrough = HTTPField.Name("Nova-Complete-Through")!
 }

@@ -198,3 +198,26 @@ final class SyncAdmission: Sendable {
         inFlight.withLock { $0 -= 1 }
     }
 }
+
+/// The `Nova-Complete-Through` of query answers at a hub: the earliest `completeThrough` among the
+/// sites (each by the store it shipped from last), so "complete through T" holds for every site's
+/// data. Read from the store at most once a second; absent where no site ships (an edge).
+final class CompleteThrough: Sendable {
+    private struct Cached {
+        var value: Timestamp?
+        var at: ContinuousClock.Instant
+    }
+
+    private let cached = Mutex(Cached(value: nil, at: .now - .seconds(60)))
+
+    func value(_ store: any EventStore) async -> Timestamp? {
+        let now = ContinuousClock.now
+        if let fresh = cached.withLock({ now - $0.at < .seconds(1) ? $0 : nil }) { return fresh.value }
+        let sites = (try? await store.syncSites()) ?? []
+        var latest = [String: SyncSite]()
+        for site in sites where (latest[site.siteId]?.lastContactAt ?? .min) <= site.lastContactAt { latest[site.siteId] = site }
+        let value = latest.isEmpty ? nil : latest.values.map { $0.completeThrough ?? .min }.min()
+        cached.withLock { $0 = Cached(value: value, at: now) }
+        return value
+    }
+}

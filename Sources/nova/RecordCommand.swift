@@ -39,12 +39,19 @@ struct RecordCommand: AsyncParsableCommand {
         let logger = options.bootstrapLogging()
         let store: SQLiteStore
         do {
-            store = try SQLiteStore.open(
-                path: config.database.sqlite.path, options: .init(durability: config.database.sqlite.durability), logger: logger)
+            var options = SQLiteStore.Options(durability: config.database.sqlite.durability)
+            options.maxBytes = config.database.sqlite.maxBytes
+            store = try SQLiteStore.open(path: config.database.sqlite.path, options: options, logger: logger)
         } catch {
             throw CLIError(error.message)
         }
-        try await serve(store: store, services: [StoreService(store: store)], config: config, logger: logger, ships: config.sync.enabled)
+        var services: [any Service] = [StoreService(store: store)]
+        if let keep = config.database.sqlite.retentionAfter.flatMap(NovaConfiguration.parseInterval) {
+            // Sweeps often enough for short test retentions, at most once a minute.
+            let interval = min(Duration.seconds(60), max(Duration.seconds(1), keep / 10))
+            services.append(SQLiteRetention(store: store, keep: keep, onlyAcknowledged: config.sync.enabled, interval: interval, logger: logger))
+        }
+        try await serve(store: store, services: services, config: config, logger: logger, ships: config.sync.enabled)
     }
 }
 

@@ -153,6 +153,45 @@ import Testing
     }
 }
 
+extension SyncProcessTests {
+    /// An edge cut off from its hub fills its disk budget: ingest is refused with 507 and its
+    /// retention deletes nothing unacknowledged. Once the hub is back, the outbox drains,
+    /// retention frees the space, and ingest is accepted again.
+    @Test func retentionKeepsWhatTheHubLacksAndTheBudgetRefusesIngestInstead() async throws {
+        let rig = try await SyncRig()
+        defer { rig.cleanup() }
+        let edge = try rig.edge("edge-a", site: "site-a", batchSize: 2_000, sqlite: #", "retentionAfter": "1 seconds", "maxBytes": 400000"#)
+        try await edge.start()
+        var accepted = 0
+        var refusal = ""
+        for k in 0..<200 {
+            let answer = try await HTTP.post("\(edge.base)/v1/events", ndjson: RecorderProcessTests.batch(500, offset: k * 500).lines)
+            if answer.status == 507 {
+                refusal = answer.body
+                break
+            }
+            #expect(answer.status == 200, "\(answer.body)")
+            accepted += 500
+        }
+        #expect(refusal.contains("database.sqlite.maxBytes"), "\(refusal)")
+        #expect(accepted >= 1_000)
+        try await Task.sleep(for: .seconds(2.5))  // retention sweeps meanwhile
+        #expect(try await HTTP.allEventIds(edge.base, scope: "kill").count == accepted, "nothing unacknowledged is deleted")
+        #expect(try await HTTP.get("\(edge.base)/metrics").body.contains("nova_ingest_refused_full_total 500"))
+
+        try await rig.startHub()
+        try await edge.waitUntilDrained(hub: rig.hubURL)
+        #expect(try await HTTP.allEventIds(rig.hubURL, scope: "kill").count == accepted)
+        let deadline = ContinuousClock.now + .seconds(30)
+        while try await HTTP.allEventIds(edge.base, scope: "kill").count > 0, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(250))
+        }
+        #expect(try await HTTP.allEventIds(edge.base, scope: "kill").isEmpty, "acknowledged events past retention are deleted")
+        let again = try await HTTP.post("\(edge.base)/v1/events", ndjson: RecorderProcessTests.batch(500, offset: 500_000).lines)
+        #expect(again.status == 200, "ingest recovers once space is free: \(again.body)")
+    }
+}
+
 /// A hub on a fresh PostgreSQL database at a fixed port (it keeps its address across restarts),
 /// and edges shipping to it.
 final class SyncRig: @unchecked Sendable {
@@ -189,8 +228,8 @@ final class SyncRig: @unchecked Sendable {
         }
     }
 
-    func edge(_ name: String, site: String, batchSize: Int, environment: [String: String] = [:]) throws -> Edge {
-        let edge = try Edge(name: name, site: site, batchSize: batchSize, hubURL: hubURL, dir: dir, environment: environment)
+    func edge(_ name: String, site: String, batchSize: Int, sqlite: String = "", environment: [String: String] = [:]) throws -> Edge {
+        let edge = try Edge(name: name, site: site, batchSize: batchSize, hubURL: hubURL, dir: dir, sqlite: sqlite, environment: environment)
         edges.append(edge)
         return edge
     }
@@ -217,7 +256,8 @@ final class SyncRig: @unchecked Sendable {
 
         var base: String { "http://127.0.0.1:\(port)" }
 
-        init(name: String, site: String, batchSize: Int, hubURL: String, dir: TemporaryDirectory, environment: [String: String]) throws {
+        /// `sqlite`: more keys of `database.sqlite`, e.g. `, "maxBytes": 400000`.
+        init(name: String, site: String, batchSize: Int, hubURL: String, dir: TemporaryDirectory, sqlite: String, environment: [String: String]) throws {
             self.name = name
             self.dir = dir
             self.environment = environment
@@ -225,7 +265,7 @@ final class SyncRig: @unchecked Sendable {
             configPath = dir.file("\(name).json")
             port = try freePort()
             try Data(#"""
-                {"core": {"siteId": "\#(site)"}, "database": {"sqlite": {"path": "\#(dbPath)"}}, "server": {"port": \#(port)},
+                {"core": {"siteId": "\#(site)"}, "database": {"sqlite": {"path": "\#(dbPath)"\#(sqlite)}}, "server": {"port": \#(port)},
                  "sync": {"enabled": true, "upstream": "\#(hubURL)", "batchSize": \#(batchSize), "maxBackoffSeconds": 1}}
                 """#.utf8).write(to: URL(fileURLWithPath: configPath))
         }

@@ -82,6 +82,8 @@ import Testing
             #expect(site["batchesApplied"] == .number(JSONNumber(1)))
             #expect(site["eventsApplied"] == .number(JSONNumber(10)))
             #expect(try await store.stats().totalEvents == 10)
+            let answer = try await client.get("/v1/events?scope=s&\(everything)")
+            #expect(answer.headers[HTTPField.Name("Nova-Complete-Through")!] == claim.rfc3339, "queries say up to when the data is complete")
 
             // A hub has no shipper of its own.
             let status = try await client.get("/v1/sync/status")
