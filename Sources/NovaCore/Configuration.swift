@@ -372,8 +372,9 @@ private final class ConfigObject {
         return s
     }
 
+    /// Absent or null: nil.
     func optionalString(_ name: String) throws(ConfigurationError) -> String? {
-        guard members[name] != nil else {
+        guard let value = members[name], value != .null else {
             used.insert(name)
             return nil
         }
