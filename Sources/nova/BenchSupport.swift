@@ -188,16 +188,17 @@ final class RecorderChild {
     let base: String
 
     /// A recorder on a SQLite file in `directory`, or with `database` (a `database` configuration
-    /// object), `nova serve` on that store.
-    init(directory: String, database: String? = nil) async throws {
+    /// object), `nova serve` on that store. `extra`: more top-level keys (`, "sync": {…}`);
+    /// with `record`, a recorder even when `database` is given.
+    init(directory: String, database: String? = nil, extra: String = "", record: Bool = false) async throws {
         self.directory = directory
         let config = (directory as NSString).appendingPathComponent("config.json")
         let db = database ?? #"{"sqlite": {"path": "\#((directory as NSString).appendingPathComponent("nova.db"))"}}"#
-        try Data(#"{"database": \#(db), "server": {"port": 0}}"#.utf8).write(to: URL(fileURLWithPath: config))
+        try Data(#"{"database": \#(db), "server": {"port": 0}\#(extra)}"#.utf8).write(to: URL(fileURLWithPath: config))
         let out = (directory as NSString).appendingPathComponent("recorder.out")
         FileManager.default.createFile(atPath: out, contents: nil)
         process.executableURL = URL(fileURLWithPath: currentExecutable())
-        process.arguments = [database == nil ? "record" : "serve", "--config", config, "--log-level", "warning"]
+        process.arguments = [database == nil || record ? "record" : "serve", "--config", config, "--log-level", "warning"]
         process.standardOutput = FileHandle(forWritingAtPath: out)
         try process.run()
         let deadline = ContinuousClock.now + .seconds(60)
