@@ -79,6 +79,7 @@ public final class Shipper: Service, Sendable {
         var action = machine.start()
         var lastContact = ContinuousClock.now - settings.heartbeat
         var lastGauges = ContinuousClock.now - .seconds(1)
+        var prepared: Prepared?
         while !Task.isCancelled {
             state.withLock { $0.machine = machine }
             if ContinuousClock.now - lastGauges >= .seconds(1) {
@@ -108,28 +109,30 @@ public final class Shipper: Service, Sendable {
                         logger.info("sync resumes", metadata: ["ackedSeq": "\(acked)", "pending": "\(outbox.lastSeq - acked)", "storeId": "\(outbox.storeId)"])
                     }
                 case .ship(let after):
-                    let outbox = try await store.outboxState()
-                    let events = try await store.committed(after: after, limit: settings.batchSize)
-                    guard let last = events.last else {
+                    // The next batch is read and encoded while this one is in flight: the edge's
+                    // work overlaps the hub's, and the protocol stays one batch at a time.
+                    var current = prepared?.after == after ? prepared : nil
+                    prepared = nil
+                    if current == nil { current = try await prepare(after: after) }
+                    guard let current else {
                         action = machine.next(lastSeq: after, heartbeatDue: heartbeatDue)
                         continue
                     }
-                    let head = Swift.max(outbox.lastSeq, last.seq)
-                    let batch = SyncBatch(
-                        siteId: settings.siteId, storeId: outbox.storeId, firstSeq: after + 1, lastSeq: last.seq,
-                        pendingFrom: try await pendingFrom(after: last.seq, head: head), outboxSize: head - last.seq, events: events)
                     let started = ContinuousClock.now
-                    let outcome = await client.ship(batch)
+                    async let upcoming = current.head > current.lastSeq ? try? await prepare(after: current.lastSeq) : nil
+                    let outcome = await client.ship(current.encoded)
+                    let next = await upcoming
                     lastContact = .now
                     if case .acknowledged(let w) = outcome {
                         try await store.recordAcknowledged(w.ackedSeq)
                         state.withLock { $0.lastAckAt = .now() }
                         metrics.batches.increment()
-                        metrics.events.increment(by: Int64(events.count))
+                        metrics.events.increment(by: Int64(current.count))
                         metrics.shipDuration.record(ContinuousClock.now - started)
-                        if let from = batch.pendingFrom { metrics.lag.set(Swift.max(0, Double(Timestamp.now().microseconds - from.microseconds) / 1e6)) }
+                        if let from = current.pendingFrom { metrics.lag.set(Swift.max(0, Double(Timestamp.now().microseconds - from.microseconds) / 1e6)) }
+                        if w.ackedSeq == current.lastSeq { prepared = next }
                     }
-                    action = machine.shipped(outcome, lastSeq: head, random: .random(in: 0..<1))
+                    action = machine.shipped(outcome, lastSeq: Swift.max(current.head, next?.head ?? 0), random: .random(in: 0..<1))
                     note(machine, outcome: outcome)
                 case .heartbeat(let acked):
                     let claim = try await pendingFrom(after: acked, head: acked)
@@ -152,6 +155,7 @@ public final class Shipper: Service, Sendable {
                     try await Task.sleep(for: delay)
                     action = machine.resume(lastSeq: try await store.lastCommittedSeq(), heartbeatDue: true)
                 case .renewIdentity(let reason):
+                    prepared = nil
                     let fresh = try await store.renewStoreId()
                     logger.error("sync: this store no longer matches what the hub acknowledged; shipping everything again under a new storeId (the hub dedupes)",
                                  metadata: ["reason": "\(reason)", "storeId": "\(fresh)"])
@@ -165,6 +169,28 @@ public final class Shipper: Service, Sendable {
                 action = machine.failed("local store: \(message)", reachable: machine.upstreamReachable, random: .random(in: 0..<1))
             }
         }
+    }
+
+    /// A batch read and encoded, ready to send.
+    struct Prepared: Sendable {
+        var after: Int64
+        var lastSeq: Int64
+        var head: Int64
+        var count: Int
+        var pendingFrom: Timestamp?
+        var encoded: SyncClient.Encoded
+    }
+
+    /// Reads the batch after `after` and encodes it; nil when nothing is stored after it.
+    private func prepare(after: Int64) async throws -> Prepared? {
+        let outbox = try await store.outboxState()
+        let events = try await store.committed(after: after, limit: settings.batchSize)
+        guard let last = events.last else { return nil }
+        let head = Swift.max(outbox.lastSeq, last.seq)
+        let batch = SyncBatch(
+            siteId: settings.siteId, storeId: outbox.storeId, firstSeq: after + 1, lastSeq: last.seq,
+            pendingFrom: try await pendingFrom(after: last.seq, head: head), outboxSize: head - last.seq, events: events)
+        return Prepared(after: after, lastSeq: last.seq, head: head, count: events.count, pendingFrom: batch.pendingFrom, encoded: client.encode(batch))
     }
 
     /// The smallest canonical time still unacknowledged after a batch ending at `last` (sync.md):

@@ -48,18 +48,30 @@ public struct SyncClient: Sendable {
         return try Self.parseWatermark(body)
     }
 
-    /// Sends a batch (or heartbeat) and says what came of it.
-    public func ship(_ batch: SyncBatch) async -> ShipperMachine.Outcome {
+    /// A batch encoded (and compressed) for sending: the shipper prepares the next one while the
+    /// previous is in flight.
+    public struct Encoded: Sendable {
+        var body: ByteBuffer
+        var headers: HTTPHeaders
+    }
+
+    public func encode(_ batch: SyncBatch) -> Encoded {
         var body = ByteBuffer(bytes: SyncBatchCodec.encode(batch))
         var headers: HTTPHeaders = ["Content-Type": SyncBatchCodec.contentType]
-        if gzip {
-            do {
-                body = try body.compress(with: .gzip(configuration: .init(compressionLevel: .fastestCompression)))
-                headers.add(name: "Content-Encoding", value: "gzip")
-            } catch {
-                return .refused("cannot compress the batch: \(error)")
-            }
+        if gzip, let compressed = try? body.compress(with: .gzip(configuration: .init(compressionLevel: .fastestCompression))) {
+            body = compressed
+            headers.add(name: "Content-Encoding", value: "gzip")
         }
+        return Encoded(body: body, headers: headers)
+    }
+
+    /// Sends a batch (or heartbeat) and says what came of it.
+    public func ship(_ batch: SyncBatch) async -> ShipperMachine.Outcome {
+        await ship(encode(batch))
+    }
+
+    public func ship(_ encoded: Encoded) async -> ShipperMachine.Outcome {
+        let (body, headers) = (encoded.body, encoded.headers)
         do {
             let (status, answer, retryAfter) = try await request(.POST, "/v1/sync/batches", headers: headers, body: body)
             switch status {

@@ -244,6 +244,16 @@ actor AckedIds {
             #expect(report["groups"]?.arrayValue.count == 2, "LIVE and REWIND")
             #expect(report["errors"]?.arrayValue.isEmpty == true, "\(stream.stdout)")
         }
+        for store in ["sqlite", locator] {
+            let sync = try await NovaProcess.run(
+                ["bench", "sync", "--store", store, "--events", "3000", "--batch-size", "1000", "--rate", "1000", "--seconds", "1", "--allow-debug", "--json", json],
+                directory: dir, environment: ["NOVA_DB_PASSWORD": password])
+            #expect(sync.status == 0, "\(sync.stdout) \(sync.stderr)")
+            let report = try JSONParser.parse(Array(Data(contentsOf: URL(fileURLWithPath: json))))
+            #expect(report["groups"]?.arrayValue.count == 2, "CATCH-UP and LAG")
+            #expect(report["groups"]?.arrayValue.first?["figure"]?["events"] == .number(JSONNumber(3000)))
+            #expect(report["errors"]?.arrayValue.isEmpty == true, "\(sync.stdout)")
+        }
         let refused = try await NovaProcess.run(["bench", "ingest", "--events", "10"], directory: dir)
         #expect(refused.status != 0 && refused.stderr.contains("release"), "a debug build refuses without --allow-debug")
     }

@@ -166,6 +166,10 @@ import Testing
         // Concurrent requests need several connections: the test client has one.
         try await withRecorder(configure: { $0.sync.maxConcurrentBatches = 1 }) { client, _, _ in
             let url = "http://127.0.0.1:\(client.port!)/v1/sync/batches"
+            // Its own client, shut down before the server stops: a shared client's idle
+            // keep-alive connections were seen to hold the test server's shutdown for minutes.
+            let http = HTTPClient(eventLoopGroupProvider: .singleton)
+
             var statuses = [HTTPResponse.Status: Int]()
             var retryAfter: String?
             for round in 0..<5 where statuses[.serviceUnavailable] == nil {
@@ -180,7 +184,7 @@ import Testing
                             request.method = .POST
                             request.headers.add(name: "Content-Type", value: SyncBatchCodec.contentType)
                             request.body = .bytes(body)
-                            let r = try await HTTPClient.shared.execute(request, timeout: .seconds(60))
+                            let r = try await http.execute(request, timeout: .seconds(60))
                             _ = try await r.body.collect(upTo: 1 << 20)
                             return (HTTPResponse.Status(code: Int(r.status.code)), r.headers.first(name: "Retry-After"))
                         }
@@ -191,6 +195,7 @@ import Testing
                     }
                 }
             }
+            try await http.shutdown()
             #expect(statuses[.serviceUnavailable, default: 0] > 0, "\(statuses)")
             #expect(retryAfter == "1")
             #expect(Set(statuses.keys).isSubset(of: [.ok, .serviceUnavailable]), "\(statuses)")
