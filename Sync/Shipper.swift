@@ -109,8 +109,11 @@ public final class Shipper: Service, Sendable {
                         logger.info("sync resumes", metadata: ["ackedSeq": "\(acked)", "pending": "\(outbox.lastSeq - acked)", "storeId": "\(outbox.storeId)"])
                     }
                 case .ship(let after):
-                    // The next batch is read and encoded while this one is in flight: the edge's
-                    // work overlaps the hub's, and the protocol stays one batch at a time.
+                    // Two batches travel at once: while this one is in flight the next is read,
+                    // encoded and sent (the hub applies it right after this one), and the one
+                    // after that is prepared. The protocol's order is kept by the positions: a
+                    // batch the hub cannot apply next is answered 409 and shipping resumes from
+                    // the watermark.
                     var current = prepared?.after == after ? prepared : nil
                     prepared = nil
                     if current == nil { current = try await prepare(after: after) }
@@ -119,21 +122,22 @@ public final class Shipper: Service, Sendable {
                         continue
                     }
                     let started = ContinuousClock.now
-                    async let upcoming = current.head > current.lastSeq ? try? await prepare(after: current.lastSeq) : nil
+                    async let follower = current.head > current.lastSeq ? follow(current) : nil
                     let outcome = await client.ship(current.encoded)
-                    let next = await upcoming
+                    let second = await follower
                     lastContact = .now
-                    if case .acknowledged(let w) = outcome {
-                        try await store.recordAcknowledged(w.ackedSeq)
-                        state.withLock { $0.lastAckAt = .now() }
-                        metrics.batches.increment()
-                        metrics.events.increment(by: Int64(current.count))
-                        metrics.shipDuration.record(ContinuousClock.now - started)
-                        if let from = current.pendingFrom { metrics.lag.set(Swift.max(0, Double(Timestamp.now().microseconds - from.microseconds) / 1e6)) }
-                        if w.ackedSeq == current.lastSeq { prepared = next }
-                    }
-                    action = machine.shipped(outcome, lastSeq: Swift.max(current.head, next?.head ?? 0), random: .random(in: 0..<1))
+                    try await record(outcome, of: current, started: started)
+                    action = machine.shipped(outcome, lastSeq: Swift.max(current.head, second?.batch.head ?? 0), random: .random(in: 0..<1))
                     note(machine, outcome: outcome)
+                    if let second {
+                        // Its acknowledgement is the hub's truth whatever came of the first.
+                        try await record(second.outcome, of: second.batch, started: started)
+                        if case .acknowledged(let w) = outcome, w.ackedSeq == current.lastSeq {
+                            action = machine.shipped(second.outcome, lastSeq: second.batch.head, random: .random(in: 0..<1))
+                            note(machine, outcome: second.outcome)
+                            if case .acknowledged(let w2) = second.outcome, w2.ackedSeq == second.batch.lastSeq { prepared = second.upcoming }
+                        }
+                    }
                 case .heartbeat(let acked):
                     let claim = try await pendingFrom(after: acked, head: acked)
                     let batch = SyncBatch(
@@ -179,6 +183,26 @@ public final class Shipper: Service, Sendable {
         var count: Int
         var pendingFrom: Timestamp?
         var encoded: SyncClient.Encoded
+    }
+
+    /// The batch after `first`, sent while `first` is in flight, and the one after it prepared.
+    private func follow(_ first: Prepared) async -> (batch: Prepared, outcome: ShipperMachine.Outcome, upcoming: Prepared?)? {
+        guard let next = try? await prepare(after: first.lastSeq) else { return nil }
+        async let upcoming = next.head > next.lastSeq ? try? await prepare(after: next.lastSeq) : nil
+        let outcome = await client.ship(next.encoded)
+        return (next, outcome, await upcoming)
+    }
+
+    /// Keeps an acknowledgement: in the store (the outbox's cache), the status and the metrics.
+    private func record(_ outcome: ShipperMachine.Outcome, of batch: Prepared, started: ContinuousClock.Instant) async throws {
+        guard case .acknowledged(let w) = outcome else { return }
+        try await store.recordAcknowledged(w.ackedSeq)
+        state.withLock { $0.lastAckAt = .now() }
+        guard w.ackedSeq >= batch.lastSeq else { return }
+        metrics.batches.increment()
+        metrics.events.increment(by: Int64(batch.count))
+        metrics.shipDuration.record(ContinuousClock.now - started)
+        if let from = batch.pendingFrom { metrics.lag.set(Swift.max(0, Double(Timestamp.now().microseconds - from.microseconds) / 1e6)) }
     }
 
     /// Reads the batch after `after` and encodes it; nil when nothing is stored after it.

@@ -26,6 +26,7 @@ public struct RecorderAPI: Sendable {
     let decoder: EventDecoder
     let syncAdmission: SyncAdmission
     let completeThrough = CompleteThrough()
+    let syncSequencer = SyncSequencer()
     /// Ingest requests received and not yet committed (the shipper's `pendingFrom` needs them).
     public let inFlight: InFlightIngest
     /// The edge's shipper state for `GET /v1/sync/status`; nil where sync is off.

@@ -149,6 +149,12 @@ import Testing
         #expect(repair.stdout.contains("result: equal"), "\(repair.stdout)")
         let again = try await NovaProcess.run(["verify", "sqlite:\(edge.dbPath)", rig.hubURL], directory: rig.dir)
         #expect(again.status == 0, "\(again.stdout)\(again.stderr)")
+        // Store locators on both sides: the edge's file and the hub's database, read directly.
+        let direct = try await NovaProcess.run(
+            ["verify", "sqlite:\(edge.dbPath)", "postgres://\(rig.location.user)@\(rig.location.host):\(rig.location.port)/\(rig.location.database)"],
+            directory: rig.dir, environment: ["NOVA_DB_PASSWORD": rig.location.password ?? ""])
+        #expect(direct.status == 0, "\(direct.stdout)\(direct.stderr)")
+        #expect(direct.stdout.contains("600 vs 600 events"), "\(direct.stdout)")
         #expect(try await HTTP.allEventIds(rig.hubURL, scope: "kill").contains(lost))
     }
 }
