@@ -48,7 +48,7 @@ public protocol EventStore: Sendable {
 
     /// Applies a sync batch in one transaction: the events with dedupe and, for an outbox batch,
     /// the site's watermark (sync.md, protocol step 2). Committed before it returns.
-    func applySync(_ batch: SyncBatch) async throws(StoreError) -> SyncApplyOutcome
+    func applySync(_ batch: SyncBatch) async throws(StoreError) -> SyncApplyResult
 
     /// The watermark of (siteId, storeId); `ackedSeq` 0 for one never seen.
     func syncWatermark(siteId: String, storeId: String) async throws(StoreError) -> SyncWatermark

@@ -58,6 +58,21 @@ public enum SyncApplyOutcome: Sendable, Hashable {
     }
 }
 
+/// What applying a batch did: the outcome, and the events the store accepted with the `ingestSeq`
+/// it gave each (the hub's LIVE streams are fed from these, as from an ingest).
+public struct SyncApplyResult: Sendable {
+    public var outcome: SyncApplyOutcome
+    /// The events appended (the batch's new part), and per event its `ingestSeq` (nil: duplicate).
+    public var appended: [Event]
+    public var ingestSeqs: [Int64?]
+
+    public init(_ outcome: SyncApplyOutcome, appended: [Event] = [], ingestSeqs: [Int64?] = []) {
+        self.outcome = outcome
+        self.appended = appended
+        self.ingestSeqs = ingestSeqs
+    }
+}
+
 /// The hub's watermark for one (siteId, storeId): the truth the edge resumes from.
 public struct SyncWatermark: Sendable, Hashable {
     public var ackedSeq: Int64

@@ -118,7 +118,7 @@ extension PostgresStore {
 
     /// One transaction: the site's row locked (`FOR UPDATE`, so two deliveries of one batch
     /// queue instead of both applying), the append statement, the watermark.
-    public func applySync(_ batch: SyncBatch) async throws(StoreError) -> SyncApplyOutcome {
+    public func applySync(_ batch: SyncBatch) async throws(StoreError) -> SyncApplyResult {
         let mode = try ensureReady()
         do {
             return try await applySyncOnce(batch, mode: mode)
@@ -134,7 +134,7 @@ extension PostgresStore {
         }
     }
 
-    private func applySyncOnce(_ batch: SyncBatch, mode: PostgresSchema.Mode) async throws -> SyncApplyOutcome {
+    private func applySyncOnce(_ batch: SyncBatch, mode: PostgresSchema.Mode) async throws -> SyncApplyResult {
         if mode == .partitioned { try await ensurePartitions(for: batch.events.map(\.event)) }
         let logger = logger
         return try await connection { conn in
@@ -146,22 +146,23 @@ extension PostgresStore {
                 }
                 let before = try await Self.watermark(conn, siteId: batch.siteId, storeId: batch.storeId, lock: true, logger: logger)
                 switch SyncApplyPlan(batch, ackedSeq: before.ackedSeq) {
-                case .replay: return .alreadyApplied(before)
-                case .gap: return .gap(before)
+                case .replay: return SyncApplyResult(.alreadyApplied(before))
+                case .gap: return SyncApplyResult(.gap(before))
                 case .touch:
                     try await conn.query("""
                         UPDATE "syncSites" SET "completeThrough" = coalesce(\(batch.pendingFrom.map { PostgresTimestamp(value: $0) }), "completeThrough"),
                             "pendingEvents" = \(batch.outboxSize), "lastContactAt" = now()
                         WHERE "siteId" = \(batch.siteId) AND "storeId" = \(batch.storeId)
                         """, logger: logger)
-                    return .applied(before, accepted: 0, duplicates: 0)
+                    return SyncApplyResult(.applied(before, accepted: 0, duplicates: 0))
                 case .apply(let events):
-                    let result = try await self.append(events.map(\.event), on: conn, logger: logger)
+                    let appended = events.map(\.event)
+                    let result = try await self.append(appended, on: conn, logger: logger)
                     guard batch.kind == .outbox, let last = events.last else {
                         try await conn.query(
                             #"UPDATE "syncSites" SET "lastContactAt" = now() WHERE "siteId" = \#(batch.siteId) AND "storeId" = \#(batch.storeId)"#,
                             logger: logger)
-                        return .applied(before, accepted: result.accepted, duplicates: result.duplicates)
+                        return SyncApplyResult(.applied(before, accepted: result.accepted, duplicates: result.duplicates), appended: appended, ingestSeqs: result.ingestSeqs)
                     }
                     try await conn.query("""
                         UPDATE "syncSites" SET "ackedSeq" = \(batch.lastSeq), "lastEventId" = \(PostgresBytes(bytes: last.event.eventId.bytes)),
@@ -170,8 +171,8 @@ extension PostgresStore {
                             "eventsApplied" = "eventsApplied" + \(Int64(result.accepted))
                         WHERE "siteId" = \(batch.siteId) AND "storeId" = \(batch.storeId)
                         """, logger: logger)
-                    return .applied(
-                        SyncWatermark(ackedSeq: batch.lastSeq, lastEventId: last.event.eventId), accepted: result.accepted, duplicates: result.duplicates)
+                    let after = SyncWatermark(ackedSeq: batch.lastSeq, lastEventId: last.event.eventId)
+                    return SyncApplyResult(.applied(after, accepted: result.accepted, duplicates: result.duplicates), appended: appended, ingestSeqs: result.ingestSeqs)
                 }
             }
         }

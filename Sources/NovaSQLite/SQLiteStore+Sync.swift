@@ -83,7 +83,7 @@ extension SQLiteStore {
         }
     }
 
-    public func applySync(_ batch: SyncBatch) async throws(StoreError) -> SyncApplyOutcome {
+    public func applySync(_ batch: SyncBatch) async throws(StoreError) -> SyncApplyResult {
         do {
             return try await pool.write { db in
                 let now = Timestamp.now().microseconds
@@ -95,20 +95,21 @@ extension SQLiteStore {
                 let before = SyncWatermark(ackedSeq: row?[0] ?? 0, lastEventId: (row?[1] as Data?).flatMap { EventID(bytes: $0) })
                 let report: StatementArguments = [batch.pendingFrom?.microseconds, batch.outboxSize, now]
                 switch SyncApplyPlan(batch, ackedSeq: before.ackedSeq) {
-                case .replay: return .alreadyApplied(before)
-                case .gap: return .gap(before)
+                case .replay: return SyncApplyResult(.alreadyApplied(before))
+                case .gap: return SyncApplyResult(.gap(before))
                 case .touch:
                     try db.execute(
                         sql: """
                             UPDATE syncSites SET completeThrough = coalesce(?, completeThrough), pendingEvents = ?, lastContactAt = ?
                             WHERE siteId = ? AND storeId = ?
                             """, arguments: report + key)
-                    return .applied(before, accepted: 0, duplicates: 0)
+                    return SyncApplyResult(.applied(before, accepted: 0, duplicates: 0))
                 case .apply(let events):
-                    let result = try Self.append(events.map(\.event), db: db)
+                    let appended = events.map(\.event)
+                    let result = try Self.append(appended, db: db)
                     guard batch.kind == .outbox, let last = events.last else {
                         try db.execute(sql: "UPDATE syncSites SET lastContactAt = ? WHERE siteId = ? AND storeId = ?", arguments: [now] + key)
-                        return .applied(before, accepted: result.accepted, duplicates: result.duplicates)
+                        return SyncApplyResult(.applied(before, accepted: result.accepted, duplicates: result.duplicates), appended: appended, ingestSeqs: result.ingestSeqs)
                     }
                     try db.execute(
                         sql: """
@@ -118,7 +119,7 @@ extension SQLiteStore {
                             """,
                         arguments: [batch.lastSeq, Data(last.event.eventId.bytes)] + report + [result.accepted] + key)
                     let after = SyncWatermark(ackedSeq: batch.lastSeq, lastEventId: last.event.eventId)
-                    return .applied(after, accepted: result.accepted, duplicates: result.duplicates)
+                    return SyncApplyResult(.applied(after, accepted: result.accepted, duplicates: result.duplicates), appended: appended, ingestSeqs: result.ingestSeqs)
                 }
             }
         } catch {

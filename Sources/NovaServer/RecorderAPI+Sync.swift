@@ -54,17 +54,19 @@ extension RecorderAPI {
         defer { syncAdmission.leave() }
         let store = store
         await syncSequencer.waitTurn(batch) { try? await store.syncWatermark(siteId: batch.siteId, storeId: batch.storeId).ackedSeq }
-        let outcome: SyncApplyOutcome
+        let result: SyncApplyResult
         do {
-            outcome = try await store.applySync(batch)
+            result = try await store.applySync(batch)
         } catch {
             throw APIError.store(error)
         }
+        let outcome = result.outcome
         syncSequencer.finished(batch, ackedSeq: outcome.watermark.ackedSeq)
         let site = metrics.syncSite(batch.siteId)
         switch outcome {
         case .applied(let watermark, let accepted, let duplicates):
-            if accepted > 0 { await feed.signalled(nil) }
+            // LIVE streams get them from memory, as after an ingest (not by reading them back).
+            if accepted > 0 { await feed.published(result.appended, seqs: result.ingestSeqs) }
             site.eventsApplied.increment(by: Int64(accepted))
             site.batchesApplied.increment()
             if batch.kind == .outbox {

@@ -171,40 +171,10 @@ struct BenchStream: AsyncParsableCommand {
         // Paced posting: batch b is due at start + b × batch / rate, from a few concurrent writers.
         let http = HTTPClient(eventLoopGroupProvider: .singleton)
         let progress = Progress("LIVE ingest", total: total)
-        let start = ContinuousClock.now
-        var ackSamples = [Double]()
-        var errors = [String]()
-        try await withThrowingTaskGroup(of: ([Double], [String]).self) { group in
-            let writers = 4
-            for w in 0..<writers {
-                group.addTask {
-                    var samples = [Double]()
-                    var errs = [String]()
-                    for b in stride(from: w, to: batches, by: writers) {
-                        let due = start + .microseconds(Int64(b) * Int64(batch) * 1_000_000 / Int64(rate))
-                        if due > .now { try await Task.sleep(until: due) }
-                        var request = HTTPClientRequest(url: "\(base)/v1/events")
-                        request.method = .POST
-                        request.headers.add(name: "Content-Type", value: "application/x-ndjson")
-                        request.body = .bytes(bodies[b])
-                        let sent = ContinuousClock.now
-                        let response = try await http.execute(request, timeout: .seconds(60))
-                        _ = try await response.body.collect(upTo: 1 << 20)
-                        let acked = ContinuousClock.now
-                        acks.withLock { $0[b] = acked }
-                        samples.append((acked - sent).seconds)
-                        if response.status != .ok, errs.count < 5 { errs.append("ingest answered \(response.status.code)") }
-                        progress.update(min(total, (b + 1) * batch))
-                    }
-                    return (samples, errs)
-                }
-            }
-            for try await (samples, errs) in group {
-                ackSamples += samples
-                errors += errs
-            }
+        let (ackSamples, postErrors, ingestWall) = try await postPaced(bodies, to: base, batch: batch, rate: rate, progress: progress, http: http) { b, acked in
+            acks.withLock { $0[b] = acked }
         }
-        let ingestWall = ContinuousClock.now - start
+        var errors = postErrors
         try await http.shutdown()
         let results = try await withThrowingTaskGroup(of: [([ContinuousClock.Instant?], Int, String?)]?.self) { group in
             group.addTask { try await clientResults.value }

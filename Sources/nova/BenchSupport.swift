@@ -302,3 +302,47 @@ final class BenchStore {
         }
     }
 }
+
+/// Posts NDJSON `bodies` (batches of `batch` events) to `base`'s `POST /v1/events` at `rate`
+/// events per second from 4 concurrent writers: batch b is due at start + b × batch / rate.
+/// Returns each request's send → acknowledgement time, and the first errors.
+func postPaced(
+    _ bodies: [ByteBuffer], to base: String, batch: Int, rate: Int, progress: Progress, http: HTTPClient = .shared,
+    acknowledged: @escaping @Sendable (Int, ContinuousClock.Instant) -> Void = { _, _ in }
+) async throws -> (samples: [Double], errors: [String], wall: Duration) {
+    let total = progress.total
+    let start = ContinuousClock.now
+    var ackSamples = [Double]()
+    var errors = [String]()
+    try await withThrowingTaskGroup(of: ([Double], [String]).self) { group in
+        let writers = 4
+        for w in 0..<writers {
+            group.addTask {
+                var samples = [Double]()
+                var errs = [String]()
+                for b in stride(from: w, to: bodies.count, by: writers) {
+                    let due = start + .microseconds(Int64(b) * Int64(batch) * 1_000_000 / Int64(rate))
+                    if due > .now { try await Task.sleep(until: due) }
+                    var request = HTTPClientRequest(url: "\(base)/v1/events")
+                    request.method = .POST
+                    request.headers.add(name: "Content-Type", value: "application/x-ndjson")
+                    request.body = .bytes(bodies[b])
+                    let sent = ContinuousClock.now
+                    let response = try await http.execute(request, timeout: .seconds(60))
+                    _ = try await response.body.collect(upTo: 1 << 20)
+                    let acked = ContinuousClock.now
+                    acknowledged(b, acked)
+                    samples.append((acked - sent).seconds)
+                    if response.status != .ok, errs.count < 5 { errs.append("ingest answered \(response.status.code)") }
+                    progress.update(min(total, (b + 1) * batch))
+                }
+                return (samples, errs)
+            }
+        }
+        for try await (samples, errs) in group {
+            ackSamples += samples
+            errors += errs
+        }
+    }
+    return (ackSamples, errors, ContinuousClock.now - start)
+}

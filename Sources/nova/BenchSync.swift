@@ -29,6 +29,7 @@ struct BenchSync: AsyncParsableCommand {
     @Option(help: "LAG: ingest rate, events per second.") var rate = 50_000
     @Option(help: "LAG: seconds of ingest.") var seconds = 20
     @Option(help: "Devices (connections).") var devices = 500
+    @Option(help: "sync.compression of the edges: gzip or none.") var compression = "gzip"
     @Option(help: "The hub's store: sqlite, or a postgres://USER@HOST:PORT/DB server where temporary databases are created and dropped.")
     var store = "sqlite"
     @OptionGroup var options: BenchOptions
@@ -36,6 +37,7 @@ struct BenchSync: AsyncParsableCommand {
     func run() async throws {
         try options.checkBuild()
         guard events > 0, batchSize > 0, rate > 0, seconds > 0 else { throw ValidationError("--events, --batch-size, --rate, --seconds: positive") }
+        guard ["gzip", "none"].contains(compression) else { throw ValidationError("--compression: gzip or none") }
         let work = FileManager.default.temporaryDirectory.appendingPathComponent("nova-bench-\(UUID().uuidString.prefix(8))").path
         defer { try? FileManager.default.removeItem(atPath: work) }
         let logger = toolLogger()
@@ -56,7 +58,7 @@ struct BenchSync: AsyncParsableCommand {
         try await edgeStore.load(events) { Array(backlog[$0]) }
         let hub = try await RecorderChild(directory: try dir("hub-run"), database: hubStore.childConfiguration)
         try await hub.waitUntilReady()
-        let sync = #", "core": {"siteId": "bench-edge"}, "sync": {"enabled": true, "upstream": "\#(hub.base)", "batchSize": \#(batchSize)}"#
+        let sync = #", "core": {"siteId": "bench-edge"}, "sync": {"enabled": true, "upstream": "\#(hub.base)", "batchSize": \#(batchSize), "compression": "\#(compression)"}"#
         let started = ContinuousClock.now
         let edge = try await RecorderChild(directory: try dir("edge-run"), database: edgeStore.childConfiguration, extra: sync, record: true)
         let progress = Progress("catch-up", total: events)
@@ -101,7 +103,7 @@ struct BenchSync: AsyncParsableCommand {
 
         // LAG: a fresh edge at a steady rate, shipping to the first hub.
         let lagEdgeStore = try await BenchStore("sqlite", directory: try dir("lag-edge"), logger: logger)
-        let lagSync = #", "core": {"siteId": "bench-lag"}, "sync": {"enabled": true, "upstream": "\#(hub.base)", "batchSize": \#(batchSize)}"#
+        let lagSync = #", "core": {"siteId": "bench-lag"}, "sync": {"enabled": true, "upstream": "\#(hub.base)", "batchSize": \#(batchSize), "compression": "\#(compression)"}"#
         let lagEdge = try await RecorderChild(directory: try dir("lag-run"), database: lagEdgeStore.childConfiguration, extra: lagSync, record: true)
         let (lag, ack, lagErrors, note) = try await measureLag(edge: lagEdge.base, hub: hub.base)
         errors += lagErrors
@@ -115,7 +117,7 @@ struct BenchSync: AsyncParsableCommand {
         let report = BenchReport(
             benchmark: hubStore.database == nil ? "sync" : "sync-postgres",
             groups: [
-                BenchGroup("CATCH-UP of a \(events)-event backlog, batches of \(batchSize), over loopback", figure: catchUp, baselines: [baseline]),
+                BenchGroup("CATCH-UP of a \(events)-event backlog, batches of \(batchSize), \(compression == "gzip" ? "gzipped" : "uncompressed"), over loopback", figure: catchUp, baselines: [baseline]),
                 BenchGroup("LAG at \(rate) events/s for \(seconds) s", figure: lag, baselines: [ack]),
             ],
             peakRSSBytes: rss, checks: checks, errors: errors)
@@ -149,39 +151,7 @@ struct BenchSync: AsyncParsableCommand {
             return samples
         }
         let progress = Progress("LAG ingest", total: total)
-        let start = ContinuousClock.now
-        var ackSamples = [Double]()
-        var errors = [String]()
-        try await withThrowingTaskGroup(of: ([Double], [String]).self) { group in
-            let writers = 4
-            let rate = rate
-            for w in 0..<writers {
-                group.addTask {
-                    var samples = [Double]()
-                    var errs = [String]()
-                    for b in stride(from: w, to: bodies.count, by: writers) {
-                        let due = start + .microseconds(Int64(b) * Int64(batch) * 1_000_000 / Int64(rate))
-                        if due > .now { try await Task.sleep(until: due) }
-                        var request = HTTPClientRequest(url: "\(edge)/v1/events")
-                        request.method = .POST
-                        request.headers.add(name: "Content-Type", value: "application/x-ndjson")
-                        request.body = .bytes(bodies[b])
-                        let sent = ContinuousClock.now
-                        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(60))
-                        _ = try await response.body.collect(upTo: 1 << 20)
-                        samples.append((ContinuousClock.now - sent).seconds)
-                        if response.status != .ok, errs.count < 5 { errs.append("edge ingest answered \(response.status.code)") }
-                        progress.update(min(total, (b + 1) * batch))
-                    }
-                    return (samples, errs)
-                }
-            }
-            for try await (samples, errs) in group {
-                ackSamples += samples
-                errors += errs
-            }
-        }
-        let wall = ContinuousClock.now - start
+        let (ackSamples, errors, wall) = try await postPaced(bodies, to: edge, batch: batch, rate: rate, progress: progress)
         sampling.cancel()
         let lagSamples = await sampling.value
         // Drain: the site's watermark reaches everything the edge holds.

@@ -93,6 +93,22 @@ import Testing
     }
 
     @Test(arguments: Backend.allCases)
+    func syncedEventsReachTheHubsLiveStreams(backend: Backend) async throws {
+        try await withRecorder(backend) { client, _, _ in
+            let port = try #require(client.port)
+            let events = Self.events(20)
+            try await withStream(port: port, query: "scope=s&mode=live") { stream in
+                _ = try await stream.wait(forType: "caughtUp")
+                let (body, headers) = try Self.body(Self.batch(events))
+                let response = try await client.execute(uri: "/v1/sync/batches", method: .post, headers: headers, body: body)
+                #expect(response.status == .ok)
+                let got = try await stream.wait(forType: "event", count: 20).filter { $0.type == "event" }
+                #expect(got.compactMap(\.eventId) == events.map(\.event.eventId.hex))
+            }
+        }
+    }
+
+    @Test(arguments: Backend.allCases)
     func malformedBatchesAreRefusedWholeAndApplyNothing(backend: Backend) async throws {
         try await withRecorder(backend) { client, store, _ in
             let good = SyncBatchCodec.encode(Self.batch(Self.events(5)))

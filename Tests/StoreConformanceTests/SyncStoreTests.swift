@@ -35,23 +35,27 @@ import Testing
         let events = numbered(uniqueEvents(30, seed: 1))
         #expect(try await store.syncWatermark(siteId: "site-a", storeId: "edge-1").ackedSeq == 0)
 
-        let first = try await store.applySync(batch(Array(events[0..<10]), first: 1, last: 10))
+        let first = try await store.applySync(batch(Array(events[0..<10]), first: 1, last: 10)).outcome
         guard case .applied(let w1, accepted: 10, duplicates: 0) = first else { Issue.record("\(first)"); return }
         #expect(w1 == SyncWatermark(ackedSeq: 10, lastEventId: events[9].event.eventId))
 
         // The same batch again: an idempotent replay that changes nothing.
-        #expect(try await store.applySync(batch(Array(events[0..<10]), first: 1, last: 10)) == .alreadyApplied(w1))
+        #expect(try await store.applySync(batch(Array(events[0..<10]), first: 1, last: 10)).outcome == .alreadyApplied(w1))
         // A batch that skips ahead: a gap, answered with the watermark to resume from.
-        #expect(try await store.applySync(batch(Array(events[20..<30]), first: 21, last: 30)) == .gap(w1))
+        #expect(try await store.applySync(batch(Array(events[20..<30]), first: 21, last: 30)).outcome == .gap(w1))
         // Overlapping 6...20: only 11...20 is new.
-        let overlap = try await store.applySync(batch(Array(events[5..<20]), first: 6, last: 20))
+        let overlap = try await store.applySync(batch(Array(events[5..<20]), first: 6, last: 20)).outcome
         guard case .applied(let w2, accepted: 10, duplicates: 0) = overlap else { Issue.record("\(overlap)"); return }
         #expect(w2.ackedSeq == 20)
         #expect(try await store.syncWatermark(siteId: "site-a", storeId: "edge-1") == w2)
 
         // Another store of the same site has its own sequence; its copies are deduped.
-        let replaced = try await store.applySync(batch(Array(events[0..<25]), first: 1, last: 25, store: "edge-2"))
+        let replacedResult = try await store.applySync(batch(Array(events[0..<25]), first: 1, last: 25, store: "edge-2"))
+        let replaced = replacedResult.outcome
         guard case .applied(_, accepted: 5, duplicates: 20) = replaced else { Issue.record("\(replaced)"); return }
+        // The stored part comes back with the hub's own positions, for its LIVE streams.
+        #expect(replacedResult.appended.count == 25)
+        #expect(replacedResult.ingestSeqs.compactMap { $0 } == [21, 22, 23, 24, 25])
 
         let stored = try await store.stats().totalEvents
         #expect(stored == 25)
@@ -70,9 +74,9 @@ import Testing
         let (store, cleanup) = try await backend.makeStore()
         defer { Task { await cleanup() } }
         let events = numbered(uniqueEvents(6, seed: 2))
-        _ = try await store.applySync(batch(Array(events[0..<3]), first: 1, last: 3))
+        _ = try await store.applySync(batch(Array(events[0..<3]), first: 1, last: 3)).outcome
         let repair = batch(events.map { CommittedEvent(seq: 0, event: $0.event) }, first: 0, last: 0, kind: .repair)
-        let outcome = try await store.applySync(repair)
+        let outcome = try await store.applySync(repair).outcome
         guard case .applied(let w, accepted: 3, duplicates: 3) = outcome else { Issue.record("\(outcome)"); return }
         #expect(w.ackedSeq == 3)
         #expect(try await store.syncWatermark(siteId: "site-a", storeId: "edge-1").ackedSeq == 3)
