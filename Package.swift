@@ -154,7 +154,7 @@ let package = Package(
         .testTarget(
             name: "EndToEndTests",
             dependencies: [
-                "NovaCore", "NovaTestSupport", "NovaPostgres",
+                "NovaCore", "NovaTestSupport", "NovaPostgres", "NovaSQLite",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),

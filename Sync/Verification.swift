@@ -33,6 +33,8 @@ public struct Verification: Sendable {
     public var bucketMicros: Int64 = 60_000_000
     /// Buckets per digest request.
     public var bucketsPerWindow: Int64 = 10_000
+    /// Compare nothing at or after this time (a source still being written).
+    public var clipEnd: Timestamp?
 
     public init() {}
 
@@ -51,10 +53,11 @@ public struct Verification: Sendable {
         let scopes = self.scopes ?? known.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) }
         var results = [ScopeResult]()
         for (k, scope) in scopes.enumerated() {
-            guard let range = range ?? Self.span(of: scope, in: [sa, sb], timebase: timebase) else {
+            guard var range = range ?? Self.span(of: scope, in: [sa, sb], timebase: timebase) else {
                 results.append(ScopeResult(scopeId: scope, range: Timestamp.min..<Timestamp.min, leftEvents: 0, rightEvents: 0, buckets: 0, differences: []))
                 continue
             }
+            if let clipEnd { range = range.lowerBound..<Swift.max(range.lowerBound, Swift.min(range.upperBound, clipEnd)) }
             var result = ScopeResult(scopeId: scope, range: range, leftEvents: 0, rightEvents: 0, buckets: 0, differences: [])
             let width = bucketMicros * bucketsPerWindow
             var start = DigestRequest(scopeId: scope, range: range, bucketMicros: bucketMicros).bucketStart(range.lowerBound.microseconds)

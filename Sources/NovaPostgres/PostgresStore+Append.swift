@@ -22,14 +22,20 @@ extension PostgresStore {
     /// of one event inside a batch are folded here first, so the statement sees each id once.
     public func append(_ events: [Event]) async throws(StoreError) -> AppendResult {
         if events.isEmpty { return AppendResult(ingestSeqs: []) }
+        return try await insertingIntoPartitions { mode in try await self.appendOnce(events, mode: mode) }
+    }
+
+    /// Runs an insert, once more if retention dropped a partition between the check that it
+    /// exists and the insert (check violation 23514 in the partitioned mode): the catalog is
+    /// reloaded, so the partition is created again.
+    func insertingIntoPartitions<T>(_ insert: (PostgresSchema.Mode) async throws -> T) async throws(StoreError) -> T {
         let mode = try ensureReady()
         do {
-            return try await appendOnce(events, mode: mode)
+            return try await insert(mode)
         } catch where sqlState(error) == "23514" && mode == .partitioned {
-            // Retention dropped a partition between our check and the insert: recreate and retry.
             do {
                 try await partitions.load(self)
-                return try await appendOnce(events, mode: mode)
+                return try await insert(mode)
             } catch {
                 throw mapError(error)
             }

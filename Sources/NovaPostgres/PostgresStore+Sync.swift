@@ -119,19 +119,7 @@ extension PostgresStore {
     /// One transaction: the site's row locked (`FOR UPDATE`, so two deliveries of one batch
     /// queue instead of both applying), the append statement, the watermark.
     public func applySync(_ batch: SyncBatch) async throws(StoreError) -> SyncApplyResult {
-        let mode = try ensureReady()
-        do {
-            return try await applySyncOnce(batch, mode: mode)
-        } catch where sqlState(error) == "23514" && mode == .partitioned {
-            do {
-                try await partitions.load(self)
-                return try await applySyncOnce(batch, mode: mode)
-            } catch {
-                throw mapError(error)
-            }
-        } catch {
-            throw mapError(error)
-        }
+        try await insertingIntoPartitions { mode in try await self.applySyncOnce(batch, mode: mode) }
     }
 
     private func applySyncOnce(_ batch: SyncBatch, mode: PostgresSchema.Mode) async throws -> SyncApplyResult {

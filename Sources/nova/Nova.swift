@@ -8,7 +8,8 @@ struct Nova: AsyncParsableCommand {
         commandName: "nova",
         abstract: "NOVA: a local-first telemetry recorder (edge) and hub.",
         subcommands: [
-            RecordCommand.self, ServeCommand.self, QueryCommand.self, SchemaCommand.self, VerifyCommand.self, SyncCommand.self, SimulateCommand.self,
+            RecordCommand.self, ServeCommand.self, QueryCommand.self, SchemaCommand.self, MigrateCommand.self, VerifyCommand.self, SyncCommand.self,
+            SimulateCommand.self,
             BenchCommand.self,
         ]
     )

@@ -1,0 +1,122 @@
+import Foundation
+import NovaCore
+import NovaPostgres
+import NovaSQLite
+import NovaTestSupport
+import Testing
+
+/// `nova migrate` as a real process, SQLite into a real PostgreSQL database: every field kept,
+/// the hub answering every query as the edge does, resumed after kills, refusing bad sources.
+@Suite(.serialized, .timeLimit(.minutes(4))) struct MigrateProcessTests {
+    /// An edge store holding the ordering vectors and random events of all five lanes.
+    func edgeStore(_ dir: TemporaryDirectory, random count: Int) async throws -> (path: String, events: [Event]) {
+        let path = dir.file("edge.db")
+        let store = try SQLiteStore.open(path: path, logger: quietLogger)
+        let vectors = try Fixtures.vector("ordering.json")
+        var events = try vectors["events"]!.arrayValue.map { try EventDecoder().decode($0, receivedAt: .min).get() }
+        var random = RandomEvents(seed: 77)
+        events += random.events(count)
+        for chunk in stride(from: 0, to: events.count, by: 1_000) {
+            _ = try await store.append(Array(events[chunk..<min(events.count, chunk + 1_000)]))
+        }
+        await store.close()
+        return (path, events)
+    }
+
+    func locator(_ location: PostgresLocation) -> String {
+        "postgres://\(location.user)@\(location.host):\(location.port)/\(location.database)"
+    }
+
+    @Test func everyFieldArrivesAndTheHubAnswersLikeTheEdge() async throws {
+        let dir = try TemporaryDirectory("nova-migrate")
+        defer { dir.remove() }
+        let (path, events) = try await edgeStore(dir, random: 3_000)
+        let location = try await TestPostgres.createDatabase()
+        defer { Task { await TestPostgres.dropDatabase(location.database) } }
+        let env = ["NOVA_DB_PASSWORD": location.password ?? ""]
+        let run = try await NovaProcess.run(["migrate", "--from", "sqlite:\(path)", "--to", locator(location), "--batch-size", "700"], directory: dir, environment: env)
+        #expect(run.status == 0, "\(run.stdout)\(run.stderr)")
+        #expect(run.stdout.contains("result: equal"), "\(run.stdout)")
+
+        let edge = try SQLiteStore.open(path: path, options: .init(createIfMissing: false, readOnly: true), logger: quietLogger)
+        let hub = PostgresStore(location: location, maintainsPartitions: false, logger: quietLogger)
+        let running = Task { try await hub.run() }
+        defer { running.cancel() }
+        try await hub.waitUntilReady(timeout: .seconds(60))
+        var compared = 0
+        for scope in Set(events.map(\.scopeId)) {
+            for timebase in Timebase.allCases {
+                for lanes in [Lane.allCases] + Lane.allCases.map({ [$0] }) {
+                    let query = EventQuery(scopeId: scope, range: Timestamp.min..<Timestamp.endOfTime, timebase: timebase, lanes: lanes, limit: 500)
+                    let want = try await edge.allPages(query).events
+                    let got = try await hub.allPages(query).events
+                    #expect(got == want, "\(scope) \(timebase) \(lanes)")
+                    compared += want.count
+                }
+            }
+        }
+        #expect(compared > 6_000)
+        let sourceSeqs = try await edge.committed(after: 0, limit: 100_000).map(\.seq)
+        let targetSeqs = try await hub.committed(after: 0, limit: 100_000).map(\.seq)
+        #expect(targetSeqs == sourceSeqs, "an empty target keeps the source's ingestSeq")
+        await edge.close()
+
+        let again = try await NovaProcess.run(["migrate", "--from", "sqlite:\(path)", "--to", locator(location)], directory: dir, environment: env)
+        #expect(again.status == 0, "\(again.stderr)")
+        #expect(again.stdout.contains("copied: 0 events"), "a finished migration copies nothing: \(again.stdout)")
+        #expect(again.stdout.contains("result: equal"))
+    }
+
+    @Test func killedRunsResumeFromTheirCheckpointAndComplete() async throws {
+        let dir = try TemporaryDirectory("nova-migrate")
+        defer { dir.remove() }
+        let (path, events) = try await edgeStore(dir, random: 40_000)
+        let location = try await TestPostgres.createDatabase()
+        defer { Task { await TestPostgres.dropDatabase(location.database) } }
+        let env = ["NOVA_DB_PASSWORD": location.password ?? ""]
+        let arguments = ["migrate", "--from", "sqlite:\(path)", "--to", locator(location), "--batch-size", "500"]
+        var resumed = 0
+        for _ in 0..<3 {
+            let p = try NovaProcess(arguments, directory: dir, environment: env)
+            try await Task.sleep(for: .milliseconds(Int.random(in: 1_500...3_000)))
+            p.kill()
+            _ = try await p.wait()
+            let next = try NovaProcess(arguments + ["--no-verify"], directory: dir, environment: env)
+            try await Task.sleep(for: .milliseconds(600))
+            next.kill()
+            _ = try await next.wait()
+            if next.stdout.contains("resuming after position") { resumed += 1 }
+        }
+        #expect(resumed > 0, "a killed run is resumed, not started over")
+        let last = try await NovaProcess.run(arguments, directory: dir, environment: env)
+        #expect(last.status == 0, "\(last.stdout)\(last.stderr)")
+        #expect(last.stdout.contains("result: equal"), "\(last.stdout)")
+        let rows = try await TestPostgres.withConnection(location) { conn in
+            try await conn.query(#"SELECT count(*), count(DISTINCT "eventId") FROM "eventIndex""#, logger: quietLogger).collect().first!.decode((Int64, Int64).self)
+        }
+        let unique = Int64(Set(events.map(\.eventId)).count)
+        #expect(rows.0 == unique && rows.1 == unique, "nothing missing, nothing doubled: \(rows) of \(unique)")
+    }
+
+    @Test func badSourcesAndAnUnreachableTargetAreRefusedWithTheirReason() async throws {
+        let dir = try TemporaryDirectory("nova-migrate")
+        defer { dir.remove() }
+        let location = try await TestPostgres.createDatabase()
+        defer { Task { await TestPostgres.dropDatabase(location.database) } }
+        let env = ["NOVA_DB_PASSWORD": location.password ?? ""]
+        let target = locator(location)
+        let text = dir.file("notes.txt")
+        try Data("not a database".utf8).write(to: URL(fileURLWithPath: text))
+        let foreign = try await NovaProcess.run(["migrate", "--from", "sqlite:\(text)", "--to", target], directory: dir, environment: env)
+        #expect(foreign.status != 0 && foreign.stderr.contains("not a SQLite database"), "\(foreign.stderr)")
+        let missing = try await NovaProcess.run(["migrate", "--from", "sqlite:\(dir.file("none.db"))", "--to", target], directory: dir, environment: env)
+        #expect(missing.status != 0 && missing.stderr.contains("no such file"), "\(missing.stderr)")
+        let (path, _) = try await edgeStore(dir, random: 10)
+        let unreachable = try await NovaProcess.run(
+            ["migrate", "--from", "sqlite:\(path)", "--to", "postgres://nova@127.0.0.1:\(try freePort())/nova"], directory: dir, environment: env)
+        #expect(unreachable.status != 0 && unreachable.stderr.contains("127.0.0.1"), "\(unreachable.stderr)")
+        #expect(try await TestPostgres.withConnection(location) { conn in
+            try await conn.query("SELECT count(*) FROM pg_tables WHERE tablename = 'eventIndex'", logger: quietLogger).collect().first!.decode(Int64.self)
+        } == 0, "a refused source leaves the target untouched")
+    }
+}
