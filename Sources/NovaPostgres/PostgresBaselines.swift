@@ -6,17 +6,22 @@ import PostgresNIO
 
 /// Baselines for `nova bench ingest` on PostgreSQL, measured in the same run as NOVA's hub ingest.
 public enum PostgresBaselines {
+    /// The COPY baselines' table: raw rows with a primary key on `eventId` and both ordering indexes.
+    public static let copyTableDDL = [
+        """
+        CREATE TABLE "baselineRaw" ("eventId" BYTEA PRIMARY KEY, "scopeId" TEXT COLLATE "C" NOT NULL,
+            "sourceTruthTime" TIMESTAMPTZ NOT NULL, "canonicalTruthTime" TIMESTAMPTZ NOT NULL,
+            "connectionId" TEXT COLLATE "C" NOT NULL, "sequence" BIGINT NOT NULL, "bytes" BYTEA NOT NULL)
+        """,
+        #"CREATE INDEX ON "baselineRaw" ("scopeId", "sourceTruthTime", "connectionId", "sequence", "eventId")"#,
+        #"CREATE INDEX ON "baselineRaw" ("scopeId", "canonicalTruthTime", "connectionId", "sequence", "eventId")"#,
+    ]
+
     /// `COPY` of the same raw rows into a table with a primary key on `eventId` and both ordering
     /// indexes, in batches, one transaction each: what a hand-written bulk writer achieves.
     public static func copyInsert(_ events: [Event], batchSize: Int, location: PostgresLocation, logger: Logger) async throws -> Duration {
         try await withClient(location, logger: logger) { client in
-            _ = try await client.query("""
-                CREATE TABLE "baselineRaw" ("eventId" BYTEA PRIMARY KEY, "scopeId" TEXT COLLATE "C" NOT NULL,
-                    "sourceTruthTime" TIMESTAMPTZ NOT NULL, "canonicalTruthTime" TIMESTAMPTZ NOT NULL,
-                    "connectionId" TEXT COLLATE "C" NOT NULL, "sequence" BIGINT NOT NULL, "bytes" BYTEA NOT NULL)
-                """)
-            _ = try await client.query(#"CREATE INDEX ON "baselineRaw" ("scopeId", "sourceTruthTime", "connectionId", "sequence", "eventId")"#)
-            _ = try await client.query(#"CREATE INDEX ON "baselineRaw" ("scopeId", "canonicalTruthTime", "connectionId", "sequence", "eventId")"#)
+            for statement in copyTableDDL { _ = try await client.query(PostgresQuery(unsafeSQL: statement)) }
             let start = ContinuousClock.now
             for batchStart in stride(from: 0, to: events.count, by: batchSize) {
                 let batch = events[batchStart..<min(events.count, batchStart + batchSize)]
@@ -109,7 +114,7 @@ public enum PostgresBaselines {
         }
     }
 
-    static func hex(_ bytes: [UInt8]) -> String {
+    public static func hex(_ bytes: [UInt8]) -> String {
         let digits = Array("0123456789abcdef".utf8)
         var out = [UInt8]()
         out.reserveCapacity(bytes.count * 2)

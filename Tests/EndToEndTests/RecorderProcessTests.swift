@@ -254,6 +254,13 @@ actor AckedIds {
             #expect(report["groups"]?.arrayValue.first?["figure"]?["events"] == .number(JSONNumber(3000)))
             #expect(report["errors"]?.arrayValue.isEmpty == true, "\(sync.stdout)")
         }
+        let migrate = try await NovaProcess.run(
+            ["bench", "migrate", "--store", locator, "--events", "3000", "--batch-size", "1000", "--allow-debug", "--json", json],
+            directory: dir, environment: ["NOVA_DB_PASSWORD": password])
+        #expect(migrate.status == 0, "\(migrate.stdout) \(migrate.stderr)")
+        let migrated = try JSONParser.parse(Array(Data(contentsOf: URL(fileURLWithPath: json))))
+        #expect(migrated["groups"]?.arrayValue.first?["baselines"]?.arrayValue.count == 1, "beside psql COPY")
+        #expect(migrated["errors"]?.arrayValue.isEmpty == true, "\(migrate.stdout)")
         let refused = try await NovaProcess.run(["bench", "ingest", "--events", "10"], directory: dir)
         #expect(refused.status != 0 && refused.stderr.contains("release"), "a debug build refuses without --allow-debug")
     }

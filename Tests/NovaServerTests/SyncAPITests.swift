@@ -12,7 +12,7 @@ import Testing
 
 /// The hub's sync routes over real loopback HTTP on both stores: watermarks, replays and gaps,
 /// tokens bound to sites, malformed batches refused whole, overload answered with 503.
-@Suite struct SyncAPITests {
+@Suite(.timeLimit(.minutes(2))) struct SyncAPITests {
     static let siteToken = "sync-token-of-site-a"
     static let readToken = "a-read-token"
 

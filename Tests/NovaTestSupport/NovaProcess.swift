@@ -86,13 +86,13 @@ public final class NovaProcess: @unchecked Sendable {
 /// `Process`, which was seen to leave such a child unreaped (a zombie) from inside the test
 /// process, hanging the test.
 @discardableResult
-public func runTool(_ executable: String, _ arguments: [String], stdout: String? = nil) async throws -> Int32 {
+public func runTool(_ executable: String, _ arguments: [String], stdout: String? = nil, stderr: String? = nil) async throws -> Int32 {
     var actions = posix_spawn_file_actions_t()
     posix_spawn_file_actions_init(&actions)
     defer { posix_spawn_file_actions_destroy(&actions) }
     posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
     posix_spawn_file_actions_addopen(&actions, 1, stdout ?? "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+    posix_spawn_file_actions_addopen(&actions, 2, stderr ?? "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
     let argv = ([executable] + arguments).map { strdup($0) } + [nil]
     defer { argv.forEach { free($0) } }
     var pid: pid_t = 0

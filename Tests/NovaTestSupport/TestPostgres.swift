@@ -41,9 +41,14 @@ public enum TestPostgres {
             FileManager.default.createFile(atPath: outPath, contents: nil)
             defer { try? FileManager.default.removeItem(atPath: outPath) }
             let script = Fixtures.repositoryRoot.appendingPathComponent("Scripts/postgres-test-cluster").path
-            let status = try await runTool("/usr/bin/env", ["NOVA_PG_OPTIONS=\(options ?? "")", script, "--print"], stdout: outPath)
+            let errPath = outPath + ".err"
+            defer { try? FileManager.default.removeItem(atPath: errPath) }
+            let status = try await runTool("/usr/bin/env", ["NOVA_PG_OPTIONS=\(options ?? "")", script, "--print"], stdout: outPath, stderr: errPath)
             let lines = ((try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
-            guard status == 0, lines.count == 3 else { throw ProcessError("could not start a private PostgreSQL cluster") }
+            guard status == 0, lines.count == 3 else {
+                let reason = ((try? String(contentsOfFile: errPath, encoding: .utf8)) ?? "").suffix(1_000)
+                throw ProcessError("could not start a private PostgreSQL cluster (exit \(status)): \(reason)")
+            }
             return PrivateCluster(locator: lines[0], password: lines[1], ctl: lines[2])
         }
 

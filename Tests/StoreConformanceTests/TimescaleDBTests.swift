@@ -8,7 +8,7 @@ import Testing
 /// the build machines, so elsewhere these tests show as skipped, by name). Each test starts its
 /// own cluster with the extension preloaded; the shared test server stays without it, so the
 /// rest of the suite exercises the portable mode.
-@Suite(.enabled(if: TestPostgres.timescaleDBInstalled, "the timescaledb extension is not installed"), .serialized)
+@Suite(.enabled(if: TestPostgres.timescaleDBInstalled, "the timescaledb extension is not installed"), .serialized, .timeLimit(.minutes(3)))
 struct TimescaleDBTests {
     static let options = "-c shared_preload_libraries=timescaledb -c timescaledb.telemetry_level=off"
 
