@@ -87,7 +87,8 @@ struct BenchMigrate: AsyncParsableCommand {
         if !errors.isEmpty { throw ExitCode(1) }
     }
 
-    /// Runs this nova with `arguments`, its output (stdout and stderr) collected.
+    /// Runs this nova with `arguments`: its standard output collected, its progress (standard
+    /// error) shown.
     private func runChild(_ arguments: [String]) throws -> (status: Int32, output: String) {
         try runTool(currentExecutable(), arguments, password: ProcessInfo.processInfo.environment["NOVA_DB_PASSWORD"])
     }
@@ -104,7 +105,7 @@ struct BenchMigrate: AsyncParsableCommand {
         process.environment = environment
         let out = Pipe()
         process.standardOutput = out
-        process.standardError = out
+        process.standardError = FileHandle.standardError
         try process.run()
         let data = out.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
