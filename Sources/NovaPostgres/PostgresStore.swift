@@ -201,15 +201,41 @@ public final class PostgresStore: EventStore, Service, Sendable {
                 return try await body(conn)
             }
         }
-        let timer = MultiThreadedEventLoopGroup.singleton.any().scheduleTask(in: .seconds(Int64(location.pool.connectionTimeout))) {
+        let loop = MultiThreadedEventLoopGroup.singleton.any()
+        let timer = loop.scheduleTask(in: .seconds(Int64(location.pool.connectionTimeout))) {
             if !acquired.isSet {
                 timedOut.set()
                 operation.cancel()
             }
         }
         defer { timer.cancel() }
+        // A query in flight when the server died was seen never to complete (the connection
+        // gone, the await left hanging), which hung `nova migrate` and sync applies. So the
+        // operation as a whole is bounded too: past the server's own statement timeout plus the
+        // connection timeout it is abandoned, and the caller gets `.unavailable`.
+        let limit = location.pool.connectionTimeout + location.pool.commandTimeout
+        let server = location
+        let outcome = Resumed<T>()
+        let bound = loop.scheduleTask(in: .seconds(Int64(limit))) {
+            operation.cancel()
+            outcome.resume(.failure(StoreError(.unavailable, "\(server): no answer from the server within \(limit) s (it is down or overloaded)")))
+        }
+        defer { bound.cancel() }
         do {
-            return try await withTaskCancellationHandler { try await operation.value } onCancel: { operation.cancel() }
+            return try await withTaskCancellationHandler {
+                try await withCheckedThrowingContinuation { continuation in
+                    outcome.set(continuation)
+                    Task {
+                        do {
+                            outcome.resume(.success(try await operation.value))
+                        } catch {
+                            outcome.resume(.failure(error))
+                        }
+                    }
+                }
+            } onCancel: {
+                operation.cancel()
+            }
         } catch where timedOut.isSet {
             throw StoreError(.unavailable, "\(location): no connection to the server within \(location.pool.connectionTimeout) s (it is down or overloaded)")
         }
@@ -314,6 +340,40 @@ public final class PostgresStore: EventStore, Service, Sendable {
 }
 
 /// A one-way flag shared between tasks.
+/// A continuation resumed by whichever comes first, the operation or its deadline.
+final class Resumed<T: Sendable>: Sendable {
+    private struct State {
+        var continuation: CheckedContinuation<T, any Error>?
+        var early: Result<T, any Error>?
+        var done = false
+    }
+
+    private let state = Mutex(State())
+
+    func set(_ continuation: CheckedContinuation<T, any Error>) {
+        let early = state.withLock { s -> Result<T, any Error>? in
+            if let early = s.early { return early }
+            s.continuation = continuation
+            return nil
+        }
+        if let early { continuation.resume(with: early) }
+    }
+
+    func resume(_ result: Result<T, any Error>) {
+        let continuation = state.withLock { s -> CheckedContinuation<T, any Error>? in
+            guard !s.done else { return nil }
+            s.done = true
+            guard let c = s.continuation else {
+                s.early = result
+                return nil
+            }
+            s.continuation = nil
+            return c
+        }
+        continuation?.resume(with: result)
+    }
+}
+
 final class Flag: Sendable {
     private let value = Mutex(false)
     func set() { value.withLock { $0 = true } }

@@ -104,7 +104,7 @@ struct MigrateCommand: AsyncParsableCommand {
             do {
                 watermark = try await dst.applySync(batch).outcome.watermark
             } catch {
-                throw CLIError("\(to): \(error.message); the target is consistent up to its checkpoint (\(acked)): run the same command again to resume")
+                throw CLIError("\(error.message); the target is consistent up to its checkpoint (\(acked)): run the same command again to resume")
             }
             if watermark.ackedSeq >= last.seq {
                 copied.events += events.count

@@ -98,6 +98,35 @@ import Testing
         #expect(rows.0 == unique && rows.1 == unique, "nothing missing, nothing doubled: \(rows) of \(unique)")
     }
 
+    @Test func aTargetLostMidRunStopsTheCopyResumablyWithTheReason() async throws {
+        let dir = try TemporaryDirectory("nova-migrate")
+        defer { dir.remove() }
+        let (path, events) = try await edgeStore(dir, random: 30_000)
+        let cluster = try await TestPostgres.PrivateCluster.start()
+        defer { Task { try? await cluster.control("destroy") } }
+        let env = ["NOVA_DB_PASSWORD": cluster.password]
+        let arguments = ["migrate", "--from", "sqlite:\(path)", "--to", cluster.locator, "--batch-size", "300"]
+        let run = try NovaProcess(arguments, directory: dir, environment: env)
+        // Stop the server once the copy is under way.
+        let deadline = ContinuousClock.now + .seconds(60)
+        while ContinuousClock.now < deadline {
+            let acked = try? await cluster.rows(#"SELECT "ackedSeq"::text FROM "syncSites""#)
+            if let value = acked?.first?.first, let n = Int(value), n > 0 { break }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        try await cluster.control("stop")
+        let status = try await run.wait(timeout: .seconds(120))
+        #expect(status != 0)
+        #expect(run.stderr.contains("run the same command again to resume"), "\(run.stderr)")
+        try await cluster.control("start")
+        let again = try await NovaProcess.run(arguments, directory: dir, environment: env)
+        #expect(again.status == 0, "\(again.stdout)\(again.stderr)")
+        #expect(again.stdout.contains("resuming after position"), "\(again.stdout)")
+        #expect(again.stdout.contains("result: equal"), "\(again.stdout)")
+        let rows = try await cluster.rows(#"SELECT count(*)::text FROM "eventIndex""#)
+        #expect(rows == [["\(Set(events.map(\.eventId)).count)"]])
+    }
+
     @Test func badSourcesAndAnUnreachableTargetAreRefusedWithTheirReason() async throws {
         let dir = try TemporaryDirectory("nova-migrate")
         defer { dir.remove() }
