@@ -6,11 +6,13 @@ import Testing
 /// `nova serve` on PostgreSQL as a real process, against a private PostgreSQL cluster that the
 /// tests stop and start: start-up faults, a server killed mid-run, a refused schema.
 @Suite(.serialized, .timeLimit(.minutes(3))) struct HubProcessTests {
+    /// Test data lies in May 2026: a retention far longer than the default 90 days keeps the
+    /// maintenance service (which runs again when the server comes back) from dropping it.
     func hubConfig(_ dir: TemporaryDirectory, cluster: TestPostgres.PrivateCluster) throws -> String {
         let path = dir.file("hub.json")
         try Data(#"""
             {"database": {"type": "timescaledb", "timescaledb": {"host": "127.0.0.1", "port": \#(cluster.port), "database": "postgres", "user": "nova",
-              "pool": {"connectionTimeout": 2}}}, "server": {"port": 0}}
+              "pool": {"connectionTimeout": 2}, "hypertable": {"retentionAfter": "1000 years"}}}, "server": {"port": 0}}
             """#.utf8).write(to: URL(fileURLWithPath: path))
         return path
     }

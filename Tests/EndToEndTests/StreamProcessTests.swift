@@ -17,7 +17,8 @@ import Testing
         defer { Task { await TestPostgres.dropDatabase(location.database) } }
         let config = dir.file("hub.json")
         try Data(#"""
-            {"database": {"type": "timescaledb", "timescaledb": {"host": "\#(location.host)", "port": \#(location.port), "database": "\#(location.database)", "user": "\#(location.user)"}},
+            {"database": {"type": "timescaledb", "timescaledb": {"host": "\#(location.host)", "port": \#(location.port), "database": "\#(location.database)", "user": "\#(location.user)",
+              "hypertable": {"retentionAfter": "1000 years"}}},
              "server": {"port": 0}}
             """#.utf8).write(to: URL(fileURLWithPath: config))
         let environment = ["NOVA_DB_PASSWORD": location.password ?? ""]
