@@ -19,7 +19,6 @@ public struct SyncClient: Sendable {
         /// The HTTP status, nil when there was no answer.
         public var status: Int?
         public var message: String
-        public var retryAfter: Duration?
         public var description: String { message }
     }
 

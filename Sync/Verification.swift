@@ -60,7 +60,7 @@ public struct Verification: Sendable {
             if let clipEnd { range = range.lowerBound..<Swift.max(range.lowerBound, Swift.min(range.upperBound, clipEnd)) }
             var result = ScopeResult(scopeId: scope, range: range, leftEvents: 0, rightEvents: 0, buckets: 0, differences: [])
             let width = bucketMicros * bucketsPerWindow
-            var start = DigestRequest(scopeId: scope, range: range, bucketMicros: bucketMicros).bucketStart(range.lowerBound.microseconds)
+            var start = DigestRequest.bucketStart(range.lowerBound.microseconds, width: bucketMicros)
             while start < range.upperBound.microseconds {
                 let end = Swift.min(range.upperBound.microseconds, start + width)
                 let window = Swift.max(start, range.lowerBound.microseconds)

@@ -149,7 +149,12 @@ public struct DigestRequest: Sendable, Hashable {
 
     /// The start of the bucket holding `time`.
     public func bucketStart(_ time: Int64) -> Int64 {
-        time.floorDivided(by: bucketMicros).quotient * bucketMicros
+        Self.bucketStart(time, width: bucketMicros)
+    }
+
+    /// The start of the bucket of `width` microseconds holding `time`.
+    public static func bucketStart(_ time: Int64, width: Int64) -> Int64 {
+        time.floorDivided(by: width).quotient * width
     }
 }
 

@@ -63,8 +63,7 @@ struct MigrateCommand: AsyncParsableCommand {
                 if try await src.outboxState().lastSeq != copied.head {
                     // A recorder writes to the source: what it committed after the copy started
                     // is the next run's (or dual-write's), so only whole buckets before it count.
-                    verification.clipEnd = Timestamp(microseconds: DigestRequest(scopeId: "", range: startedAt..<startedAt, bucketMicros: verification.bucketMicros)
-                        .bucketStart(startedAt.microseconds))
+                    verification.clipEnd = Timestamp(microseconds: DigestRequest.bucketStart(startedAt.microseconds, width: verification.bucketMicros))
                     print("the source grew during the copy: validating the buckets before \(verification.clipEnd!); run again to copy the rest")
                 }
                 let results = try await verification.run(DigestSide(store: src, name: from), DigestSide(store: dst, name: to)) {

@@ -101,7 +101,6 @@ func makeShipper(
         logger.warning("sync: no token in the environment; the hub must run with auth off", metadata: ["token_env": "\(config.sync.tokenEnv)"])
     }
     var settings = Shipper.Settings(siteId: config.core.siteId, batchSize: config.sync.batchSize, maxBackoff: .seconds(config.sync.maxBackoffSeconds))
-    settings.heartbeat = .seconds(1)
     let client = SyncClient(upstream: config.sync.upstream, token: token, gzip: config.sync.compression == "gzip")
     logger.info("sync: shipping to the hub", metadata: ["upstream": "\(config.sync.upstream)", "siteId": "\(config.core.siteId)", "batchSize": "\(config.sync.batchSize)"])
     return Shipper(store: store, client: client, settings: settings, inFlight: inFlight, registry: registry, logger: logger)
