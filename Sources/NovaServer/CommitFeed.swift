@@ -50,7 +50,8 @@ public actor CommitFeed {
     /// Published batches waiting for a predecessor, by their first `ingestSeq`.
     private var pending: [Int64: [(Int64, Event)]] = [:]
     static let maxPending = 16
-    private var waiters: [CheckedContinuation<Void, Never>] = []
+    private var waiters: [Int: CheckedContinuation<Void, Never>] = [:]
+    private var nextWaiter = 0
 
     public init(store: any EventStore, capacity: Int = 32_768, logger: Logger) {
         self.store = store
@@ -88,11 +89,26 @@ public actor CommitFeed {
         return .entries(out)
     }
 
-    /// Returns when the head passes `after`, or after at most a tick (so that callers can send
+    /// Returns when the head passes `after`, or after `atMost` (so that callers can send
     /// heartbeats and notice their own commands and closes).
-    public func waitForCommits(after: Int64) async {
+    ///
+    /// The bound is the waiter's own, not a ticker's: at shutdown the services stop before the
+    /// connections do, and a stream waiting for a tick that never came never noticed its
+    /// client's close, which kept the server from stopping.
+    public func waitForCommits(after: Int64, atMost: Duration = .milliseconds(250)) async {
         if head > after { return }
-        await withCheckedContinuation { waiters.append($0) }
+        let id = nextWaiter
+        nextWaiter += 1
+        let timer = Task {
+            try? await Task.sleep(for: atMost)
+            self.resume(id)
+        }
+        await withCheckedContinuation { waiters[id] = $0 }
+        timer.cancel()
+    }
+
+    private func resume(_ id: Int) {
+        waiters.removeValue(forKey: id)?.resume()
     }
 
     /// An append of this process has committed `events` with `seqs` (nil for duplicates).
@@ -168,9 +184,6 @@ public actor CommitFeed {
         await fill()
     }
 
-    /// Wakes every waiter (a tick), so that idle streams can send heartbeats.
-    public func tick() { wakeAll() }
-
     private func append(_ entry: Entry) {
         if ring.count < capacity {
             ring.append(entry)
@@ -184,7 +197,7 @@ public actor CommitFeed {
     private func wakeAll() {
         let waiting = waiters
         waiters.removeAll(keepingCapacity: true)
-        for w in waiting { w.resume() }
+        for w in waiting.values { w.resume() }
     }
 
     static func message(_ event: Event) -> [UInt8] {
@@ -198,8 +211,8 @@ public actor CommitFeed {
 }
 
 /// Keeps a ``CommitFeed`` current while the server runs: the store's commit signals (PostgreSQL
-/// `LISTEN`) fill it at once, a tick wakes idle streams, and a periodic check of the store's head
-/// covers any signal that was lost.
+/// `LISTEN`) fill it at once, and a periodic check of the store's head covers any signal that was
+/// lost.
 public struct CommitFeedService: Service {
     let feed: CommitFeed
     let store: any EventStore
@@ -229,16 +242,13 @@ public struct CommitFeedService: Service {
                 try await withThrowingDiscardingTaskGroup { group in
                     group.addTask {
                         // It reconnects by itself; it ends only when cancelled (or at once for a
-                        // store no other process writes). The tick below covers its absence.
+                        // store no other process writes). The check below covers its absence.
                         try? await store.watchCommits { committed in Task { await feed.signalled(committed) } }
                     }
                     group.addTask {
-                        var ticks = 0
                         while true {
-                            try await Task.sleep(for: .milliseconds(250))
-                            await feed.tick()
-                            ticks += 1
-                            if ticks % 4 == 0 { await feed.fill() }
+                            try await Task.sleep(for: .seconds(1))
+                            await feed.fill()
                         }
                     }
                 }

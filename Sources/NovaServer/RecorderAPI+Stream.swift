@@ -50,7 +50,7 @@ extension RecorderAPI {
                 control.close()
             }
             // The sender notices the reader's news (a command, a failure to report, the client's
-            // close) within a tick; when it ends, so does the reader.
+            // close) within 250 ms at most; when it ends, so does the reader.
             do {
                 var session = try await StreamSession(
                     request: request, store: store, feed: feed, control: control, outbound: outbound, metrics: metrics,

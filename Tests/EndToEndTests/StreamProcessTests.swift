@@ -55,9 +55,7 @@ import Testing
                     try await withStream(port: port, query: "scope=kill&mode=live") { stream in
                         try await stream.wait(forType: "caughtUp")
                         ready.add()
-                        try await stream.wait(for: "every event through both hubs", timeout: .seconds(30)) {
-                            $0.count { $0.type == "event" } >= want.count
-                        }
+                        try await stream.wait(forEvents: want.count, timeout: .seconds(30))
                         try await Task.sleep(for: .milliseconds(300))
                         #expect(stream.eventIds == want, "port \(port)")
                     }

@@ -52,7 +52,7 @@ import Testing
                 for _ in 0..<4 { try await client.ingest(later.events(30)) }
                 let live = try await Self.committedIds(store, scope: "site-a", after: handover)
                 #expect(!live.isEmpty)
-                let all = try await stream.wait(for: "the live events") { $0.count { $0.type == "event" } >= expected.count + live.count }
+                let all = try await stream.wait(forEvents: expected.count + live.count)
                 try await Task.sleep(for: .milliseconds(300))
                 #expect(stream.eventIds == Self.ids(expected) + live)
                 #expect(all.count { $0.type == "caughtUp" } == 1)
@@ -86,7 +86,7 @@ import Testing
                     try await stream.wait(forType: "caughtUp", timeout: .seconds(60))
                     while writing.value == 0 { try await Task.sleep(for: .milliseconds(20)) }
                     let all = try await Self.committedIds(store, scope: "s")
-                    try await stream.wait(for: "every committed event", timeout: .seconds(60)) { $0.count { $0.type == "event" } >= all.count }
+                    try await stream.wait(forEvents: all.count, timeout: .seconds(60))
                     try await Task.sleep(for: .milliseconds(300))
                     #expect(stream.eventIds.count == all.count, "no event twice")
                     #expect(Set(stream.eventIds) == Set(all), "no event missing")
@@ -128,7 +128,7 @@ import Testing
             try await client.ingest(events)
             let port = try #require(client.port)
             try await withStream(port: port, query: "scope=s&mode=rewind&from=\(Self.t0)&speed=1") { stream in
-                try await stream.wait(for: "5 events") { $0.count { $0.type == "event" } >= 5 }
+                try await stream.wait(forEvents: 5)
                 try await stream.send(#"{"type":"pause"}"#)
                 // Events already on their way still arrive; then nothing does, and after 5 s
                 // of silence the server sends a heartbeat (timing-free proof of the pause).
@@ -156,7 +156,7 @@ import Testing
                 #expect(stream.eventIds.count == 90)
                 let resumedAt = ContinuousClock.now
                 try await stream.send(#"{"type":"resume"}"#)
-                let all = try await stream.wait(for: "the live events") { $0.count { $0.type == "event" } >= 100 }
+                let all = try await stream.wait(forEvents: 100)
                 #expect(stream.eventIds.suffix(10) == Self.ids(more)[...])
                 #expect(all.filter { $0.type == "event" }.suffix(10).allSatisfy { $0.at >= resumedAt })
             }
@@ -172,7 +172,7 @@ import Testing
             // At speed 1 the rest would take at least 9.6 s (pacing only ever waits); after three
             // events it runs at speed 100.
             try await withStream(port: port, query: "scope=s&mode=rewind&from=\(Self.t0)&to=\(Timestamp(microseconds: Self.t0.microseconds + 10_000_000))&speed=1") { stream in
-                let start = try await stream.wait(for: "3 events") { $0.count { $0.type == "event" } >= 3 }
+                let start = try await stream.wait(forEvents: 3)
                 try await stream.send(#"{"type":"speed","value":100}"#)
                 let all = try await stream.wait(forType: "end")
                 #expect(stream.eventIds == Self.ids(events))
@@ -205,7 +205,7 @@ import Testing
                                 while fastDone.value < 19 { try await Task.sleep(for: .milliseconds(20)) }
                                 stream.stall(false)
                             }
-                            try await stream.wait(for: "every event", timeout: .seconds(60)) { $0.count { $0.type == "event" } >= batches * perBatch }
+                            try await stream.wait(forEvents: batches * perBatch, timeout: .seconds(60))
                             let doneAt = ContinuousClock.now
                             if !slow { fastDone.add() }
                             try await Task.sleep(for: .milliseconds(200))
@@ -262,7 +262,7 @@ import Testing
                         while badDone.value == 0 { try await Task.sleep(for: .milliseconds(10)) }
                         let events = Self.frames(3)
                         try await client.ingest(events)
-                        try await watcher.wait(for: "3 events") { $0.count { $0.type == "event" } >= 3 }
+                        try await watcher.wait(forEvents: 3)
                         #expect(watcher.eventIds == Self.ids(events))
                     }
                 }
@@ -322,7 +322,7 @@ import Testing
                     #expect(error.contains(message), "\(query): \(error)")
                     try await stream.waitUntilClosedByServer()
                 }
-            } catch let error as StreamTestError where error.description.contains("got 0 messages") && attempt < 3 {
+            } catch let error as StreamTestError where error.messagesSeen == 0 && attempt < 3 {
                 continue
             }
             #expect(close?.closeCode == .policyViolation, "\(query)")

@@ -12,13 +12,25 @@ public final class StreamConnection: Sendable {
     public struct Message: Sendable {
         public var json: JSONValue
         public var at: ContinuousClock.Instant
-        public var type: String { json["type"]?.stringValue ?? "" }
+        public let type: String
         /// The event's id, for `event` messages.
-        public var eventId: String? { json["event"]?["eventId"]?.stringValue }
+        public let eventId: String?
+
+        init(json: JSONValue, at: ContinuousClock.Instant) {
+            self.json = json
+            self.at = at
+            type = json["type"]?.stringValue ?? ""
+            eventId = json["event"]?["eventId"]?.stringValue
+        }
     }
 
+    /// Counts are kept as messages arrive, so that twenty clients waiting for thousands of
+    /// events each do not rescan their messages every few milliseconds (which, on a loaded
+    /// machine, starved the very server they were waiting for).
     struct State {
         var messages: [Message] = []
+        var eventIds: [String] = []
+        var typeCounts: [String: Int] = [:]
         var closed = false
     }
 
@@ -33,29 +45,13 @@ public final class StreamConnection: Sendable {
 
     public var messages: [Message] { state.withLock { $0.messages } }
     public var closedByServer: Bool { state.withLock { $0.closed } }
-    public var eventIds: [String] { messages.compactMap(\.eventId) }
+    public var eventIds: [String] { state.withLock { $0.eventIds } }
 
     public func send(_ json: String) async throws {
         try await outbound.write(.text(json))
     }
 
     public func stall(_ on: Bool) { stalled.withLock { $0 = on } }
-
-    /// Waits until `done` holds for the messages so far; fails after `timeout`, or when the
-    /// server closed without it holding.
-    @discardableResult
-    public func wait(
-        for what: String, timeout: Duration = .seconds(20), _ done: @Sendable ([Message]) -> Bool
-    ) async throws -> [Message] {
-        let deadline = ContinuousClock.now + timeout
-        while true {
-            let (messages, closed) = state.withLock { ($0.messages, $0.closed) }
-            if done(messages) { return messages }
-            if closed { throw StreamTestError("stream closed before \(what); got \(messages.count) messages: \(messages.suffix(3).map(\.json))") }
-            if ContinuousClock.now > deadline { throw StreamTestError("timed out waiting for \(what); got \(messages.count) messages: \(messages.suffix(3).map(\.json))") }
-            try await Task.sleep(for: .milliseconds(5))
-        }
-    }
 
     /// Waits until the server has closed the stream (so that its close frame is what the
     /// connection returns, rather than this side's own close racing it).
@@ -67,15 +63,37 @@ public final class StreamConnection: Sendable {
         }
     }
 
-    /// Waits for the `n`-th message of `type` (1-based).
+    /// Waits for the `n`-th message of `type` (1-based); fails after `timeout`, or when the
+    /// server closed first.
     @discardableResult
     public func wait(forType type: String, count n: Int = 1, timeout: Duration = .seconds(20)) async throws -> [Message] {
-        try await wait(for: "\(n) × \(type)", timeout: timeout) { $0.count { $0.type == type } >= n }
+        let what = type == "event" ? "\(n) events" : "\(n) × \(type)"
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            let (seen, closed) = state.withLock { ($0.typeCounts[type, default: 0], $0.closed) }
+            if seen >= n { return messages }
+            let failure = closed ? "stream closed before" : ContinuousClock.now > deadline ? "timed out waiting for" : nil
+            if let failure {
+                let tail = messages.suffix(3).map { String(describing: $0.json).prefix(300) }
+                throw StreamTestError("\(failure) \(what); got \(seen) of them, \(messages.count) messages in all, ending with: \(tail)", messagesSeen: messages.count)
+            }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+    }
+
+    /// Waits for `n` `event` messages in all.
+    @discardableResult
+    public func wait(forEvents n: Int, timeout: Duration = .seconds(20)) async throws -> [Message] {
+        try await wait(forType: "event", count: n, timeout: timeout)
     }
 
     func record(_ text: String) {
-        let json = (try? JSONParser.parse(text)) ?? .string(text)
-        state.withLock { $0.messages.append(Message(json: json, at: .now)) }
+        let message = Message(json: (try? JSONParser.parse(text)) ?? .string(text), at: .now)
+        state.withLock { s in
+            s.messages.append(message)
+            s.typeCounts[message.type, default: 0] += 1
+            if let id = message.eventId { s.eventIds.append(id) }
+        }
     }
 
     func markClosed() { state.withLock { $0.closed = true } }
@@ -91,7 +109,12 @@ public final class TestCounter: Sendable {
 
 public struct StreamTestError: Error, CustomStringConvertible {
     public var description: String
-    public init(_ description: String) { self.description = description }
+    /// For a wait that failed: how many messages the connection had seen.
+    public var messagesSeen: Int?
+    public init(_ description: String, messagesSeen: Int? = nil) {
+        self.description = description
+        self.messagesSeen = messagesSeen
+    }
 }
 
 /// Opens `ws://127.0.0.1:<port>/v1/stream?<query>`, runs `script`, then closes (or returns when
