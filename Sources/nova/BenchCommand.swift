@@ -6,7 +6,7 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Benchmarks, each beside a baseline measured in the same run (release builds).",
-        subcommands: [BenchIngest.self, BenchQuery.self, BenchStream.self, BenchSync.self, BenchMigrate.self, BenchTable.self]
+        subcommands: [BenchIngest.self, BenchQuery.self, BenchStream.self, BenchSync.self, BenchMigrate.self, BenchAll.self, BenchTable.self]
     )
 }
 

@@ -72,7 +72,12 @@ import Testing
         rig.hub?.kill(SIGTERM)
         _ = try await rig.hub?.wait()
         let cutAt = await loader.acked.count
-        try await Task.sleep(for: .seconds(4))
+        // The edge keeps recording while cut off: 500 more events acknowledged (how long that
+        // takes depends on the machine's load, so it is waited for, within a bound).
+        let deadline = ContinuousClock.now + .seconds(30)
+        while await loader.acked.count <= cutAt + 500 && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(100))
+        }
         let during = try JSONParser.parse(try await HTTP.get("\(edge.base)/v1/sync/status").body)
         #expect(during["upstreamReachable"] == .bool(false), "\(during)")
         guard case .number(let pending)? = during["pendingEvents"], case .string? = during["lastError"] else {
