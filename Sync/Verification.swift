@@ -106,8 +106,9 @@ extension SyncClient {
     }
 }
 
-/// `nova sync repair`: re-ships, as repair batches, the edge's events of every bucket where the
-/// hub differs (sync.md). Idempotent: the hub dedupes what it already holds.
+/// `nova sync repair` (and dual mode's drift repair): re-sends, as repair batches, the edge's
+/// events of every bucket where the other side differs (sync.md). Idempotent: the receiver
+/// dedupes what it already holds.
 public struct Repair: Sendable {
     public var siteId: String
     public var batchSize: Int
@@ -117,10 +118,10 @@ public struct Repair: Sendable {
         self.batchSize = batchSize
     }
 
-    /// Returns how many events were re-sent.
+    /// Returns how many events were re-sent; `deliver` applies one batch or throws.
     public func run(
-        _ results: [Verification.ScopeResult], edge: any EventStore, client: SyncClient, timebase: Timebase, bucketMicros: Int64,
-        progress: (String) -> Void = { _ in }
+        _ results: [Verification.ScopeResult], edge: any EventStore, timebase: Timebase, bucketMicros: Int64,
+        deliver: (SyncBatch) async throws -> Void, progress: (String) -> Void = { _ in }
     ) async throws -> Int {
         let storeId = try await edge.outboxState().storeId
         var sent = 0
@@ -128,10 +129,8 @@ public struct Repair: Sendable {
         func flush() async throws {
             guard !pending.isEmpty else { return }
             let batch = SyncBatch(kind: .repair, siteId: siteId, storeId: storeId, firstSeq: 0, lastSeq: 0, pendingFrom: nil, outboxSize: 0, events: pending)
-            switch await client.ship(batch) {
-            case .acknowledged: sent += pending.count
-            case let other: throw SyncClient.Failure(status: nil, message: "the hub did not take a repair batch: \(other)")
-            }
+            try await deliver(batch)
+            sent += pending.count
             pending.removeAll(keepingCapacity: true)
         }
         let total = results.reduce(0) { $0 + $1.differences.filter { $0.left > 0 }.count }

@@ -71,6 +71,10 @@ public struct NovaConfiguration: Sendable, Equatable {
     public struct Dual: Sendable, Equatable {
         /// The store that answers reads: `sqlite` or `timescaledb`.
         public var primary = DatabaseType.sqlite
+        /// How often the stores' recent buckets are compared.
+        public var verifyEvery = "60 seconds"
+        /// How far back (event time) the comparison looks.
+        public var verifyWindow = "1 day"
 
         public init() {}
     }
@@ -226,6 +230,13 @@ extension NovaConfiguration {
                 guard config.database.dual.primary != .dual else {
                     throw ConfigurationError(key: "database.dual.primary", rule: "must be \"sqlite\" or \"timescaledb\"")
                 }
+                for (name, path) in [("verifyEvery", \Dual.verifyEvery), ("verifyWindow", \Dual.verifyWindow)] {
+                    let text = try d.string(name, default: config.database.dual[keyPath: path], nonEmpty: true)
+                    guard Self.parseInterval(text) != nil else {
+                        throw ConfigurationError(key: "database.dual.\(name)", rule: "must be a duration such as \"60 seconds\", \"15 minutes\" or \"1 day\", found \(quoted(text))")
+                    }
+                    config.database.dual[keyPath: path] = text
+                }
                 try d.finish()
             }
             try db.finish()
@@ -309,7 +320,7 @@ extension NovaConfiguration {
               "pool": { "minSize": \(pg.pool.minSize), "maxSize": \(pg.pool.maxSize), "commandTimeout": \(pg.pool.commandTimeout), "connectionTimeout": \(pg.pool.connectionTimeout) },
               "hypertable": { "chunkInterval": \(s(pg.hypertable.chunkInterval)), "compressionAfter": \(s(pg.hypertable.compressionAfter)), "retentionAfter": \(s(pg.hypertable.retentionAfter)) }
             },
-            "dual": { "primary": \(s(database.dual.primary.rawValue)) }
+            "dual": { "primary": \(s(database.dual.primary.rawValue)), "verifyEvery": \(s(database.dual.verifyEvery)), "verifyWindow": \(s(database.dual.verifyWindow)) }
           },
           "server": { "host": \(s(server.host)), "port": \(server.port), "maxBodyBytes": \(server.maxBodyBytes), "maxQueryLimit": \(server.maxQueryLimit), "tokens": [\(tokens.joined(separator: ", "))] },
           "sync": {

@@ -39,17 +39,24 @@ extension SQLiteStore {
 /// canonical time, in transactions of bounded size. With sync on, only what the hub has
 /// acknowledged (the store's recorded `ackedSeq`) is eligible, so an edge cut off from its hub
 /// keeps everything, and refuses ingest at its disk budget rather than drop anything (sync.md).
+/// In dual mode, likewise only what the shadow store holds (`shadowHolds`: its watermark; a
+/// shadow that cannot be asked stops the pass).
 public struct SQLiteRetention: Service {
     let store: SQLiteStore
     let keep: Duration
     let onlyAcknowledged: Bool
+    let shadowHolds: (@Sendable () async throws -> Int64)?
     let interval: Duration
     let logger: Logger
 
-    public init(store: SQLiteStore, keep: Duration, onlyAcknowledged: Bool, interval: Duration = .seconds(60), logger: Logger) {
+    public init(
+        store: SQLiteStore, keep: Duration, onlyAcknowledged: Bool, shadowHolds: (@Sendable () async throws -> Int64)? = nil,
+        interval: Duration = .seconds(60), logger: Logger
+    ) {
         self.store = store
         self.keep = keep
         self.onlyAcknowledged = onlyAcknowledged
+        self.shadowHolds = shadowHolds
         self.interval = interval
         self.logger = logger
     }
@@ -68,7 +75,8 @@ public struct SQLiteRetention: Service {
         let keepMicros = keep.components.seconds * 1_000_000
         let cutoff = Timestamp(microseconds: Timestamp.now().microseconds - keepMicros)
         do {
-            let through = onlyAcknowledged ? try await store.outboxState().ackedSeq : Int64.max
+            var through = onlyAcknowledged ? try await store.outboxState().ackedSeq : Int64.max
+            if let shadowHolds { through = min(through, try await shadowHolds()) }
             var total = 0
             while !Task.isCancelled {
                 let n = try await store.trim(before: cutoff, throughSeq: through)
@@ -79,7 +87,7 @@ public struct SQLiteRetention: Service {
                 logger.info("retention: deleted events", metadata: ["count": "\(total)", "before": "\(cutoff)", "throughSeq": "\(through)"])
             }
         } catch {
-            logger.error("retention: failed; will retry", metadata: ["error": "\(error.message)"])
+            logger.error("retention: failed; will retry", metadata: ["error": "\((error as? StoreError)?.message ?? "\(error)")"])
         }
     }
 }

@@ -47,6 +47,9 @@ struct BenchMigrate: AsyncParsableCommand {
         FileHandle.standardError.write(Data("nova migrate...\n".utf8))
         let started = ContinuousClock.now
         let migrate = try runChild(["migrate", "--from", "sqlite:\(source.sqlitePath)", "--to", locator, "--batch-size", "\(batchSize)", "--no-verify"])
+        // The largest reaped child so far: the migrate process, the only child run before it.
+        var usage = rusage()
+        let rss = getrusage(__rusage_who_t(RUSAGE_CHILDREN.rawValue), &usage) == 0 ? Int(usage.ru_maxrss) * 1024 : nil
         let figure = BenchFigure.throughput("nova migrate: SQLite → PostgreSQL, batches of \(batchSize), dedupe, checkpoints", events: events, time: ContinuousClock.now - started)
         if migrate.status != 0 { errors.append("nova migrate failed: \(migrate.output.suffix(500))") }
         if !migrate.output.contains("copied: \(events) events") { errors.append("nova migrate did not report copying \(events) events: \(migrate.output.suffix(300))") }
@@ -81,7 +84,7 @@ struct BenchMigrate: AsyncParsableCommand {
 
         let report = BenchReport(
             benchmark: "migrate", groups: [BenchGroup("backfill of \(events) raw frames, SQLite → PostgreSQL", figure: figure, baselines: [baseline])],
-            peakRSSBytes: nil, checks: checks, errors: errors)
+            peakRSSBytes: rss, checks: checks, errors: errors)
         report.printTable()
         if let json = options.json { try report.write(to: json) }
         if !errors.isEmpty { throw ExitCode(1) }

@@ -129,7 +129,7 @@ struct BenchReport: Codable {
             }
         }
         if let group = groups.first, !group.ratios.isEmpty { print("  ratios: \(group.ratioMeaning)") }
-        if let rss = peakRSSBytes { print("  server peak RSS: \(rss >> 20) MiB") }
+        if let rss = peakRSSBytes { print("  peak RSS of the nova process measured: \(rss >> 20) MiB") }
         for check in checks { print("  check: \(check)") }
         for error in errors { print("  ERROR: \(error)") }
     }

@@ -28,8 +28,8 @@ struct MigrateCommand: AsyncParsableCommand {
             """
     )
 
-    /// The site whose watermarks are migration checkpoints.
-    static let siteId = "nova-migrate"
+    /// The site whose watermarks are migration checkpoints (shared with dual mode).
+    static let siteId = ShadowWriter.siteId
 
     @Option(help: "The source store: sqlite:PATH (or postgres://…).") var from: String
     @Option(help: "The target store: postgres://USER@HOST:PORT/DB (password from NOVA_DB_PASSWORD), or sqlite:PATH.") var to: String

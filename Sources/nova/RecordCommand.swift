@@ -5,6 +5,7 @@ import Logging
 import Metrics
 import NIOCore
 import NovaCore
+import NovaPostgres
 import NovaServer
 import NovaSQLite
 import NovaSync
@@ -33,32 +34,50 @@ struct RecordCommand: AsyncParsableCommand {
             return
         }
         try config.checkListenAddress()
-        guard config.database.type == .sqlite else {
-            throw CLIError("database.type: nova record runs on the embedded sqlite store; found \(config.database.type.rawValue)")
+        let dual = config.database.type == .dual
+        guard config.database.type == .sqlite || (dual && config.database.dual.primary == .sqlite) else {
+            throw CLIError("database.type: nova record runs on the embedded sqlite store (or dual with dual.primary sqlite); found \(config.database.type.rawValue)")
         }
         let logger = options.bootstrapLogging()
-        let store: SQLiteStore
-        do {
-            var options = SQLiteStore.Options(durability: config.database.sqlite.durability)
-            options.maxBytes = config.database.sqlite.maxBytes
-            store = try SQLiteStore.open(path: config.database.sqlite.path, options: options, logger: logger)
-        } catch {
-            throw CLIError(error.message)
-        }
+        let store = try openSQLite(config, logger: logger)
         var services: [any Service] = [StoreService(store: store)]
+        var shadow: PostgresStore?
+        if dual {
+            let pg = PostgresStore(location: PostgresLocation(configuration: config.database.timescaledb), logger: logger)
+            services.append(pg)
+            shadow = pg
+        }
         if let keep = config.database.sqlite.retentionAfter.flatMap(NovaConfiguration.parseInterval) {
             // Sweeps often enough for short test retentions, at most once a minute.
             let interval = min(Duration.seconds(60), max(Duration.seconds(1), keep / 10))
-            services.append(SQLiteRetention(store: store, keep: keep, onlyAcknowledged: config.sync.enabled, interval: interval, logger: logger))
+            var holds: (@Sendable () async throws -> Int64)?
+            if let pg = shadow {
+                holds = { try await pg.syncWatermark(siteId: ShadowWriter.siteId, storeId: try await store.outboxState().storeId).ackedSeq }
+            }
+            services.append(SQLiteRetention(store: store, keep: keep, onlyAcknowledged: config.sync.enabled, shadowHolds: holds, interval: interval, logger: logger))
         }
-        try await serve(store: store, services: services, config: config, logger: logger, ships: config.sync.enabled)
+        try await serve(store: store, services: services, config: config, logger: logger, ships: config.sync.enabled, shadow: shadow)
     }
 }
 
-/// Runs the HTTP API over `store` until SIGTERM or SIGINT. `services` (the store's own) start
-/// first and stop last, after the HTTP server has drained; with `ships`, the sync shipper runs
-/// between them (it stops after the server, before the store).
-func serve(store: any EventStore, services: [any Service], config: NovaConfiguration, logger: Logger, ships: Bool = false) async throws {
+/// The SQLite store of `config` (a bad or foreign file is refused with the reason).
+func openSQLite(_ config: NovaConfiguration, logger: Logger) throws -> SQLiteStore {
+    do {
+        var options = SQLiteStore.Options(durability: config.database.sqlite.durability)
+        options.maxBytes = config.database.sqlite.maxBytes
+        return try SQLiteStore.open(path: config.database.sqlite.path, options: options, logger: logger)
+    } catch {
+        throw CLIError(error.message)
+    }
+}
+
+/// Runs the HTTP API over `store` until SIGTERM or SIGINT. `services` (the stores' own) start
+/// first and stop last, after the HTTP server has drained; with `ships`, the sync shipper, and
+/// with a `shadow` (dual mode), its ``ShadowWriter``, run between them (they stop after the
+/// server, before the stores).
+func serve(
+    store: any EventStore, services: [any Service], config: NovaConfiguration, logger: Logger, ships: Bool = false, shadow: (any EventStore)? = nil
+) async throws {
     let registry = PrometheusCollectorRegistry()
     MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
     var shipper: Shipper?
@@ -75,7 +94,14 @@ func serve(store: any EventStore, services: [any Service], config: NovaConfigura
         // One line on stdout that scripts and tests wait for.
         FileHandle.standardOutput.write(Data("nova: listening on http://\(config.server.host):\(port) (\(store.description))\n".utf8))
     }
-    let shipping: [any Service] = shipper.map { [$0] } ?? []
+    var shipping: [any Service] = shipper.map { [$0] } ?? []
+    if let shadow {
+        var settings = ShadowWriter.Settings()
+        settings.verifyEvery = NovaConfiguration.parseInterval(config.database.dual.verifyEvery)!
+        settings.verifyWindow = NovaConfiguration.parseInterval(config.database.dual.verifyWindow)!
+        logger.info("dual: writes are copied to the shadow store", metadata: ["primary": "\(store.description)", "shadow": "\(shadow.description)"])
+        shipping.append(ShadowWriter(primary: store, shadow: shadow, settings: settings, registry: registry, logger: logger))
+    }
     var configuration = ServiceGroupConfiguration(services: services + shipping + [app], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
     // A client that keeps a connection busy must not keep the process alive: after 10 s of
     // draining, what is still open is cancelled (nothing is lost: acknowledged means committed).

@@ -29,21 +29,20 @@ struct ServeCommand: AsyncParsableCommand {
         }
         try config.checkListenAddress()
         let logger = options.bootstrapLogging()
-        switch config.database.type {
-        case .timescaledb:
-            let store = PostgresStore(location: PostgresLocation(configuration: config.database.timescaledb), logger: logger)
+        let postgres = { PostgresStore(location: PostgresLocation(configuration: config.database.timescaledb), logger: logger) }
+        switch (config.database.type, config.database.dual.primary) {
+        case (.timescaledb, _):
+            let store = postgres()
             try await serve(store: store, services: [store], config: config, logger: logger)
-        case .sqlite:
-            let store: SQLiteStore
-            do {
-                store = try SQLiteStore.open(
-                    path: config.database.sqlite.path, options: .init(durability: config.database.sqlite.durability), logger: logger)
-            } catch {
-                throw CLIError(error.message)
-            }
+        case (.sqlite, _):
+            let store = try openSQLite(config, logger: logger)
             try await serve(store: store, services: [StoreService(store: store)], config: config, logger: logger)
-        case .dual:
-            throw CLIError("database.type: dual is not supported by this build yet; use sqlite or timescaledb")
+        case (.dual, .timescaledb):
+            let (store, shadow) = (postgres(), try openSQLite(config, logger: logger))
+            try await serve(store: store, services: [store, StoreService(store: shadow)], config: config, logger: logger, shadow: shadow)
+        case (.dual, _):
+            let (store, shadow) = (try openSQLite(config, logger: logger), postgres())
+            try await serve(store: store, services: [StoreService(store: store), shadow], config: config, logger: logger, shadow: shadow)
         }
     }
 }

@@ -87,7 +87,13 @@ struct SyncRepairCommand: AsyncParsableCommand {
             print("found \(differing) differing buckets; re-shipping the edge's events of them")
             let repair = Repair(siteId: config.core.siteId, batchSize: config.sync.batchSize)
             let sent = try await repair.run(
-                before, edge: store, client: client, timebase: verification.timebase, bucketMicros: verification.bucketMicros
+                before, edge: store, timebase: verification.timebase, bucketMicros: verification.bucketMicros,
+                deliver: { batch in
+                    switch await client.ship(batch) {
+                    case .acknowledged: break
+                    case let other: throw CLIError("the hub did not take a repair batch: \(other)")
+                    }
+                }
             ) { status.update($0) }
             status.finish()
             print("re-sent \(sent) events")

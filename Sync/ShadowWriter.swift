@@ -1,0 +1,178 @@
+import Logging
+import NovaCore
+import Prometheus
+import ServiceLifecycle
+import Synchronization
+
+/// Dual-write (`database.type = "dual"`): keeps a shadow store equal to the primary while the
+/// primary alone answers requests.
+///
+/// A write is acknowledged once the primary has committed it; the shadow then gets it as a sync
+/// batch of the reserved site ``siteId``, applied with its watermark in one transaction, exactly
+/// as `nova migrate` copies. So a shadow write that fails is not lost or skipped: it is retried
+/// from the shadow's watermark, with back-off, until it lands, and every failure is counted.
+/// A shadow that is down never slows or fails ingest. A periodic comparison of recent buckets
+/// (what `nova verify` does) reports drift, and re-sends the primary's events of any bucket the
+/// shadow lacks, so drift from outside (rows deleted in the shadow) is repaired too.
+public final class ShadowWriter: Service, Sendable {
+    /// The site whose watermark (per primary `storeId`) is the shadow's checkpoint: the one
+    /// `nova migrate` keeps, so that a backfill followed by dual mode copies each event once.
+    public static let siteId = "nova-migrate"
+
+    public struct Settings: Sendable {
+        public var batchSize = 5_000
+        public var poll: Duration = .milliseconds(50)
+        public var maxBackoff: Duration = .seconds(5)
+        public var verifyEvery: Duration = .seconds(60)
+        /// How far back (event time, canonical) the periodic comparison looks.
+        public var verifyWindow: Duration = .seconds(86_400)
+        public var bucketMicros: Int64 = 60_000_000
+
+        public init() {}
+    }
+
+    let primary: any EventStore
+    let shadow: any EventStore
+    let settings: Settings
+    let logger: Logger
+    let metrics: Metrics
+    /// The shadow's watermark as last seen (for the comparison's clip).
+    let acked = Mutex<Int64?>(nil)
+
+    struct Metrics {
+        let written: Counter
+        let failures: Counter
+        let lag: Gauge
+        let up: Gauge
+        let drift: Gauge
+        let repaired: Counter
+    }
+
+    public init(primary: any EventStore, shadow: any EventStore, settings: Settings, registry: PrometheusCollectorRegistry, logger: Logger) {
+        self.primary = primary
+        self.shadow = shadow
+        self.settings = settings
+        self.logger = logger
+        metrics = Metrics(
+            written: registry.makeCounter(name: "nova_dual_shadow_written_events_total", help: "Dual: events the shadow store took."),
+            failures: registry.makeCounter(name: "nova_dual_shadow_failures_total", help: "Dual: shadow writes or comparisons that failed (each is retried)."),
+            lag: registry.makeGauge(name: "nova_dual_shadow_lag_events", help: "Dual: events committed in the primary and not yet in the shadow."),
+            up: registry.makeGauge(name: "nova_dual_shadow_up", help: "Dual: 1 when the shadow answered the last request of the copy."),
+            drift: registry.makeGauge(name: "nova_dual_drift_buckets", help: "Dual: buckets where the last comparison found the stores different."),
+            repaired: registry.makeCounter(name: "nova_dual_repaired_events_total", help: "Dual: events re-sent to the shadow after a comparison found drift."))
+    }
+
+    public func run() async throws {
+        do {
+            try await cancelWhenGracefulShutdown {
+                try await withThrowingDiscardingTaskGroup { group in
+                    group.addTask { try await self.copyLoop() }
+                    group.addTask { try await self.compareLoop() }
+                }
+            }
+        } catch where Task.isCancelled || error is CancellationError {
+            // Shut down; the next start resumes at the shadow's watermark.
+        }
+    }
+
+    /// Applies the primary's commits after the shadow's watermark, batch by batch.
+    func copyLoop() async throws {
+        var watermark: Int64?
+        /// The last watermark seen, so that the lag keeps growing while the shadow is away.
+        var known: Int64 = 0
+        var backoff = Duration.milliseconds(100)
+        var failing = false
+        while true {
+            do {
+                let storeId = try await primary.outboxState().storeId
+                if watermark == nil {
+                    watermark = try await shadow.syncWatermark(siteId: Self.siteId, storeId: storeId).ackedSeq
+                    metrics.up.set(1.0)
+                }
+                let after = watermark!
+                known = after
+                let events = try await primary.committed(after: after, limit: settings.batchSize)
+                let head = try await primary.lastCommittedSeq()
+                metrics.lag.set(Double(max(0, head - after)))
+                acked.withLock { $0 = after }
+                guard let last = events.last else {
+                    try await Task.sleep(for: settings.poll)
+                    continue
+                }
+                let batch = SyncBatch(
+                    siteId: Self.siteId, storeId: storeId, firstSeq: after + 1, lastSeq: last.seq, pendingFrom: nil,
+                    outboxSize: max(0, head - last.seq), events: events)
+                let result = try await shadow.applySync(batch)
+                if case .applied(_, let accepted, let duplicates) = result.outcome { metrics.written.increment(by: Int64(accepted + duplicates)) }
+                watermark = result.outcome.watermark.ackedSeq
+                metrics.up.set(1.0)
+                if failing {
+                    logger.info("dual: the shadow store takes writes again; catching up", metadata: ["from": "\(after)", "head": "\(head)"])
+                    failing = false
+                }
+                backoff = .milliseconds(100)
+            } catch is CancellationError {
+                throw CancellationError()
+            } catch {
+                metrics.failures.increment()
+                metrics.up.set(0.0)
+                if !failing {
+                    logger.warning("dual: copying to the shadow store failed; the primary keeps serving, and the copy is retried", metadata: ["error": "\(describe(error))"])
+                    failing = true
+                }
+                watermark = nil
+                if let head = try? await primary.lastCommittedSeq() { metrics.lag.set(Double(max(0, head - known))) }
+                try await Task.sleep(for: backoff)
+                backoff = min(backoff * 2, settings.maxBackoff)
+            }
+        }
+    }
+
+    /// Every `verifyEvery`: compares the recent buckets the shadow should hold in full, reports
+    /// drift, and re-sends the primary's events of buckets the shadow lacks.
+    func compareLoop() async throws {
+        while true {
+            try await Task.sleep(for: settings.verifyEvery)
+            guard let after = acked.withLock({ $0 }) else { continue }
+            do {
+                let differing = try await compare(after: after)
+                metrics.drift.set(Double(differing))
+            } catch is CancellationError {
+                throw CancellationError()
+            } catch {
+                metrics.failures.increment()
+                logger.debug("dual: comparison skipped", metadata: ["error": "\(describe(error))"])
+            }
+        }
+    }
+
+    /// Returns the number of differing buckets found (before any repair).
+    func compare(after: Int64) async throws -> Int {
+        let now = Timestamp.now().microseconds
+        var verification = Verification()
+        verification.bucketMicros = settings.bucketMicros
+        let windowStart = DigestRequest.bucketStart(now - Int64(settings.verifyWindow.components.seconds) * 1_000_000, width: settings.bucketMicros)
+        verification.range = Timestamp(microseconds: windowStart)..<Timestamp(microseconds: now + 1)
+        // Buckets holding a commit the shadow has not taken yet are not comparable yet.
+        let unshipped = try await primary.oldestCanonicalTime(after: after)?.microseconds ?? now
+        verification.clipEnd = Timestamp(microseconds: DigestRequest.bucketStart(min(unshipped, now), width: settings.bucketMicros))
+        let results = try await verification.run(DigestSide(store: primary, name: "primary"), DigestSide(store: shadow, name: "shadow"))
+        let differing = results.reduce(0) { $0 + $1.differences.count }
+        guard differing > 0 else { return 0 }
+        let buckets = results.flatMap { r in r.differences.prefix(5).map { "\(r.scopeId)/\($0.lane.rawValue)@\($0.bucketStart): \($0.left) vs \($0.right)" } }
+        logger.warning("dual: the shadow store differs from the primary", metadata: ["buckets": "\(differing)", "first": "\(buckets.prefix(5))"])
+        let shadow = shadow
+        let resent = try await Repair(siteId: Self.siteId, batchSize: settings.batchSize).run(
+            results, edge: primary, timebase: verification.timebase, bucketMicros: settings.bucketMicros,
+            deliver: { batch in _ = try await shadow.applySync(batch) })
+        if resent > 0 {
+            metrics.repaired.increment(by: Int64(resent))
+            logger.warning("dual: re-sent the primary's events of the differing buckets to the shadow", metadata: ["events": "\(resent)"])
+        }
+        return differing
+    }
+
+    private func describe(_ error: any Error) -> String {
+        (error as? StoreError)?.message ?? "\(error)"
+    }
+}
