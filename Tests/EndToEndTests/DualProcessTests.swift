@@ -11,15 +11,6 @@ import Testing
         exposition.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.split(separator: " ").last ?? "") }
     }
 
-    func waitFor(_ what: String, timeout: Duration = .seconds(90), _ condition: () async -> Bool) async throws {
-        let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline {
-            if await condition() { return }
-            try await Task.sleep(for: .milliseconds(200))
-        }
-        throw ProcessError("timed out waiting for \(what)")
-    }
-
     @Test func theShadowStoppedForAWhileCatchesUpAndDriftIsReportedAndRepaired() async throws {
         let dir = try TemporaryDirectory("nova-dual")
         defer { dir.remove() }

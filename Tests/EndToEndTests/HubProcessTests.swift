@@ -17,15 +17,6 @@ import Testing
         return path
     }
 
-    func waitFor(_ what: String, timeout: Duration = .seconds(90), _ condition: () async -> Bool) async throws {
-        let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline {
-            if await condition() { return }
-            try await Task.sleep(for: .milliseconds(250))
-        }
-        throw ProcessError("timed out waiting for \(what)")
-    }
-
     static func events(_ n: Int, offset: Int) -> String {
         RecorderProcessTests.batch(n, offset: offset).lines
     }

@@ -131,3 +131,13 @@ public func freePort() throws -> Int {
     guard named == 0 else { throw ProcessError("getsockname() failed") }
     return Int(UInt16(bigEndian: address.sin_port))
 }
+
+/// Polls `condition` until it holds; fails naming `what` after `timeout`.
+public func waitFor(_ what: String, timeout: Duration = .seconds(90), _ condition: () async -> Bool) async throws {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if await condition() { return }
+        try await Task.sleep(for: .milliseconds(200))
+    }
+    throw ProcessError("timed out waiting for \(what)")
+}
