@@ -93,16 +93,9 @@ struct MigrateCommand: AsyncParsableCommand {
         if acked > 0 { print("resuming after position \(acked) of \(outbox.lastSeq) (checkpoint in the target)") }
         let resumedAt = acked
         let started = ContinuousClock.now
-        let batchSize = batchSize
-        func read(after position: Int64) async throws -> [CommittedEvent] {
-            try await src.committed(after: position, limit: batchSize).filter { $0.seq <= outbox.lastSeq }
-        }
-        // The next batch is read from the source while the target applies this one.
-        var next = try await read(after: acked)
         while acked < outbox.lastSeq {
-            let events = next
+            let events = try await src.committed(after: acked, limit: batchSize).filter { $0.seq <= outbox.lastSeq }
             guard let last = events.last else { break }
-            async let prefetched = read(after: last.seq)
             let batch = SyncBatch(
                 siteId: Self.siteId, storeId: outbox.storeId, firstSeq: acked + 1, lastSeq: last.seq, pendingFrom: nil,
                 outboxSize: outbox.lastSeq - last.seq, events: events)
@@ -112,7 +105,6 @@ struct MigrateCommand: AsyncParsableCommand {
             } catch {
                 throw CLIError("\(error.message); the target is consistent up to its checkpoint (\(acked)): run the same command again to resume")
             }
-            next = watermark.ackedSeq == last.seq ? try await prefetched : try await read(after: watermark.ackedSeq)
             if watermark.ackedSeq >= last.seq {
                 copied.events += events.count
                 for e in events { copied.byLane[e.event.lane, default: 0] += 1 }
