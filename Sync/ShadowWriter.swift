@@ -84,7 +84,8 @@ public final class ShadowWriter: Service, Sendable {
         var failing = false
         while true {
             do {
-                let storeId = try await primary.outboxState().storeId
+                let outbox = try await primary.outboxState()
+                let (storeId, head) = (outbox.storeId, outbox.lastSeq)
                 if watermark == nil {
                     watermark = try await shadow.syncWatermark(siteId: Self.siteId, storeId: storeId).ackedSeq
                     metrics.up.set(1.0)
@@ -92,7 +93,6 @@ public final class ShadowWriter: Service, Sendable {
                 let after = watermark!
                 known = after
                 let events = try await primary.committed(after: after, limit: settings.batchSize)
-                let head = try await primary.lastCommittedSeq()
                 metrics.lag.set(Double(max(0, head - after)))
                 acked.withLock { $0 = after }
                 guard let last = events.last else {

@@ -100,7 +100,8 @@ public actor CommitFeed {
         let id = nextWaiter
         nextWaiter += 1
         let timer = Task {
-            try? await Task.sleep(for: atMost)
+            // Cancelled once a commit woke the waiter first.
+            guard (try? await Task.sleep(for: atMost)) != nil else { return }
             self.resume(id)
         }
         await withCheckedContinuation { waiters[id] = $0 }

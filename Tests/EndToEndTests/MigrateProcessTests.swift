@@ -75,19 +75,31 @@ import Testing
         defer { Task { await TestPostgres.dropDatabase(location.database) } }
         let env = ["NOVA_DB_PASSWORD": location.password ?? ""]
         let arguments = ["migrate", "--from", "sqlite:\(path)", "--to", locator(location), "--batch-size", "500"]
+        // The target's checkpoint (0 before the first batch, or before the schema exists).
+        let checkpoint: @Sendable () async -> Int64 = {
+            (try? await TestPostgres.withConnection(location) { conn in
+                try await conn.query(#"SELECT COALESCE(max("ackedSeq"), 0) FROM "syncSites""#, logger: quietLogger).collect().first!.decode(Int64.self)
+            }) ?? 0
+        }
         var resumed = 0
         for _ in 0..<3 {
+            // Killed at a random moment after its first committed batch (waited for, not assumed
+            // from a delay, which a loaded machine made too short).
             let p = try NovaProcess(arguments, directory: dir, environment: env)
-            try await Task.sleep(for: .milliseconds(Int.random(in: 1_500...3_000)))
+            try await waitFor("a first checkpoint") { await checkpoint() > 0 || !p.process.isRunning }
+            try await Task.sleep(for: .milliseconds(Int.random(in: 0...1_500)))
             p.kill()
             _ = try await p.wait()
+            // A second run, killed as soon as it has said where it starts.
             let next = try NovaProcess(arguments + ["--no-verify"], directory: dir, environment: env)
-            try await Task.sleep(for: .milliseconds(600))
+            try await waitFor("the restarted run to say where it starts") {
+                next.stdout.contains("resuming after position") || next.stdout.contains("copied:") || !next.process.isRunning
+            }
             next.kill()
             _ = try await next.wait()
             if next.stdout.contains("resuming after position") { resumed += 1 }
         }
-        #expect(resumed > 0, "a killed run is resumed, not started over")
+        #expect(resumed == 3, "every killed run is resumed, not started over")
         let last = try await NovaProcess.run(arguments, directory: dir, environment: env)
         #expect(last.status == 0, "\(last.stdout)\(last.stderr)")
         #expect(last.stdout.contains("result: equal"), "\(last.stdout)")
