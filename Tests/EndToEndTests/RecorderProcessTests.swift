@@ -242,18 +242,25 @@ actor AckedIds {
             ["bench", "query", "--store", locator, "--events", "3000", "--seconds", "1", "--clients", "3", "--allow-debug", "--json", json],
             directory: dir, environment: ["NOVA_DB_PASSWORD": password])
         #expect(query.status == 0, "\(query.stderr)")
-        #expect(try JSONParser.parse(Array(Data(contentsOf: URL(fileURLWithPath: json))))["errors"]?.arrayValue.isEmpty == true, "\(query.stdout)")
+        let queried = try JSONParser.parse(Array(Data(contentsOf: URL(fileURLWithPath: json))))
+        #expect(queried["groups"]?.arrayValue.count == 2, "one group per window size")
+        #expect(queried["errors"]?.arrayValue.isEmpty == true, "\(query.stdout)")
         let stream = try await NovaProcess.run(
             ["bench", "stream", "--store", locator, "--events", "3000", "--rate", "2000", "--seconds", "1", "--clients", "3", "--batch", "250",
              "--allow-debug", "--json", json],
             directory: dir, environment: ["NOVA_DB_PASSWORD": password])
         #expect(stream.status == 0, "\(stream.stdout) \(stream.stderr)")
-        #expect(try JSONParser.parse(Array(Data(contentsOf: URL(fileURLWithPath: json))))["groups"]?.arrayValue.count == 2, "LIVE and REWIND")
+        let streamed = try JSONParser.parse(Array(Data(contentsOf: URL(fileURLWithPath: json))))
+        #expect(streamed["groups"]?.arrayValue.count == 2, "LIVE and REWIND")
+        #expect(streamed["errors"]?.arrayValue.isEmpty == true, "\(stream.stdout)")
         let sync = try await NovaProcess.run(
             ["bench", "sync", "--store", locator, "--events", "3000", "--batch-size", "1000", "--rate", "1000", "--seconds", "1", "--allow-debug", "--json", json],
             directory: dir, environment: ["NOVA_DB_PASSWORD": password])
         #expect(sync.status == 0, "\(sync.stdout) \(sync.stderr)")
-        #expect(try JSONParser.parse(Array(Data(contentsOf: URL(fileURLWithPath: json))))["errors"]?.arrayValue.isEmpty == true, "\(sync.stdout)")
+        let synced = try JSONParser.parse(Array(Data(contentsOf: URL(fileURLWithPath: json))))
+        #expect(synced["groups"]?.arrayValue.count == 2, "CATCH-UP and LAG")
+        #expect(synced["groups"]?.arrayValue.first?["figure"]?["events"] == .number(JSONNumber(3000)))
+        #expect(synced["errors"]?.arrayValue.isEmpty == true, "\(sync.stdout)")
         let migrate = try await NovaProcess.run(
             ["bench", "migrate", "--store", locator, "--events", "3000", "--batch-size", "1000", "--allow-debug", "--json", json],
             directory: dir, environment: ["NOVA_DB_PASSWORD": password])
