@@ -83,6 +83,10 @@ public final class SQLiteStore: EventStore, Sendable {
         }
         do {
             let pool = try DatabasePool(path: path, configuration: config)
+            // GRDB turns on WAL for the writer after `prepareDatabase`, and sets synchronous=NORMAL
+            // with it; `durability: full` must be set again on the writer, the one connection
+            // whose commits it is about (found by the test of this setting).
+            try pool.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA synchronous = \(synchronous)") }
             if !options.readOnly {
                 try SQLiteSchema.migrator.migrate(pool)
             }

@@ -1,7 +1,7 @@
 import Foundation
 import GRDB
 import NovaCore
-import NovaSQLite
+@testable import NovaSQLite
 import NovaTestSupport
 import Testing
 
@@ -31,6 +31,22 @@ import Testing
                 }
             }
         }
+    }
+
+    /// `durability` reaches every connection: `full` is `synchronous=FULL` (a commit survives power
+    /// loss, not only a crash of the process), `normal` is `synchronous=NORMAL`, both in WAL mode.
+    @Test(arguments: [(NovaConfiguration.Durability.full, 2), (.normal, 1)])
+    func durabilityIsTheSynchronousSettingOfEveryConnection(durability: NovaConfiguration.Durability, synchronous: Int) async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let store = try SQLiteStore.open(path: dir.file("nova.db"), options: .init(durability: durability), logger: quietLogger)
+        defer { Task { await store.close() } }
+        let writer = try await store.pool.write { db in
+            (try Int.fetchOne(db, sql: "PRAGMA synchronous"), try String.fetchOne(db, sql: "PRAGMA journal_mode"))
+        }
+        #expect(writer.0 == synchronous && writer.1 == "wal", "\(writer)")
+        let reader = try await store.pool.read { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") }
+        #expect(reader == synchronous)
     }
 
     func expectRefusedAndUntouched(_ path: String, mentioning phrase: String) throws {
