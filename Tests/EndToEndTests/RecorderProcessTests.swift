@@ -217,6 +217,7 @@ actor AckedIds {
             ["bench", "all", "--events", "3000", "--seconds", "1", "--rate", "1000", "--clients", "3", "--json-dir", reports, "--allow-debug"], directory: dir)
         #expect(all.status == 0, "\(all.stdout) \(all.stderr)")
         #expect(all.stdout.contains("migrate: skipped: needs --store postgres"), "\(all.stdout)")
+        #expect(all.stdout.contains("ratio"), "the summary gives each figure's ratio: \(all.stdout)")
         func report(_ name: String) throws -> JSONValue {
             try JSONParser.parse(Array(Data(contentsOf: URL(fileURLWithPath: "\(reports)/\(name).json"))))
         }
@@ -232,6 +233,7 @@ actor AckedIds {
 
         // PostgreSQL: each benchmark on its own, with the options `all` does not pass on.
         let json = dir.file("run.json")
+        func lastReport() throws -> JSONValue { try JSONParser.parse(Array(Data(contentsOf: URL(fileURLWithPath: json)))) }
         let (locator, password) = try TestPostgres.server()
         let hub = try await NovaProcess.run(
             ["bench", "ingest", "--store", locator, "--events", "2000", "--batch", "500", "--seed-sample", "100", "--seed-connections", "4", "--allow-debug"],
@@ -242,7 +244,7 @@ actor AckedIds {
             ["bench", "query", "--store", locator, "--events", "3000", "--seconds", "1", "--clients", "3", "--allow-debug", "--json", json],
             directory: dir, environment: ["NOVA_DB_PASSWORD": password])
         #expect(query.status == 0, "\(query.stderr)")
-        let queried = try JSONParser.parse(Array(Data(contentsOf: URL(fileURLWithPath: json))))
+        let queried = try lastReport()
         #expect(queried["groups"]?.arrayValue.count == 2, "one group per window size")
         #expect(queried["errors"]?.arrayValue.isEmpty == true, "\(query.stdout)")
         let stream = try await NovaProcess.run(
@@ -250,14 +252,14 @@ actor AckedIds {
              "--allow-debug", "--json", json],
             directory: dir, environment: ["NOVA_DB_PASSWORD": password])
         #expect(stream.status == 0, "\(stream.stdout) \(stream.stderr)")
-        let streamed = try JSONParser.parse(Array(Data(contentsOf: URL(fileURLWithPath: json))))
+        let streamed = try lastReport()
         #expect(streamed["groups"]?.arrayValue.count == 2, "LIVE and REWIND")
         #expect(streamed["errors"]?.arrayValue.isEmpty == true, "\(stream.stdout)")
         let sync = try await NovaProcess.run(
             ["bench", "sync", "--store", locator, "--events", "3000", "--batch-size", "1000", "--rate", "1000", "--seconds", "1", "--allow-debug", "--json", json],
             directory: dir, environment: ["NOVA_DB_PASSWORD": password])
         #expect(sync.status == 0, "\(sync.stdout) \(sync.stderr)")
-        let synced = try JSONParser.parse(Array(Data(contentsOf: URL(fileURLWithPath: json))))
+        let synced = try lastReport()
         #expect(synced["groups"]?.arrayValue.count == 2, "CATCH-UP and LAG")
         #expect(synced["groups"]?.arrayValue.first?["figure"]?["events"] == .number(JSONNumber(3000)))
         #expect(synced["errors"]?.arrayValue.isEmpty == true, "\(sync.stdout)")
@@ -265,7 +267,7 @@ actor AckedIds {
             ["bench", "migrate", "--store", locator, "--events", "3000", "--batch-size", "1000", "--allow-debug", "--json", json],
             directory: dir, environment: ["NOVA_DB_PASSWORD": password])
         #expect(migrate.status == 0, "\(migrate.stdout) \(migrate.stderr)")
-        let migrated = try JSONParser.parse(Array(Data(contentsOf: URL(fileURLWithPath: json))))
+        let migrated = try lastReport()
         #expect(migrated["groups"]?.arrayValue.first?["baselines"]?.arrayValue.count == 1, "beside psql COPY")
         #expect(migrated["errors"]?.arrayValue.isEmpty == true, "\(migrate.stdout)")
         let refused = try await NovaProcess.run(["bench", "ingest", "--events", "10"], directory: dir)
