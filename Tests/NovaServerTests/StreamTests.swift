@@ -103,21 +103,29 @@ import Testing
             let events = Self.frames(51)
             try await client.ingest(events)
             let port = try #require(client.port)
-            // 5 s of events (t0 ..< t0+5 s) at speed 5: about 1 s. Measured from before the
-            // connection, since a busy client may read the first events late.
-            let opened = ContinuousClock.now
-            let close = try await withStream(port: port, query: "scope=s&mode=rewind&from=\(Self.t0)&to=\(Timestamp(microseconds: Self.t0.microseconds + 5_000_000))&speed=5") { stream in
-                let messages = try await stream.wait(forType: "end")
-                let sent = messages.filter { $0.type == "event" }
-                #expect(sent.compactMap(\.eventId) == Self.ids(Array(events.prefix(50))))
-                // Pacing only waits, so from before the connection it takes at least 0.98 s; at
-                // speed 1 it could not take less than 4.9 s.
-                let took = messages.last!.at - opened
-                let firstToEnd = messages.last!.at - sent.first!.at
-                #expect(took >= .milliseconds(980), "paced too fast: \(took)")
-                #expect(firstToEnd < .milliseconds(4_800), "paced as if at speed 1: \(took) from opening, \(firstToEnd) from the first event")
+            // 5 s of events (t0 ..< t0+5 s) at speed 5: about 1 s. Pacing only waits, so a rewind
+            // can never end early, but a stall of the loaded machine (the whole suite shares two
+            // cores) can make it end late. So every attempt must be complete, ordered and no
+            // faster than 0.98 s, and the best of up to three must beat what speed 1 allows (4.9 s):
+            // a stall delays one attempt, an ignored speed fails them all.
+            var attempts: [String] = []
+            for _ in 1...3 {
+                let opened = ContinuousClock.now
+                let firstToEnd = Mutex<Duration?>(nil)
+                let close = try await withStream(port: port, query: "scope=s&mode=rewind&from=\(Self.t0)&to=\(Timestamp(microseconds: Self.t0.microseconds + 5_000_000))&speed=5") { stream in
+                    let messages = try await stream.wait(forType: "end")
+                    let sent = messages.filter { $0.type == "event" }
+                    #expect(sent.compactMap(\.eventId) == Self.ids(Array(events.prefix(50))))
+                    let took = messages.last!.at - opened
+                    #expect(took >= .milliseconds(980), "paced too fast: \(took)")
+                    firstToEnd.withLock { $0 = messages.last!.at - sent.first!.at }
+                }
+                #expect(close?.closeCode == .normalClosure)
+                let measured = try #require(firstToEnd.withLock { $0 })
+                if measured < .milliseconds(4_800) { return }
+                attempts.append("\(measured)")
             }
-            #expect(close?.closeCode == .normalClosure)
+            Issue.record("paced as if at speed 1: from the first event to the end took \(attempts.joined(separator: ", ")) in three attempts")
         }
     }
 
