@@ -3,7 +3,9 @@ import CompressNIO
 import Foundation
 import NIOCore
 import NIOHTTP1
+import NIOSSL
 import NovaCore
+import Synchronization
 
 /// The edge's HTTP client for the hub's sync routes: the watermark, batches (gzipped unless
 /// configured off), and the digests that `nova verify` and `nova sync repair` compare.
@@ -25,12 +27,43 @@ public struct SyncClient: Sendable {
     /// One client for the process. It fails a request at once when the hub refuses connections
     /// (the default client retries connecting until the request's deadline, which would hide an
     /// outage from the shipper's back-off and status for a minute).
-    public static let defaultHTTP: HTTPClient = {
+    public static let defaultHTTP = makeHTTP(trustRoots: nil)
+
+    static func makeHTTP(trustRoots: [NIOSSLCertificate]?) -> HTTPClient {
         var configuration = HTTPClient.Configuration()
         configuration.connectionPool.retryConnectionEstablishment = false
         configuration.timeout.connect = .seconds(5)
+        if let trustRoots {
+            var tls = TLSConfiguration.makeClientConfiguration()
+            tls.trustRoots = .certificates(trustRoots)
+            configuration.tlsConfiguration = tls
+        }
         return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
-    }()
+    }
+
+    /// Clients that trust a configured authority instead of the system's, one per file and kept
+    /// for the process (like ``defaultHTTP``).
+    private static let trusting = Mutex<[String: HTTPClient]>([:])
+
+    /// The client for an `https://` hub whose certificate `caFile` (PEM) signed; nil: the
+    /// system's roots. `key` names the setting in the error when the file is unusable.
+    public static func http(trusting caFile: String?, key: String = "sync.caFile") throws(ConfigurationError) -> HTTPClient {
+        guard let caFile else { return defaultHTTP }
+        if let client = trusting.withLock({ $0[caFile] }) { return client }
+        let roots: [NIOSSLCertificate]
+        do {
+            roots = try NIOSSLCertificate.fromPEMFile(caFile)
+        } catch {
+            throw ConfigurationError(key: key, rule: "cannot read certificates from \(caFile) (\(error))")
+        }
+        guard !roots.isEmpty else { throw ConfigurationError(key: key, rule: "\(caFile) holds no PEM certificate") }
+        return trusting.withLock { clients in
+            if let client = clients[caFile] { return client }
+            let client = makeHTTP(trustRoots: roots)
+            clients[caFile] = client
+            return client
+        }
+    }
 
     public init(upstream: String, token: String?, gzip: Bool = true, timeout: Duration = .seconds(60), http: HTTPClient = SyncClient.defaultHTTP) {
         self.upstream = upstream.hasSuffix("/") ? String(upstream.dropLast()) : upstream

@@ -64,8 +64,31 @@ public struct NovaConfiguration: Sendable, Equatable {
         public var passwordEnv = "NOVA_DB_PASSWORD"
         public var pool = Pool()
         public var hypertable = Hypertable()
+        /// TLS to the server, with libpq's meanings: `disable`, `require` (encrypted, the server's
+        /// certificate not checked), `verify-full` (checked against `caFile`, or the system's
+        /// roots, and the host name).
+        public var tls = PostgresTLS.disable
+        /// PEM file of the certificate authorities `verify-full` trusts; nil: the system's.
+        public var caFile: String?
 
         public init() {}
+    }
+
+    public enum PostgresTLS: String, Sendable, Equatable, CaseIterable {
+        case disable, require
+        case verifyFull = "verify-full"
+    }
+
+    /// The server's certificate chain and private key, PEM files; with them it speaks only HTTPS
+    /// and WSS.
+    public struct ServerTLS: Sendable, Equatable {
+        public var certificate: String
+        public var key: String
+
+        public init(certificate: String, key: String) {
+            self.certificate = certificate
+            self.key = key
+        }
     }
 
     public struct Dual: Sendable, Equatable {
@@ -114,6 +137,7 @@ public struct NovaConfiguration: Sendable, Equatable {
         /// The largest `limit` a query may ask for.
         public var maxQueryLimit = 100_000
         public var tokens: [Token] = []
+        public var tls: ServerTLS?
 
         public init() {}
     }
@@ -130,6 +154,9 @@ public struct NovaConfiguration: Sendable, Equatable {
         public var maxBackoffSeconds = 30
         /// Hub side: batches applied at once; more are refused with 503 and `Retry-After`.
         public var maxConcurrentBatches = 4
+        /// PEM file of the certificate authorities an `https://` upstream is checked against;
+        /// nil: the system's.
+        public var caFile: String?
 
         public init() {}
     }
@@ -168,6 +195,11 @@ public struct ConfigurationError: Error, Sendable, Equatable, CustomStringConver
     public var key: String
     public var rule: String
     public var description: String { key.isEmpty ? rule : "\(key): \(rule)" }
+
+    public init(key: String, rule: String) {
+        self.key = key
+        self.rule = rule
+    }
 }
 
 extension NovaConfiguration {
@@ -222,6 +254,11 @@ extension NovaConfiguration {
                     pg.hypertable.retentionAfter = try h.interval("retentionAfter", default: pg.hypertable.retentionAfter)
                     try h.finish()
                 }
+                pg.tls = try p.choice("tls", default: pg.tls)
+                pg.caFile = try p.optionalString("caFile")
+                if pg.caFile != nil, pg.tls != .verifyFull {
+                    throw ConfigurationError(key: "database.timescaledb.caFile", rule: "is used only with \"tls\": \"verify-full\"")
+                }
                 try p.finish()
                 config.database.timescaledb = pg
             }
@@ -268,6 +305,10 @@ extension NovaConfiguration {
                     return Token(sha256: hash, roles: roles, siteId: siteId)
                 }
             }
+            if let t = try s.optionalObject("tls") {
+                config.server.tls = ServerTLS(certificate: try t.string("certificate", default: nil, nonEmpty: true), key: try t.string("key", default: nil, nonEmpty: true))
+                try t.finish()
+            }
             try s.finish()
         }
         if let s = try r.object("sync") {
@@ -281,6 +322,7 @@ extension NovaConfiguration {
             }
             config.sync.maxBackoffSeconds = try s.int("maxBackoffSeconds", default: config.sync.maxBackoffSeconds, in: 1...3600)
             config.sync.maxConcurrentBatches = try s.int("maxConcurrentBatches", default: config.sync.maxConcurrentBatches, in: 1...256)
+            config.sync.caFile = try s.optionalString("caFile")
             try s.finish()
         }
         if let l = try r.object("limits") {
@@ -318,14 +360,17 @@ extension NovaConfiguration {
               "host": \(s(pg.host)), "port": \(pg.port), "database": \(s(pg.database)), "user": \(s(pg.user)),
               "password_env": \(s(pg.passwordEnv)),
               "pool": { "minSize": \(pg.pool.minSize), "maxSize": \(pg.pool.maxSize), "commandTimeout": \(pg.pool.commandTimeout), "connectionTimeout": \(pg.pool.connectionTimeout) },
-              "hypertable": { "chunkInterval": \(s(pg.hypertable.chunkInterval)), "compressionAfter": \(s(pg.hypertable.compressionAfter)), "retentionAfter": \(s(pg.hypertable.retentionAfter)) }
+              "hypertable": { "chunkInterval": \(s(pg.hypertable.chunkInterval)), "compressionAfter": \(s(pg.hypertable.compressionAfter)), "retentionAfter": \(s(pg.hypertable.retentionAfter)) },
+              "tls": \(s(pg.tls.rawValue)), "caFile": \(pg.caFile.map(s) ?? "null")
             },
             "dual": { "primary": \(s(database.dual.primary.rawValue)), "verifyEvery": \(s(database.dual.verifyEvery)), "verifyWindow": \(s(database.dual.verifyWindow)) }
           },
-          "server": { "host": \(s(server.host)), "port": \(server.port), "maxBodyBytes": \(server.maxBodyBytes), "maxQueryLimit": \(server.maxQueryLimit), "tokens": [\(tokens.joined(separator: ", "))] },
+          "server": { "host": \(s(server.host)), "port": \(server.port), "maxBodyBytes": \(server.maxBodyBytes), "maxQueryLimit": \(server.maxQueryLimit), "tokens": [\(tokens.joined(separator: ", "))],
+                      "tls": \(server.tls.map { "{ \"certificate\": \(s($0.certificate)), \"key\": \(s($0.key)) }" } ?? "null") },
           "sync": {
             "enabled": \(sync.enabled), "upstream": \(s(sync.upstream)), "token_env": \(s(sync.tokenEnv)), "batchSize": \(sync.batchSize),
-            "compression": \(s(sync.compression)), "maxBackoffSeconds": \(sync.maxBackoffSeconds), "maxConcurrentBatches": \(sync.maxConcurrentBatches)
+            "compression": \(s(sync.compression)), "maxBackoffSeconds": \(sync.maxBackoffSeconds), "maxConcurrentBatches": \(sync.maxConcurrentBatches),
+            "caFile": \(sync.caFile.map(s) ?? "null")
           },
           "limits": { "maxStringBytes": \(limits.maxStringBytes), "maxFrameBytes": \(limits.maxFrameBytes), "maxPayloadBytes": \(limits.maxPayloadBytes) }
         }
@@ -365,6 +410,15 @@ private final class ConfigObject {
     func object(_ name: String) throws(ConfigurationError) -> ConfigObject? {
         guard let v = value(name) else { return nil }
         return try ConfigObject(v, path: key(name))
+    }
+
+    /// Absent or null: nil.
+    func optionalObject(_ name: String) throws(ConfigurationError) -> ConfigObject? {
+        guard let value = members[name], value != .null else {
+            used.insert(name)
+            return nil
+        }
+        return try object(name)
     }
 
     func array(_ name: String) throws(ConfigurationError) -> [JSONValue]? {

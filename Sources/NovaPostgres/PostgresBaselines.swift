@@ -99,10 +99,7 @@ public enum PostgresBaselines {
     }
 
     static func withClient<T: Sendable>(_ location: PostgresLocation, logger: Logger, _ body: @Sendable (PostgresClient) async throws -> T) async throws -> T {
-        var configuration = PostgresClient.Configuration(
-            host: location.host, port: location.port, username: location.user, password: location.password, database: location.database, tls: .disable)
-        configuration.options.maximumConnections = location.pool.maxSize
-        let client = PostgresClient(configuration: configuration, backgroundLogger: logger)
+        let client = PostgresClient(configuration: location.clientConfiguration(), backgroundLogger: logger)
         return try await withThrowingTaskGroup(of: T?.self) { group in
             group.addTask {
                 await client.run()
@@ -133,11 +130,7 @@ public final class PostgresBareQuery: Sendable {
     private let running: Task<Void, Never>
 
     public init(location: PostgresLocation, connections: Int, logger: Logger) {
-        var configuration = PostgresClient.Configuration(
-            host: location.host, port: location.port, username: location.user, password: location.password,
-            database: location.database, tls: .disable)
-        configuration.options.maximumConnections = connections
-        let client = PostgresClient(configuration: configuration, backgroundLogger: logger)
+        let client = PostgresClient(configuration: location.clientConfiguration(maximumConnections: connections), backgroundLogger: logger)
         self.client = client
         running = Task { await client.run() }
     }

@@ -1,5 +1,7 @@
 import Foundation
+import NIOSSL
 import NovaCore
+import PostgresNIO
 
 /// Where a hub store lives and how to reach it: `database.timescaledb` of the configuration, or a
 /// `postgres://USER@HOST:PORT/DB` locator with the password from the environment.
@@ -13,8 +15,12 @@ public struct PostgresLocation: Sendable, CustomStringConvertible {
     public var passwordEnv: String
     public var pool: NovaConfiguration.Pool
     public var hypertable: NovaConfiguration.Hypertable
+    public private(set) var tls: NovaConfiguration.PostgresTLS
+    /// What `verify-full` trusts, read at start so that a bad file stops `nova` at once; nil: the
+    /// system's roots.
+    private var trustRoots: [NIOSSLCertificate]?
 
-    public init(configuration pg: NovaConfiguration.Postgres, environment: [String: String] = ProcessInfo.processInfo.environment) {
+    public init(configuration pg: NovaConfiguration.Postgres, environment: [String: String] = ProcessInfo.processInfo.environment) throws(StoreError) {
         host = pg.host
         port = pg.port
         user = pg.user
@@ -23,12 +29,70 @@ public struct PostgresLocation: Sendable, CustomStringConvertible {
         password = environment[pg.passwordEnv]
         pool = pg.pool
         hypertable = pg.hypertable
+        tls = .disable
+        try setTLS(pg.tls, caFile: pg.caFile, key: "database.timescaledb.caFile")
     }
 
-    /// Parses `postgres://USER@HOST:PORT/DB` (or `postgresql://`); the password comes from
+    mutating func setTLS(_ mode: NovaConfiguration.PostgresTLS, caFile: String?, key: String) throws(StoreError) {
+        tls = mode
+        trustRoots = nil
+        guard let caFile else { return }
+        do {
+            trustRoots = try NIOSSLCertificate.fromPEMFile(caFile)
+        } catch {
+            throw StoreError(.invalidRequest, "\(key): cannot read certificates from \(caFile) (\(error))")
+        }
+        if trustRoots?.isEmpty ?? true { throw StoreError(.invalidRequest, "\(key): \(caFile) holds no PEM certificate") }
+    }
+
+    /// The TLS settings of every connection to this location, pooled or direct.
+    private var tlsConfiguration: TLSConfiguration? {
+        switch tls {
+        case .disable:
+            return nil
+        case .require:
+            // libpq's `require`: encrypted, the certificate not checked.
+            var configuration = TLSConfiguration.makeClientConfiguration()
+            configuration.certificateVerification = .none
+            return configuration
+        case .verifyFull:
+            var configuration = TLSConfiguration.makeClientConfiguration()
+            configuration.certificateVerification = .fullVerification
+            if let trustRoots { configuration.trustRoots = .certificates(trustRoots) }
+            return configuration
+        }
+    }
+
+    /// The pool's settings for this location: one place, so that the store, the tools and the
+    /// baselines all connect the same way (TLS included).
+    public func clientConfiguration(maximumConnections: Int? = nil) -> PostgresClient.Configuration {
+        var configuration = PostgresClient.Configuration(
+            host: host, port: port, username: user, password: password, database: database,
+            tls: tlsConfiguration.map { .require($0) } ?? .disable)
+        configuration.options.maximumConnections = maximumConnections ?? pool.maxSize
+        configuration.options.connectTimeout = .seconds(pool.connectionTimeout)
+        return configuration
+    }
+
+    /// The settings of one connection outside a pool (probes, LISTEN).
+    public func connectionConfiguration() throws(StoreError) -> PostgresConnection.Configuration {
+        let connectionTLS: PostgresConnection.Configuration.TLS
+        do {
+            connectionTLS = try tlsConfiguration.map { .require(try NIOSSLContext(configuration: $0)) } ?? .disable
+        } catch {
+            throw StoreError(.invalidRequest, "\(self): cannot set up TLS (\(error))")
+        }
+        var configuration = PostgresConnection.Configuration(
+            host: host, port: port, username: user, password: password, database: database, tls: connectionTLS)
+        configuration.options.connectTimeout = .seconds(Int64(pool.connectionTimeout))
+        return configuration
+    }
+
+    /// Parses `postgres://USER@HOST:PORT/DB` (or `postgresql://`), optionally with libpq's
+    /// `?sslmode=disable|require|verify-full&sslrootcert=PATH`; the password comes from
     /// `passwordEnv`, never from the locator.
     public init(locator: String, configuration: NovaConfiguration.Postgres = .init(), environment: [String: String] = ProcessInfo.processInfo.environment) throws(StoreError) {
-        self.init(configuration: configuration, environment: environment)
+        try self.init(configuration: configuration, environment: environment)
         guard let url = URLComponents(string: locator), url.scheme == "postgres" || url.scheme == "postgresql",
               let host = url.host, !host.isEmpty
         else {
@@ -42,9 +106,26 @@ public struct PostgresLocation: Sendable, CustomStringConvertible {
         if let user = url.user, !user.isEmpty { self.user = user }
         let db = url.path.hasPrefix("/") ? String(url.path.dropFirst()) : url.path
         if !db.isEmpty { database = db }
-        if let query = url.query, !query.isEmpty {
-            throw StoreError(.invalidRequest, "\(locator): parameters after '?' are not supported")
+        var mode = NovaConfiguration.PostgresTLS.disable
+        var rootCert: String?
+        for item in url.queryItems ?? [] {
+            switch item.name {
+            case "sslmode":
+                guard let value = item.value.flatMap(NovaConfiguration.PostgresTLS.init(rawValue:)) else {
+                    throw StoreError(.invalidRequest, "\(locator): sslmode must be disable, require or verify-full")
+                }
+                mode = value
+            case "sslrootcert":
+                guard let value = item.value, !value.isEmpty else { throw StoreError(.invalidRequest, "\(locator): sslrootcert needs a file") }
+                rootCert = value
+            default:
+                throw StoreError(.invalidRequest, "\(locator): unknown parameter \(item.name) (only sslmode and sslrootcert are supported)")
+            }
         }
+        if rootCert != nil, mode != .verifyFull {
+            throw StoreError(.invalidRequest, "\(locator): sslrootcert is used only with sslmode=verify-full")
+        }
+        try setTLS(mode, caFile: rootCert, key: "sslrootcert")
     }
 
     static func redacted(_ locator: String) -> String {
@@ -53,5 +134,5 @@ public struct PostgresLocation: Sendable, CustomStringConvertible {
         return url.string ?? "postgres://***"
     }
 
-    public var description: String { "postgres://\(user)@\(host):\(port)/\(database)" }
+    public var description: String { "postgres://\(user)@\(host):\(port)/\(database)" + (tls == .disable ? "" : "?sslmode=\(tls.rawValue)") }
 }

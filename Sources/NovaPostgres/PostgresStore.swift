@@ -53,12 +53,8 @@ public final class PostgresStore: EventStore, Service, Sendable {
         self.createIfMissing = createIfMissing
         self.maintainsPartitions = maintainsPartitions
         self.logger = logger
-        var configuration = PostgresClient.Configuration(
-            host: location.host, port: location.port, username: location.user, password: location.password,
-            database: location.database, tls: .disable)
+        var configuration = location.clientConfiguration()
         configuration.options.minimumConnections = location.pool.minSize
-        configuration.options.maximumConnections = location.pool.maxSize
-        configuration.options.connectTimeout = .seconds(location.pool.connectionTimeout)
         configuration.options.additionalStartupParameters = [
             ("statement_timeout", "\(location.pool.commandTimeout)s"), ("application_name", "nova"), ("TimeZone", "UTC"),
         ]
@@ -111,16 +107,12 @@ public final class PostgresStore: EventStore, Service, Sendable {
     /// One direct connection attempt, outside the pool, which would otherwise retry silently: it
     /// fails fast with the server's real answer (refused, wrong credentials, no such database).
     private func probe() async throws {
-        let connection = try await PostgresConnection.connect(configuration: directConfiguration, id: 0, logger: logger)
+        let connection = try await PostgresConnection.connect(configuration: try directConfiguration, id: 0, logger: logger)
         try await connection.close()
     }
 
     private var directConfiguration: PostgresConnection.Configuration {
-        var configuration = PostgresConnection.Configuration(
-            host: location.host, port: location.port, username: location.user, password: location.password,
-            database: location.database, tls: .disable)
-        configuration.options.connectTimeout = .seconds(Int64(location.pool.connectionTimeout))
-        return configuration
+        get throws { try location.connectionConfiguration() }
     }
 
     /// The channel every append notifies when it commits (``insertSQL(lanes:notifyAs:)``).
@@ -136,7 +128,7 @@ public final class PostgresStore: EventStore, Service, Sendable {
         var delay = Duration.milliseconds(250)
         while !Task.isCancelled {
             do {
-                let connection = try await PostgresConnection.connect(configuration: directConfiguration, id: 1, logger: logger)
+                let connection = try await PostgresConnection.connect(configuration: try directConfiguration, id: 1, logger: logger)
                 do {
                     try await connection.listen(on: Self.commitChannel) { notifications in
                         delay = .milliseconds(250)

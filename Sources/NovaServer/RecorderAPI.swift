@@ -1,9 +1,12 @@
 import HTTPTypes
 import Prometheus
 import Hummingbird
+import HummingbirdCore
+import HummingbirdTLS
 import HummingbirdWebSocket
 import Logging
 import NIOCore
+import NIOSSL
 import NovaCore
 import ServiceLifecycle
 
@@ -52,22 +55,47 @@ public struct RecorderAPI: Sendable {
         self.inFlight = inFlight
     }
 
-    /// The HTTP server with WebSocket upgrades for `/v1/stream`, and the stream feed's upkeep.
+    /// The HTTP server with WebSocket upgrades for `/v1/stream`, and the stream feed's upkeep;
+    /// HTTPS and WSS only when `server.tls` is configured (its files are read here, so a bad one
+    /// stops the start with the key named).
     ///
     /// Half-open stream connections are found by WebSocket pings every 60 s: a client that has
     /// not answered one by the next is closed. The period is long because a slow client's pong
     /// waits behind the events queued for it, and a slow client must not be dropped.
     public func application(
         host: String, port: Int, onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
-    ) -> some ApplicationProtocol {
+    ) throws -> some ApplicationProtocol {
         let router = router()
+        var server = HTTPServerBuilder.http1WebSocketUpgrade(webSocketRouter: router, configuration: .init(ws: .init(autoPing: .enabled(timePeriod: .seconds(60)))))
+        if let tls = configuration.server.tls {
+            server = try .tls(server, tlsConfiguration: Self.tlsConfiguration(tls))
+        }
         return Application(
             router: router,
-            server: .http1WebSocketUpgrade(webSocketRouter: router, configuration: .init(ws: .init(autoPing: .enabled(timePeriod: .seconds(60))))),
+            server: server,
             configuration: .init(address: .hostname(host, port: port), serverName: "nova"),
             services: [CommitFeedService(feed: feed, store: store, logger: logger)],
             onServerRunning: onServerRunning,
             logger: logger)
+    }
+
+    static func tlsConfiguration(_ tls: NovaConfiguration.ServerTLS) throws(ConfigurationError) -> TLSConfiguration {
+        let chain: [NIOSSLCertificate]
+        do {
+            chain = try NIOSSLCertificate.fromPEMFile(tls.certificate)
+        } catch {
+            throw ConfigurationError(key: "server.tls.certificate", rule: "cannot read a PEM certificate chain from \(tls.certificate) (\(error))")
+        }
+        guard !chain.isEmpty else { throw ConfigurationError(key: "server.tls.certificate", rule: "\(tls.certificate) holds no PEM certificate") }
+        let key: NIOSSLPrivateKey
+        do {
+            key = try NIOSSLPrivateKey(file: tls.key, format: .pem)
+        } catch {
+            throw ConfigurationError(key: "server.tls.key", rule: "cannot read a PEM private key from \(tls.key) (\(error))")
+        }
+        var configuration = TLSConfiguration.makeServerConfiguration(certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
+        configuration.minimumTLSVersion = .tlsv12
+        return configuration
     }
 
     public func router() -> Router<NovaRequestContext> {

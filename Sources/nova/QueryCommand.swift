@@ -4,6 +4,7 @@ import Foundation
 import NIOCore
 import NIOHTTP1
 import NovaCore
+import NovaSync
 
 /// `nova query`: an ordered range, every page, as NDJSON or CSV, from a store or a server.
 struct QueryCommand: AsyncParsableCommand {
@@ -29,6 +30,7 @@ struct QueryCommand: AsyncParsableCommand {
     @Option(help: "ndjson or csv.") var format: String = "ndjson"
     @Option(help: "Events per page requested.") var pageSize: Int = 10_000
     @Option(help: "Environment variable holding a bearer token, for a server URL.") var tokenEnv: String = "NOVA_TOKEN"
+    @Option(help: "PEM file of the authority that signed an https:// server's certificate (default: the system's).") var caFile: String?
 
     func validate() throws {
         guard ["ndjson", "csv"].contains(format) else { throw ValidationError("--format: must be ndjson or csv, found \(format)") }
@@ -104,7 +106,7 @@ struct QueryCommand: AsyncParsableCommand {
         ]
         if let lane { items.append(URLQueryItem(name: "lane", value: lane)) }
         for (field, value) in filters { items.append(URLQueryItem(name: field, value: value)) }
-        let client = HTTPClient.shared
+        let client = try caFile.map { caFile throws in try SyncClient.http(trusting: caFile, key: "--ca-file") } ?? .shared
         let token = ProcessInfo.processInfo.environment[tokenEnv]
         var cursor: String?
         let decoder = EventDecoder()

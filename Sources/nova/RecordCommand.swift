@@ -43,7 +43,7 @@ struct RecordCommand: AsyncParsableCommand {
         var services: [any Service] = [StoreService(store: store)]
         var shadow: PostgresStore?
         if dual {
-            let pg = PostgresStore(location: PostgresLocation(configuration: config.database.timescaledb), logger: logger)
+            let pg = PostgresStore(location: try PostgresLocation(configuration: config.database.timescaledb), logger: logger)
             services.append(pg)
             shadow = pg
         }
@@ -89,10 +89,11 @@ func serve(
         status = { try await s.status() }
     }
     let api = RecorderAPI(store: store, configuration: config, metrics: NovaMetrics(registry: registry), logger: logger, syncStatus: status, inFlight: inFlight)
-    let app = api.application(host: config.server.host, port: config.server.port) { channel in
+    let scheme = config.server.tls == nil ? "http" : "https"
+    let app = try api.application(host: config.server.host, port: config.server.port) { channel in
         let port = channel.localAddress?.port ?? config.server.port
         // One line on stdout that scripts and tests wait for.
-        FileHandle.standardOutput.write(Data("nova: listening on http://\(config.server.host):\(port) (\(store.description))\n".utf8))
+        FileHandle.standardOutput.write(Data("nova: listening on \(scheme)://\(config.server.host):\(port) (\(store.description))\n".utf8))
     }
     var shipping: [any Service] = shipper.map { [$0] } ?? []
     if let shadow {
@@ -127,7 +128,7 @@ func makeShipper(
         logger.warning("sync: no token in the environment; the hub must run with auth off", metadata: ["token_env": "\(config.sync.tokenEnv)"])
     }
     var settings = Shipper.Settings(siteId: config.core.siteId, batchSize: config.sync.batchSize, maxBackoff: .seconds(config.sync.maxBackoffSeconds))
-    let client = SyncClient(upstream: config.sync.upstream, token: token, gzip: config.sync.compression == "gzip")
+    let client = SyncClient(upstream: config.sync.upstream, token: token, gzip: config.sync.compression == "gzip", http: try SyncClient.http(trusting: config.sync.caFile))
     logger.info("sync: shipping to the hub", metadata: ["upstream": "\(config.sync.upstream)", "siteId": "\(config.core.siteId)", "batchSize": "\(config.sync.batchSize)"])
     return Shipper(store: store, client: client, settings: settings, inFlight: inFlight, registry: registry, logger: logger)
 }

@@ -29,19 +29,19 @@ struct ServeCommand: AsyncParsableCommand {
         }
         try config.checkListenAddress()
         let logger = options.bootstrapLogging()
-        let postgres = { PostgresStore(location: PostgresLocation(configuration: config.database.timescaledb), logger: logger) }
+        let postgres = { () throws in PostgresStore(location: try PostgresLocation(configuration: config.database.timescaledb), logger: logger) }
         switch (config.database.type, config.database.dual.primary) {
         case (.timescaledb, _):
-            let store = postgres()
+            let store = try postgres()
             try await serve(store: store, services: [store], config: config, logger: logger)
         case (.sqlite, _):
             let store = try openSQLite(config, logger: logger)
             try await serve(store: store, services: [StoreService(store: store)], config: config, logger: logger)
         case (.dual, .timescaledb):
-            let (store, shadow) = (postgres(), try openSQLite(config, logger: logger))
+            let (store, shadow) = (try postgres(), try openSQLite(config, logger: logger))
             try await serve(store: store, services: [store, StoreService(store: shadow)], config: config, logger: logger, shadow: shadow)
         case (.dual, _):
-            let (store, shadow) = (try openSQLite(config, logger: logger), postgres())
+            let (store, shadow) = (try openSQLite(config, logger: logger), try postgres())
             try await serve(store: store, services: [StoreService(store: store), shadow], config: config, logger: logger, shadow: shadow)
         }
     }

@@ -4,6 +4,7 @@ import Foundation
 import NIOCore
 import NIOHTTP1
 import NovaCore
+import NovaSync
 
 /// `nova simulate`: a fleet of devices posting events of all five lanes at a steady rate.
 struct SimulateCommand: AsyncParsableCommand {
@@ -30,6 +31,7 @@ struct SimulateCommand: AsyncParsableCommand {
     @Option(help: "Share of events sent late, with an older device time (0...1).") var late = 0.01
     @Option(help: "Concurrent requests at most.") var inFlight = 4
     @Option(help: "Environment variable holding a bearer token with the ingest role.") var tokenEnv = "NOVA_TOKEN"
+    @Option(help: "PEM file of the authority that signed an https:// recorder's certificate (default: the system's).") var caFile: String?
 
     func validate() throws {
         guard devices >= 1 else { throw ValidationError("--devices: at least 1") }
@@ -42,6 +44,7 @@ struct SimulateCommand: AsyncParsableCommand {
 
     func run() async throws {
         let token = ProcessInfo.processInfo.environment[tokenEnv]
+        let http = try caFile.map { caFile throws in try SyncClient.http(trusting: caFile, key: "--ca-file") } ?? .shared
         var fleet = Fleet(devices: devices, scope: scope, duplicates: duplicates, late: late)
         let tally = Tally()
         let slots = AsyncSemaphore(inFlight)
@@ -67,7 +70,7 @@ struct SimulateCommand: AsyncParsableCommand {
                 await slots.wait()
                 group.addTask {
                     defer { Task { await slots.signal() } }
-                    await tally.send(ByteBuffer(bytes: body), events: count, to: target, token: token)
+                    await tally.send(ByteBuffer(bytes: body), events: count, to: target, token: token, http: http)
                 }
                 if duration > 0 { progress.update(min(progress.total, await tally.sent)) }
             }
@@ -90,7 +93,7 @@ actor Tally {
     var lastFailure: String?
     var requests = 0
 
-    func send(_ body: ByteBuffer, events: Int, to target: String, token: String?) async {
+    func send(_ body: ByteBuffer, events: Int, to target: String, token: String?, http: HTTPClient) async {
         var request = HTTPClientRequest(url: target.hasSuffix("/") ? target + "v1/events" : target + "/v1/events")
         request.method = .POST
         request.headers.add(name: "Content-Type", value: "application/x-ndjson")
@@ -99,7 +102,7 @@ actor Tally {
         sent += events
         requests += 1
         do {
-            let response = try await HTTPClient.shared.execute(request, timeout: .seconds(30))
+            let response = try await http.execute(request, timeout: .seconds(30))
             let text = String(buffer: try await response.body.collect(upTo: 1 << 24))
             guard response.status == .ok, let json = try? JSONParser.parse(text) else {
                 record(failure: "HTTP \(response.status.code): \(text.prefix(200))")

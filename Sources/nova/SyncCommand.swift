@@ -29,17 +29,19 @@ struct SyncStatusCommand: AsyncParsableCommand {
     @Option(help: "Base URL of the recorder (default: from the configuration).") var url: String?
     @Flag(help: "Ask a hub for every site's watermarks instead.") var sites = false
     @Option(help: "Environment variable holding a read token.") var tokenEnv: String = "NOVA_TOKEN"
+    @Option(help: "PEM file of the authority that signed an https:// recorder's certificate (default: the system's).") var caFile: String?
 
     func run() async throws {
         let config = try options.load()
-        let base = url ?? "http://\(config.server.host):\(config.server.port)"
+        let base = url ?? "\(config.server.tls == nil ? "http" : "https")://\(config.server.host):\(config.server.port)"
+        let http = try caFile.map { caFile throws in try SyncClient.http(trusting: caFile, key: "--ca-file") } ?? .shared
         var request = HTTPClientRequest(url: base + (sites ? "/v1/sync/sites" : "/v1/sync/status"))
         if let token = ProcessInfo.processInfo.environment[tokenEnv], !token.isEmpty {
             request.headers.add(name: "Authorization", value: "Bearer \(token)")
         }
         let response: HTTPClientResponse
         do {
-            response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+            response = try await http.execute(request, timeout: .seconds(10))
         } catch {
             throw CLIError("\(base): no answer (is the recorder running?): \(error)")
         }
@@ -68,7 +70,7 @@ struct SyncRepairCommand: AsyncParsableCommand {
         let config = try options.load()
         guard config.database.type == .sqlite else { throw CLIError("database.type: sync repair runs on an edge's sqlite store") }
         let token = ProcessInfo.processInfo.environment[config.sync.tokenEnv].flatMap { $0.isEmpty ? nil : $0 }
-        let client = SyncClient(upstream: config.sync.upstream, token: token, gzip: config.sync.compression == "gzip")
+        let client = SyncClient(upstream: config.sync.upstream, token: token, gzip: config.sync.compression == "gzip", http: try SyncClient.http(trusting: selection.caFile ?? config.sync.caFile, key: selection.caFile == nil ? "sync.caFile" : "--ca-file"))
         let hub = DigestSide(client: client)
         let status = StatusLine()
         let locator = "sqlite:\(config.database.sqlite.path)"

@@ -25,10 +25,18 @@ struct VerifyCommand: AsyncParsableCommand {
 
     func run() async throws {
         let status = StatusLine()
-        let results = try await withSide(left, token: selection.token) { a in
-            try await withSide(right, token: selection.token) { b in
-                try await selection.verification.run(a, b) { status.update($0) }
+        let results: [Verification.ScopeResult]
+        do {
+            results = try await withSide(left, token: selection.token, caFile: selection.caFile) { a in
+                try await withSide(right, token: selection.token, caFile: selection.caFile) { b in
+                    try await selection.verification.run(a, b) { status.update($0) }
+                }
             }
+        } catch {
+            // Exit 1 means "the stores differ"; a comparison that could not run is not that.
+            status.finish()
+            FileHandle.standardError.write(Data("Error: \(error)\n".utf8))
+            throw ExitCode(2)
         }
         status.finish()
         let differences = report(results, left: left, right: right, bucket: selection.bucket)
@@ -45,6 +53,7 @@ struct DigestSelection: ParsableArguments {
     @Option(help: "canonical (default) or source.") var timebase: String = "canonical"
     @Option(help: "One lane or a comma list (default: all five).") var lane: String?
     @Option(help: "Environment variable holding a bearer token for a server URL.") var tokenEnv: String = "NOVA_TOKEN"
+    @Option(help: "PEM file of the authority that signed an https:// server's certificate (default: the system's).") var caFile: String?
 
     func validate() throws {
         _ = try verificationOrError()
@@ -91,9 +100,9 @@ struct DigestSelection: ParsableArguments {
 
 extension AsyncParsableCommand {
     /// Runs `body` with one side of a comparison open: a store locator, or a server URL.
-    func withSide<T>(_ text: String, token: String?, _ body: (DigestSide) async throws -> T) async throws -> T {
+    func withSide<T>(_ text: String, token: String?, caFile: String?, _ body: (DigestSide) async throws -> T) async throws -> T {
         if text.hasPrefix("http://") || text.hasPrefix("https://") {
-            return try await body(DigestSide(client: SyncClient(upstream: text, token: token)))
+            return try await body(DigestSide(client: SyncClient(upstream: text, token: token, http: try SyncClient.http(trusting: caFile, key: "--ca-file"))))
         }
         return try await StoreLocator(text).withStore(create: false, readOnly: true, logger: toolLogger()) { store in
             try await body(DigestSide(store: store, name: text))

@@ -53,5 +53,13 @@ import Testing
         #expect(printed.contains("***"))
         let reloaded = try load(printed.replacingOccurrences(of: "***", with: String(repeating: "a", count: 64)))
         #expect(reloaded == config)
+        // And with every TLS setting.
+        let tls = try load(#"""
+            {"server": {"tls": {"certificate": "c.pem", "key": "k.pem"}}, "sync": {"caFile": "hub-ca.pem"},
+             "database": {"timescaledb": {"tls": "verify-full", "caFile": "db-ca.pem"}}}
+            """#)
+        #expect(tls.server.tls == NovaConfiguration.ServerTLS(certificate: "c.pem", key: "k.pem"))
+        #expect(tls.database.timescaledb.tls == .verifyFull)
+        #expect(try load(tls.printable) == tls)
     }
 }

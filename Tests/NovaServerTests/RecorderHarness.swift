@@ -21,8 +21,8 @@ func withRecorder<T: Sendable>(
     let (store, cleanup) = try await backend.makeStore()
     let metrics = NovaMetrics()
     let api = RecorderAPI(store: store, configuration: config, metrics: metrics, logger: quietLogger, feedCapacity: feedCapacity, handOverDistance: handOverDistance)
-    let app = api.application(host: "127.0.0.1", port: 0)
     do {
+        let app = try api.application(host: "127.0.0.1", port: 0)
         let result = try await app.test(.live) { client in try await body(client, store, metrics) }
         await cleanup()
         return result

@@ -1,4 +1,5 @@
 import Foundation
+import NIOSSL
 import NovaCore
 
 /// The contract's vectors (a copy of `shared/spec/vectors`, kept identical by a test) and helpers
@@ -69,4 +70,23 @@ public enum VectorFields {
         "scopeId over 256 bytes": "scopeId", "payload not an object": "payload", "missing payload": "payload",
         "eventId given and wrong": "eventId",
     ]
+}
+
+/// The test-only TLS material of `Tests/Fixtures/tls` (see its README).
+public enum TestTLS {
+    static let directory = Fixtures.directory.appendingPathComponent("tls")
+    /// The authority that signed the server certificate.
+    public static var ca: String { directory.appendingPathComponent("ca.pem").path }
+    /// An authority that signed nothing here.
+    public static var otherCA: String { directory.appendingPathComponent("other-ca.pem").path }
+    /// A certificate for `localhost` and `127.0.0.1`, and its key.
+    public static var certificate: String { directory.appendingPathComponent("server.pem").path }
+    public static var key: String { directory.appendingPathComponent("server.key").path }
+
+    /// A client configuration that trusts `caFile` alone.
+    public static func client(trusting caFile: String = ca) throws -> TLSConfiguration {
+        var configuration = TLSConfiguration.makeClientConfiguration()
+        configuration.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(caFile))
+        return configuration
+    }
 }

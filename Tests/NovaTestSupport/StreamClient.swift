@@ -3,6 +3,7 @@ import HTTPTypes
 import HummingbirdWSClient
 import Logging
 import NIOCore
+import NIOSSL
 import NovaCore
 import Synchronization
 
@@ -120,16 +121,18 @@ public struct StreamTestError: Error, CustomStringConvertible {
 /// Opens `ws://127.0.0.1:<port>/v1/stream?<query>`, runs `script`, then closes (or returns when
 /// the server closed and the script finished). Returns the server's close frame, if any.
 @discardableResult
+/// `tls`: connect with `wss://` and this client configuration (its trust roots), naming the
+/// server `localhost` (the client would send the address as SNI, which TLS forbids).
 public func withStream(
-    port: Int, query: String, token: String? = nil,
+    port: Int, query: String, token: String? = nil, tls: TLSConfiguration? = nil,
     _ script: @escaping @Sendable (StreamConnection) async throws -> Void
 ) async throws -> WebSocketCloseFrame? {
     var headers = HTTPFields()
     if let token { headers[.authorization] = "Bearer \(token)" }
     let failure = Mutex<(any Error)?>(nil)
     let close = try await WebSocketClient.connect(
-        url: "ws://127.0.0.1:\(port)/v1/stream?\(query)", configuration: .init(maxFrameSize: 1 << 20, additionalHeaders: headers),
-        logger: quietLogger
+        url: "\(tls == nil ? "ws" : "wss")://127.0.0.1:\(port)/v1/stream?\(query)", configuration: .init(maxFrameSize: 1 << 20, additionalHeaders: headers, sniHostname: tls == nil ? nil : "localhost"),
+        tlsConfiguration: tls, logger: quietLogger
     ) { inbound, outbound, _ in
         let connection = StreamConnection(outbound: outbound)
         await withTaskGroup(of: Void.self) { group in

@@ -117,8 +117,7 @@ public enum TestPostgres {
     /// A plain connection, not a pool: cancelling a pool's `run()` while it is still opening a
     /// connection was seen to hang a loaded test run.
     public static func withConnection<T: Sendable>(_ location: PostgresLocation, _ body: @Sendable (PostgresConnection) async throws -> T) async throws -> T {
-        var configuration = PostgresConnection.Configuration(
-            host: location.host, port: location.port, username: location.user, password: location.password, database: location.database, tls: .disable)
+        var configuration = try location.connectionConfiguration()
         configuration.options.connectTimeout = .seconds(30)
         let connection = try await PostgresConnection.connect(configuration: configuration, id: 0, logger: quietLogger)
         do {

@@ -130,3 +130,71 @@ import Testing
         #expect(resent.ingestSeqs.map { $0 != nil } == [true, false])
     }
 }
+
+/// TLS to PostgreSQL, against the test server (which `Scripts/postgres-test-cluster` starts with
+/// the test certificate): libpq's `sslmode` names in locators and configuration.
+@Suite struct PostgresTLSTests {
+    /// `require` and `verify-full` connections are encrypted (the server's own view says so), and
+    /// a whole store runs over `verify-full`.
+    @Test func requireAndVerifyFullAreEncryptedAndAStoreRunsOverThem() async throws {
+        let location = try await TestPostgres.createDatabase()
+        defer { Task { await TestPostgres.dropDatabase(location.database) } }
+        let base = "postgres://\(location.user)@\(location.host):\(location.port)/\(location.database)"
+        let environment = ["NOVA_DB_PASSWORD": location.password ?? ""]
+        for (query, encrypted) in [("", false), ("?sslmode=require", true), ("?sslmode=verify-full&sslrootcert=\(TestTLS.ca)", true)] {
+            var tls = try PostgresLocation(locator: base + query, environment: environment)
+            tls.pool.maxSize = 2
+            let client = PostgresClient(configuration: tls.clientConfiguration(), backgroundLogger: quietLogger)
+            let ssl = try await withThrowingTaskGroup(of: Bool?.self) { group in
+                group.addTask {
+                    await client.run()
+                    return nil
+                }
+                let rows = try await client.query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").collect()
+                group.cancelAll()
+                return try rows.first?.decode(Bool.self)
+            }
+            #expect(ssl == encrypted, "\(query)")
+        }
+        var verified = try PostgresLocation(locator: base + "?sslmode=verify-full&sslrootcert=\(TestTLS.ca)", environment: environment)
+        verified.hypertable.retentionAfter = "1000 years"
+        let store = PostgresStore(location: verified, maintainsPartitions: false, logger: quietLogger)
+        let running = Task { try await store.run() }
+        defer { running.cancel() }
+        try await store.waitUntilReady(timeout: .seconds(60))
+        let event = Event(scopeId: "tls", sourceTruthTime: Timestamp(microseconds: 1_780_000_000_000_000), canonicalTruthTime: Timestamp(microseconds: 1_780_000_000_000_000),
+                          fields: .raw(connectionId: "c", sequence: 1, bytes: [1, 2, 3]))
+        #expect(try await store.append([event]).accepted == 1)
+        #expect(store.description.contains("sslmode=verify-full"))
+    }
+
+    /// A server whose certificate the configured authority did not sign is never trusted: the
+    /// store stays not ready and says why.
+    @Test func verifyFullRefusesAServerItsAuthorityDidNotSign() async throws {
+        let (locator, password) = try TestPostgres.server()
+        let location = try PostgresLocation(locator: locator + "?sslmode=verify-full&sslrootcert=\(TestTLS.otherCA)", environment: ["NOVA_DB_PASSWORD": password])
+        let store = PostgresStore(location: location, createIfMissing: false, maintainsPartitions: false, logger: quietLogger)
+        let running = Task { try await store.run() }
+        defer { running.cancel() }
+        do {
+            try await store.waitUntilReady(timeout: .seconds(5))
+            Issue.record("a server signed by another authority was trusted")
+        } catch {
+            #expect(error.message.contains("CERTIFICATE_VERIFY_FAILED"), "\(error.message)")
+        }
+    }
+
+    @Test func badTLSLocatorsAreRefusedNamingTheParameter() throws {
+        let cases: [(String, String)] = [
+            ("postgres://nova@db/nova?sslmode=prefer", "sslmode must be disable, require or verify-full"),
+            ("postgres://nova@db/nova?sslmode=require&sslrootcert=\(TestTLS.ca)", "sslrootcert is used only with sslmode=verify-full"),
+            ("postgres://nova@db/nova?sslmode=verify-full&sslrootcert=/nonexistent.pem", "sslrootcert: cannot read certificates from /nonexistent.pem"),
+            ("postgres://nova@db/nova?application_name=x", "unknown parameter application_name"),
+        ]
+        for (locator, message) in cases {
+            #expect { try PostgresLocation(locator: locator) } throws: { error in
+                "\(error)".contains(message)
+            }
+        }
+    }
+}
