@@ -136,6 +136,18 @@ public struct NovaConfiguration: Sendable, Equatable {
         public var maxBodyBytes = 64 << 20
         /// The largest `limit` a query may ask for.
         public var maxQueryLimit = 100_000
+        /// Events in one ingest body at most; more: 413, nothing stored.
+        public var maxEventsPerBatch = 100_000
+        /// The longest `from`..`to` of `GET /v1/events` (an interval such as "31 days"); nil: any.
+        /// Each answer is bounded by `limit` anyway; this bounds how far a sparse filter scans.
+        public var maxQueryRange: String?
+        /// Open `/v1/stream` connections per token (with auth off, for everyone together).
+        public var maxStreamsPerToken = 64
+        /// The largest message a stream client may send (commands are tiny).
+        public var maxStreamMessageBytes = 4096
+        /// An HTTP connection that sends nothing for this long (mid-request or between requests)
+        /// is closed; WebSocket streams have their own pings.
+        public var idleTimeoutSeconds = 60
         public var tokens: [Token] = []
         public var tls: ServerTLS?
 
@@ -283,6 +295,16 @@ extension NovaConfiguration {
             config.server.port = try s.int("port", default: config.server.port, in: 0...65535)
             config.server.maxBodyBytes = try s.int("maxBodyBytes", default: config.server.maxBodyBytes, in: 1...(1 << 34))
             config.server.maxQueryLimit = try s.int("maxQueryLimit", default: config.server.maxQueryLimit, in: 1...10_000_000)
+            config.server.maxEventsPerBatch = try s.int("maxEventsPerBatch", default: config.server.maxEventsPerBatch, in: 1...10_000_000)
+            if let text = try s.optionalString("maxQueryRange") {
+                guard Self.parseInterval(text) != nil else {
+                    throw ConfigurationError(key: "server.maxQueryRange", rule: "must be a duration such as \"31 days\" or \"12 hours\", found \(quoted(text))")
+                }
+                config.server.maxQueryRange = text
+            }
+            config.server.maxStreamsPerToken = try s.int("maxStreamsPerToken", default: config.server.maxStreamsPerToken, in: 1...100_000)
+            config.server.maxStreamMessageBytes = try s.int("maxStreamMessageBytes", default: config.server.maxStreamMessageBytes, in: 256...(1 << 20))
+            config.server.idleTimeoutSeconds = try s.int("idleTimeoutSeconds", default: config.server.idleTimeoutSeconds, in: 1...86_400)
             if let tokens = try s.array("tokens") {
                 config.server.tokens = try tokens.enumerated().map { (k, value) throws(ConfigurationError) in
                     let t = try ConfigObject(value, path: "server.tokens[\(k)]")
@@ -365,7 +387,10 @@ extension NovaConfiguration {
             },
             "dual": { "primary": \(s(database.dual.primary.rawValue)), "verifyEvery": \(s(database.dual.verifyEvery)), "verifyWindow": \(s(database.dual.verifyWindow)) }
           },
-          "server": { "host": \(s(server.host)), "port": \(server.port), "maxBodyBytes": \(server.maxBodyBytes), "maxQueryLimit": \(server.maxQueryLimit), "tokens": [\(tokens.joined(separator: ", "))],
+          "server": { "host": \(s(server.host)), "port": \(server.port), "maxBodyBytes": \(server.maxBodyBytes), "maxQueryLimit": \(server.maxQueryLimit),
+                      "maxEventsPerBatch": \(server.maxEventsPerBatch), "maxQueryRange": \(server.maxQueryRange.map(s) ?? "null"),
+                      "maxStreamsPerToken": \(server.maxStreamsPerToken), "maxStreamMessageBytes": \(server.maxStreamMessageBytes),
+                      "idleTimeoutSeconds": \(server.idleTimeoutSeconds), "tokens": [\(tokens.joined(separator: ", "))],
                       "tls": \(server.tls.map { "{ \"certificate\": \(s($0.certificate)), \"key\": \(s($0.key)) }" } ?? "null") },
           "sync": {
             "enabled": \(sync.enabled), "upstream": \(s(sync.upstream)), "token_env": \(s(sync.tokenEnv)), "batchSize": \(sync.batchSize),

@@ -40,13 +40,14 @@ struct AuthMiddleware: RouterMiddleware {
             throw APIError(.unauthorized, "Authorization: a bearer token is required", headers: [.wwwAuthenticate: "Bearer"])
         }
         let presented = Array(TokenHash.sha256Hex(String(header.dropFirst(7))).utf8)
-        var match: Entry?
-        for entry in entries where TokenHash.constantTimeEqual(entry.hash, presented) {
-            match = entry
+        var slot: Int?
+        for (k, entry) in entries.enumerated() where TokenHash.constantTimeEqual(entry.hash, presented) {
+            slot = k
         }
-        guard let match else {
+        guard let slot else {
             throw APIError(.unauthorized, "Authorization: unknown token", headers: [.wwwAuthenticate: "Bearer"])
         }
+        let match = entries[slot]
         // A site's sync token may also read the digests and stats that `nova sync repair` compares.
         let syncReadable = role == .read && ["/v1/digests", "/v1/stats"].contains(request.uri.path) && match.roles.contains(.sync)
         guard match.roles.contains(role) || (match.roles.contains(.admin) && role != .sync) || syncReadable else {
@@ -54,6 +55,7 @@ struct AuthMiddleware: RouterMiddleware {
         }
         var context = context
         if role == .sync { context.syncSiteId = match.siteId }
+        context.tokenSlot = slot
         return try await next(request, context)
     }
 }

@@ -14,6 +14,7 @@ public final class NovaMetrics: Sendable {
     let streamClients: Gauge
     let streamEventsSent: Counter
     let streamCatchUps: Counter
+    let streamsRefused: Counter
     let streamLag: DurationHistogram
     let syncBatchesRefused: Counter
     let syncOverloaded: Counter
@@ -43,6 +44,8 @@ public final class NovaMetrics: Sendable {
         streamEventsSent = registry.makeCounter(name: "nova_stream_events_sent_total", help: "Events sent to stream clients.")
         streamCatchUps = registry.makeCounter(
             name: "nova_stream_catchups_total", help: "Times a LIVE client fell behind the in-memory tail and was served from the store.")
+        streamsRefused = registry.makeCounter(
+            name: "nova_stream_refused_total", help: "Streams refused because their token had server.maxStreamsPerToken open.")
         streamLag = registry.makeDurationHistogram(
             name: "nova_stream_lag_seconds", buckets: Self.latencyBuckets,
             help: "Per client and chunk: time from a commit entering the live tail to its sending.")

@@ -8,6 +8,9 @@ public struct NovaRequestContext: RequestContext, WebSocketRequestContext {
     public let webSocket: WebSocketHandlerReference<Self>
     /// The site a `sync` token is bound to, once authenticated (nil with auth off).
     public var syncSiteId: String?
+    /// Which configured token authenticated the request (its position in `server.tokens`); nil
+    /// with auth off. Per-token limits count by it.
+    public var tokenSlot: Int?
 
     public init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)

@@ -101,11 +101,14 @@ extension EventQuery {
     /// A filter narrows the lane that owns its field. Without `lane`, the lanes are those named by
     /// the filters given (all five when none); with `lane`, a filter on a lane not selected is an
     /// error rather than silently ignored.
-    init(parameters p: inout QueryParameters, maxLimit: Int) throws(APIError) {
+    init(parameters p: inout QueryParameters, maxLimit: Int, maxRange: (text: String, duration: Duration)? = nil) throws(APIError) {
         let scope = try p.required("scope")
         let from = try p.time("from")
         let to = try p.time("to")
         guard from <= to else { throw APIError(.badRequest, "from: must not be after to") }
+        if let maxRange, Duration.microseconds(to.microseconds - from.microseconds) > maxRange.duration {
+            throw APIError(.badRequest, "to: the range from..to may span at most \(maxRange.text) (server.maxQueryRange); page through shorter ranges")
+        }
         let (timebase, lanes, filters) = try p.selection()
         let limit = try p.int("limit", default: Swift.min(10_000, maxLimit), in: 1...maxLimit)
         self.init(scopeId: scope, range: from..<to, timebase: timebase, lanes: lanes, filters: filters, limit: limit)

@@ -7,7 +7,8 @@ import NovaCore
 extension RecorderAPI {
     /// `POST /v1/events`: validate every event, append the valid ones in one transaction, answer
     /// only after the commit. A bad event is rejected alone; with `?atomic=true` the whole batch is
-    /// refused (422) and nothing stored. A body over `maxBodyBytes` is refused (413) unread.
+    /// refused (422) and nothing stored. A body over `maxBodyBytes` is refused (413) unread, one of
+    /// more than `maxEventsPerBatch` events (413) after parsing.
     func ingest(_ request: Request) async throws -> Response {
         var parameters = try QueryParameters(request.uri)
         let atomic = try parameters.bool("atomic")
@@ -33,6 +34,10 @@ extension RecorderAPI {
             }
         } catch let error as EventValidationError {
             throw APIError(.badRequest, error.description)
+        }
+        let maxEvents = configuration.server.maxEventsPerBatch
+        guard batch.count <= maxEvents else {
+            throw APIError(.contentTooLarge, "body: \(batch.count) events exceeds the limit of \(maxEvents) per batch (server.maxEventsPerBatch); nothing stored")
         }
         metrics.ingestRejected.increment(by: Int64(batch.rejected.count))
         if atomic, !batch.rejected.isEmpty {

@@ -3,6 +3,7 @@ import HummingbirdWebSocket
 import NIOWebSocket
 import NovaCore
 import Prometheus
+import Synchronization
 
 extension RecorderAPI {
     /// `GET /v1/stream`: LIVE and REWIND over WebSocket (api.md, Streaming).
@@ -12,8 +13,20 @@ extension RecorderAPI {
     /// binary messages, 1009 for oversized ones, 1011 when the store fails. Reading the client
     /// runs beside sending, so commands act mid-stream and a close is noticed at once.
     func stream(_ inbound: WebSocketInboundStream, _ outbound: WebSocketOutboundWriter, _ context: WebSocketRouterContext<NovaRequestContext>) async throws {
+        let token = context.requestContext.tokenSlot ?? -1
+        let maxStreams = configuration.server.maxStreamsPerToken
+        guard streamAdmission.enter(token, limit: maxStreams) else {
+            metrics.streamsRefused.increment()
+            await StreamFailure(
+                code: .policyViolation,
+                message: "too many streams: this token has \(maxStreams) open (server.maxStreamsPerToken); close one first"
+            ).report(on: outbound)
+            return
+        }
+        defer { streamAdmission.leave(token) }
         metrics.streamClients.increment()
         defer { metrics.streamClients.decrement() }
+        let maxMessage = configuration.server.maxStreamMessageBytes
         let request: StreamRequest
         do {
             request = try StreamRequest(context.request.uri)
@@ -29,8 +42,13 @@ extension RecorderAPI {
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
                 do {
-                    for try await message in inbound.messages(maxSize: 4096) {
+                    for try await message in inbound.messages(maxSize: maxMessage) {
                         switch message {
+                        case .text(let text) where text.utf8.count > maxMessage:
+                            // `maxSize` bounds messages of several frames; a single frame up to
+                            // the socket's frame limit arrives whole, so it is measured here.
+                            control.fail(.messageTooLarge, "message: larger than \(maxMessage) bytes (server.maxStreamMessageBytes)")
+                            return
                         case .text(let text):
                             do {
                                 control.post(try StreamCommand(parsing: text))
@@ -44,7 +62,7 @@ extension RecorderAPI {
                         }
                     }
                 } catch {
-                    control.fail(.messageTooLarge, "message: larger than 4096 bytes or malformed (\(error))")
+                    control.fail(.messageTooLarge, "message: larger than \(maxMessage) bytes (server.maxStreamMessageBytes) or malformed (\(error))")
                     return
                 }
                 control.close()
@@ -64,6 +82,26 @@ extension RecorderAPI {
                 // The connection went away mid-write, or the server is shutting down.
             }
             group.cancelAll()
+        }
+    }
+}
+
+/// Open streams per token, for `server.maxStreamsPerToken`.
+final class StreamAdmission: Sendable {
+    private let open = Mutex<[Int: Int]>([:])
+
+    func enter(_ token: Int, limit: Int) -> Bool {
+        open.withLock { open in
+            guard open[token, default: 0] < limit else { return false }
+            open[token, default: 0] += 1
+            return true
+        }
+    }
+
+    func leave(_ token: Int) {
+        open.withLock { open in
+            open[token, default: 1] -= 1
+            if open[token] == 0 { open[token] = nil }
         }
     }
 }

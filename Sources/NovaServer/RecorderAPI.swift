@@ -30,6 +30,7 @@ public struct RecorderAPI: Sendable {
     let syncAdmission: SyncAdmission
     let completeThrough = CompleteThrough()
     let syncSequencer = SyncSequencer()
+    let streamAdmission = StreamAdmission()
     /// Ingest requests received and not yet committed (the shipper's `pendingFrom` needs them).
     public let inFlight: InFlightIngest
     /// The edge's shipper state for `GET /v1/sync/status`; nil where sync is off.
@@ -66,7 +67,11 @@ public struct RecorderAPI: Sendable {
         host: String, port: Int, onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
     ) throws -> some ApplicationProtocol {
         let router = router()
-        var server = HTTPServerBuilder.http1WebSocketUpgrade(webSocketRouter: router, configuration: .init(ws: .init(autoPing: .enabled(timePeriod: .seconds(60)))))
+        var server = HTTPServerBuilder.http1WebSocketUpgrade(
+            webSocketRouter: router,
+            configuration: .init(
+                http1: .init(idleTimeout: .seconds(Int64(configuration.server.idleTimeoutSeconds))),
+                ws: .init(autoPing: .enabled(timePeriod: .seconds(60)))))
         if let tls = configuration.server.tls {
             server = try .tls(server, tlsConfiguration: Self.tlsConfiguration(tls))
         }
