@@ -239,4 +239,15 @@ public final class SQLiteStore: EventStore, Sendable {
             throw Self.storeError(error, path: path)
         }
     }
+
+    /// `PRAGMA integrity_check` over the whole file: an empty answer means sound. Reads every
+    /// page, so it takes a while on a large store; for after a crash or a power loss.
+    public func integrityProblems() async throws(StoreError) -> [String] {
+        do {
+            let rows = try await pool.read { db in try String.fetchAll(db, sql: "PRAGMA integrity_check") }
+            return rows == ["ok"] ? [] : rows
+        } catch {
+            throw Self.storeError(error, path: path)
+        }
+    }
 }

@@ -29,6 +29,8 @@ struct SchemaCommand: AsyncParsableCommand {
 
         @Argument(help: "Store locator: sqlite:PATH or postgres://USER@HOST:PORT/DB.")
         var store: String
+        @Flag(help: "SQLite: also read every page (PRAGMA integrity_check); exit 1 on any problem.")
+        var integrity = false
 
         func run() async throws {
             try await StoreLocator(store).withStore(create: false, readOnly: true, logger: toolLogger()) { store in
@@ -38,6 +40,20 @@ struct SchemaCommand: AsyncParsableCommand {
                 } catch {
                     throw CLIError("\(error)")
                 }
+                guard integrity else { return }
+                guard let sqlite = store as? SQLiteStore else {
+                    throw CLIError("--integrity: for sqlite: stores (PostgreSQL checks its own pages; see amcheck)")
+                }
+                let problems: [String]
+                do {
+                    problems = try await sqlite.integrityProblems()
+                } catch {
+                    throw CLIError("\(error)")
+                }
+                guard problems.isEmpty else {
+                    throw CLIError("integrity: \(problems.count) problems:\n" + problems.prefix(50).joined(separator: "\n"))
+                }
+                print("integrity: ok")
             }
         }
     }

@@ -90,3 +90,32 @@ public enum TestTLS {
         return configuration
     }
 }
+
+/// A small tmpfs of its own, for running out of disk for real. Mounting needs root (or
+/// password-less sudo), as the test command has on a fresh machine; without it the test fails
+/// and says so, never skips.
+public struct SmallFilesystem: Sendable {
+    public let path: String
+
+    public static func mount(megabytes: Int) async throws -> SmallFilesystem {
+        let directory = try TemporaryDirectory("nova-smallfs")
+        let sudo = getuid() == 0 ? [] : ["sudo", "-n"]
+        let err = directory.path + ".err"
+        defer { try? FileManager.default.removeItem(atPath: err) }
+        let status = try await runTool("/usr/bin/env", sudo + ["mount", "-t", "tmpfs", "-o", "size=\(megabytes)m,mode=1777", "tmpfs", directory.path], stderr: err)
+        guard status == 0 else {
+            let reason = (try? String(contentsOfFile: err, encoding: .utf8)) ?? ""
+            directory.remove()
+            throw ProcessError("could not mount a \(megabytes) MiB tmpfs (root or password-less sudo is needed): \(reason)")
+        }
+        return SmallFilesystem(path: directory.path)
+    }
+
+    public func file(_ name: String) -> String { (path as NSString).appendingPathComponent(name) }
+
+    public func unmount() async {
+        let sudo = getuid() == 0 ? [] : ["sudo", "-n"]
+        _ = try? await runTool("/usr/bin/env", sudo + ["umount", "-l", path])
+        try? FileManager.default.removeItem(atPath: path)
+    }
+}
