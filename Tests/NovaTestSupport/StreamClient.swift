@@ -105,6 +105,7 @@ public final class TestCounter: Sendable {
     private let count = Mutex(0)
     public init() {}
     public func add() { count.withLock { $0 += 1 } }
+    public func set(_ value: Int) { count.withLock { $0 = value } }
     public var value: Int { count.withLock { $0 } }
 }
 
