@@ -139,10 +139,11 @@ public final class Shipper: Service, Sendable {
                         }
                     }
                 case .heartbeat(let acked):
-                    let claim = try await pendingFrom(after: acked, head: acked)
+                    let pending = try await pendingFrom(after: acked, head: acked)
+                    let claim = pending?.site
                     let batch = SyncBatch(
                         kind: .heartbeat, siteId: settings.siteId, storeId: try await store.outboxState().storeId, firstSeq: 0, lastSeq: acked,
-                        pendingFrom: claim, outboxSize: 0, events: [])
+                        pending: pending, outboxSize: 0, events: [])
                     let outcome = await client.ship(batch)
                     lastContact = .now
                     if case .acknowledged = outcome, let claim {
@@ -213,20 +214,21 @@ public final class Shipper: Service, Sendable {
         let head = Swift.max(outbox.lastSeq, last.seq)
         let batch = SyncBatch(
             siteId: settings.siteId, storeId: outbox.storeId, firstSeq: after + 1, lastSeq: last.seq,
-            pendingFrom: try await pendingFrom(after: last.seq, head: head), outboxSize: head - last.seq, events: events)
+            pending: try await pendingFrom(after: last.seq, head: head), outboxSize: head - last.seq, events: events)
         return Prepared(after: after, lastSeq: last.seq, head: head, count: events.count, pendingFrom: batch.pendingFrom, encoded: client.encode(batch))
     }
 
-    /// The smallest canonical time still unacknowledged after a batch ending at `last` (sync.md):
-    /// the oldest of the stored tail, of the ingest requests still committing, and the clock.
-    /// Exact when the tail is short; nil (the hub keeps its last value) when it is long.
-    private func pendingFrom(after last: Int64, head: Int64) async throws -> Timestamp? {
+    /// The smallest canonical time still unacknowledged after a batch ending at `last` (sync.md),
+    /// for the site and per scope: the oldest of the stored tail (per scope), of the ingest
+    /// requests still committing (whose scopes are not known yet, so they count for every scope),
+    /// and the clock. Exact when the tail is short; nil (the hub keeps its last values) when long.
+    private func pendingFrom(after last: Int64, head: Int64) async throws -> PendingFrom? {
         // Read before the tail: a request that commits meanwhile is then in the tail.
         let now = Timestamp.now()
-        let committing = inFlight.oldest ?? now
+        let floor = Swift.min(inFlight.oldest ?? now, now)
         guard head - last <= settings.exactPendingFromTail else { return nil }
-        let oldest = try await store.oldestCanonicalTime(after: last) ?? now
-        return Swift.min(oldest, committing, now)
+        let scopes = try await store.oldestCanonicalTimes(after: last).mapValues { Swift.min($0, floor) }
+        return PendingFrom(site: Swift.min(scopes.values.min() ?? floor, floor), scopes: scopes, otherScopes: floor)
     }
 
     private func note(_ machine: ShipperMachine, outcome: ShipperMachine.Outcome) {

@@ -40,9 +40,9 @@ public protocol EventStore: Sendable {
     /// no longer matches what the hub acknowledged under the old id (restored from a backup).
     func renewStoreId() async throws(StoreError) -> String
 
-    /// The smallest `canonicalTruthTime` among the events after `seq`, nil when there are none.
-    /// Reads every such event: callers ask only about short tails.
-    func oldestCanonicalTime(after seq: Int64) async throws(StoreError) -> Timestamp?
+    /// Per scope, the smallest `canonicalTruthTime` among the events after `seq` (no entry for a
+    /// scope without any). Reads every such event: callers ask only about short tails.
+    func oldestCanonicalTimes(after seq: Int64) async throws(StoreError) -> [String: Timestamp]
 
     // MARK: Sync, hub side.
 
@@ -158,5 +158,12 @@ public struct StoreStats: Sendable, Hashable, Codable {
     public init(lanes: [LaneStats], storeBytes: Int64) {
         self.lanes = lanes
         self.storeBytes = storeBytes
+    }
+}
+
+extension EventStore {
+    /// The smallest `canonicalTruthTime` among the events after `seq`, nil when there are none.
+    public func oldestCanonicalTime(after seq: Int64) async throws(StoreError) -> Timestamp? {
+        try await oldestCanonicalTimes(after: seq).values.min()
     }
 }

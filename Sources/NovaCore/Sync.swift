@@ -23,6 +23,12 @@ public struct SyncBatch: Sendable {
     public var lastSeq: Int64
     /// The smallest canonical time of the events still unacknowledged after this batch (sync.md).
     public var pendingFrom: Timestamp?
+    /// The same per scope, for the scopes with events still unacknowledged after this batch; sent
+    /// with `pendingFrom` (nil when it is nil, or from an edge that does not send it).
+    public var scopePendingFrom: [String: Timestamp]?
+    /// What holds for every other scope: the edge has nothing of them pending before this (the
+    /// oldest ingest request still committing, or its clock).
+    public var otherScopesPendingFrom: Timestamp?
     /// How many events the edge's outbox held beyond this batch when it was sent.
     public var outboxSize: Int64
     public var events: [CommittedEvent]
@@ -39,6 +45,29 @@ public struct SyncBatch: Sendable {
         self.pendingFrom = pendingFrom
         self.outboxSize = outboxSize
         self.events = events
+    }
+
+    /// A batch carrying the site-wide and the per-scope `pendingFrom` (nil: not known).
+    public init(
+        kind: Kind = .outbox, siteId: String, storeId: String, firstSeq: Int64, lastSeq: Int64, pending: PendingFrom?, outboxSize: Int64,
+        events: [CommittedEvent]
+    ) {
+        self.init(kind: kind, siteId: siteId, storeId: storeId, firstSeq: firstSeq, lastSeq: lastSeq, pendingFrom: pending?.site, outboxSize: outboxSize, events: events)
+        scopePendingFrom = pending?.scopes
+        otherScopesPendingFrom = pending?.otherScopes
+    }
+}
+
+/// `pendingFrom` for the site as a whole and per scope (sync.md: `completeThrough` per scope).
+public struct PendingFrom: Sendable, Hashable {
+    public var site: Timestamp
+    public var scopes: [String: Timestamp]
+    public var otherScopes: Timestamp
+
+    public init(site: Timestamp, scopes: [String: Timestamp], otherScopes: Timestamp) {
+        self.site = site
+        self.scopes = scopes
+        self.otherScopes = otherScopes
     }
 }
 
@@ -97,6 +126,16 @@ public struct SyncSite: Sendable, Hashable {
     public var lastContactAt: Timestamp
     public var batchesApplied: Int64
     public var eventsApplied: Int64
+    /// Per scope with events the site had pending at its last report, how far that scope is
+    /// complete; `otherScopesCompleteThrough` for every other scope. Empty and nil when the site
+    /// never said (then `completeThrough` holds for each scope).
+    public var scopesCompleteThrough: [String: Timestamp] = [:]
+    public var otherScopesCompleteThrough: Timestamp?
+
+    /// Up to when this site's events of `scope` are all here.
+    public func completeThrough(scope: String) -> Timestamp? {
+        scopesCompleteThrough[scope] ?? otherScopesCompleteThrough ?? completeThrough
+    }
 
     public init(
         siteId: String, storeId: String, ackedSeq: Int64, completeThrough: Timestamp?, pendingEvents: Int64, lastContactAt: Timestamp,

@@ -2,14 +2,17 @@
 /// transport may gzip it and says so in `Content-Encoding`):
 ///
 ///     {"nova":"syncBatch","version":1,"kind":"outbox","siteId":"…","storeId":"…","firstSeq":1,"lastSeq":5000,
-///      "pendingFrom":"2026-…Z","outboxSize":120,"count":5000}
+///      "pendingFrom":"2026-…Z","scopePendingFrom":{"site-a":"2026-…Z"},"otherScopesPendingFrom":"2026-…Z",
+///      "outboxSize":120,"count":5000}
 ///     {"seq":1,"event":{…the event in the answer form of api.md…}}
 ///     …
 ///
 /// A header line, then one line per event. NDJSON because the events' answer form is already
 /// written and parsed by the hot paths of the API, and a truncated body shows as a `count` that
 /// does not match. Every event carries its `eventId` and `canonicalTruthTime`, which the hub
-/// keeps unchanged; the id is checked against the content like any ingest.
+/// keeps unchanged; the id is checked against the content like any ingest. `scopePendingFrom` and
+/// `otherScopesPendingFrom` (per-scope completeness) are optional: a hub that does not know them
+/// ignores them, and a batch without them leaves the hub with the site-wide `pendingFrom`.
 public enum SyncBatchCodec {
     public static let version = 1
     public static let contentType = "application/vnd.nova.sync.v1+ndjson"
@@ -30,6 +33,19 @@ public enum SyncBatchCodec {
             out.append(UInt8(ascii: "\""))
         } else {
             out.append(contentsOf: "null".utf8)
+        }
+        if let scopes = batch.scopePendingFrom, let other = batch.otherScopesPendingFrom {
+            out.append(contentsOf: #","scopePendingFrom":{"#.utf8)
+            for (k, scope) in scopes.keys.sorted().enumerated() {
+                if k > 0 { out.append(UInt8(ascii: ",")) }
+                CanonicalJSON.writeString(scope, into: &out)
+                out.append(contentsOf: #":""#.utf8)
+                scopes[scope]!.writeRFC3339(into: &out)
+                out.append(UInt8(ascii: "\""))
+            }
+            out.append(contentsOf: #"},"otherScopesPendingFrom":""#.utf8)
+            other.writeRFC3339(into: &out)
+            out.append(UInt8(ascii: "\""))
         }
         out.append(contentsOf: #","outboxSize":\#(batch.outboxSize),"count":\#(batch.events.count)}"#.utf8)
         out.append(UInt8(ascii: "\n"))
@@ -75,6 +91,27 @@ public enum SyncBatchCodec {
             }
             pendingFrom = time
         }
+        var scopePendingFrom: [String: Timestamp]?
+        var otherScopesPendingFrom: Timestamp?
+        if let value = fields.members.first(where: { $0.key == "scopePendingFrom" })?.value, value != .null {
+            guard case .object(let members) = value, members.count <= maxEvents else {
+                throw SyncBatchError("header.scopePendingFrom: must be an object of at most \(maxEvents) scopes, each with an RFC 3339 time")
+            }
+            var scopes = [String: Timestamp]()
+            for member in members {
+                guard (1...256).contains(member.key.utf8.count), case .string(let text) = member.value, let time = try? Timestamp(rfc3339: text) else {
+                    throw SyncBatchError("header.scopePendingFrom: each scope (1 to 256 bytes) must map to an RFC 3339 time")
+                }
+                scopes[member.key] = time
+            }
+            guard case .string(let text)? = fields.members.first(where: { $0.key == "otherScopesPendingFrom" })?.value,
+                  let other = try? Timestamp(rfc3339: text), pendingFrom != nil
+            else {
+                throw SyncBatchError("header.otherScopesPendingFrom: must come with scopePendingFrom and pendingFrom, as an RFC 3339 time")
+            }
+            scopePendingFrom = scopes
+            otherScopesPendingFrom = other
+        }
         guard outboxSize >= 0 else { throw SyncBatchError("header.outboxSize: must not be negative") }
         guard (0...Int64(maxEvents)).contains(count) else { throw SyncBatchError("header.count: must be 0 to \(maxEvents)") }
         guard count == lines.count - 1 else {
@@ -118,9 +155,12 @@ public enum SyncBatchCodec {
         if kind == .outbox, previous != lastSeq {
             throw SyncBatchError("header.lastSeq: \(lastSeq) but the last event is at \(previous) (a batch ends with its last event)")
         }
-        return SyncBatch(
+        var batch = SyncBatch(
             kind: kind, siteId: siteId, storeId: storeId, firstSeq: firstSeq, lastSeq: lastSeq, pendingFrom: pendingFrom, outboxSize: outboxSize,
             events: events)
+        batch.scopePendingFrom = scopePendingFrom
+        batch.otherScopesPendingFrom = otherScopesPendingFrom
+        return batch
     }
 
     private static func object(_ line: UnsafeBufferPointer<UInt8>, at name: String) throws(SyncBatchError) -> [JSONMember] {

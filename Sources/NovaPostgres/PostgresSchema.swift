@@ -23,7 +23,7 @@ import PostgresNIO
 /// JSON and the edge allow) and rewrites numbers and key order, so the hub could not answer with
 /// the edge's bytes. Analysts can still cast `payload::jsonb` in SQL.
 enum PostgresSchema {
-    static let version = 3
+    static let version = 4
 
     /// The statements that bring a store from version `n - 1` to `n`, for each `n` after 1.
     ///
@@ -33,6 +33,9 @@ enum PostgresSchema {
     /// BRIN costs almost nothing, where a fifth B-tree cost a quarter of the ingest rate (measured).
     ///
     /// v3: sync. The watermark of every (siteId, storeId) that ships here (sync.md).
+    ///
+    /// v4: completeness per scope: what each site last reported pending per scope, and for its
+    /// other scopes.
     static let migrations: [Int: [String]] = [
         2: Lane.allCases.map { lane in
             let table = LaneSQL(lane).table
@@ -45,6 +48,14 @@ enum PostgresSchema {
                 "completeThrough" TIMESTAMPTZ, "pendingEvents" BIGINT NOT NULL, "lastContactAt" TIMESTAMPTZ NOT NULL,
                 "batchesApplied" BIGINT NOT NULL, "eventsApplied" BIGINT NOT NULL,
                 PRIMARY KEY ("siteId", "storeId"))
+            """,
+        ],
+        4: [
+            #"ALTER TABLE "syncSites" ADD COLUMN IF NOT EXISTS "otherScopesFrom" TIMESTAMPTZ"#,
+            """
+            CREATE TABLE IF NOT EXISTS "syncSiteScopes" (
+                "siteId" TEXT COLLATE "C" NOT NULL, "storeId" TEXT COLLATE "C" NOT NULL, "scopeId" TEXT COLLATE "C" NOT NULL,
+                "pendingFrom" TIMESTAMPTZ NOT NULL, PRIMARY KEY ("siteId", "storeId", "scopeId"))
             """,
         ],
     ]

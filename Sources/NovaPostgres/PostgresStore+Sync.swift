@@ -92,27 +92,43 @@ extension PostgresStore {
         return fresh
     }
 
-    public func oldestCanonicalTime(after seq: Int64) async throws(StoreError) -> Timestamp? {
+    public func oldestCanonicalTimes(after seq: Int64) async throws(StoreError) -> [String: Timestamp] {
         _ = try ensureReady()
         do {
             let logger = logger
             return try await connection { conn in
-                var oldest: Timestamp?
+                var oldest = [String: Timestamp]()
                 for lane in Lane.allCases {
-                    let sql = #"SELECT min("canonicalTruthTime") FROM \#(PostgresSchema.quote(LaneSQL(lane).table)) WHERE "ingestSeq" > $1"#
+                    let sql = #"SELECT "scopeId", min("canonicalTruthTime") FROM \#(PostgresSchema.quote(LaneSQL(lane).table)) WHERE "ingestSeq" > $1 GROUP BY "scopeId""#
                     var binds = PostgresBindings()
                     binds.append(seq)
                     for try await row in try await conn.query(PostgresQuery(unsafeSQL: sql, binds: binds), logger: logger) {
-                        if let cell = Array(row).first, cell.bytes != nil {
-                            let t = try cell.timestamp()
-                            oldest = min(oldest ?? t, t)
-                        }
+                        let c = Array(row)
+                        let (scope, t) = (try c[0].string(), try c[1].timestamp())
+                        oldest[scope] = min(oldest[scope] ?? t, t)
                     }
                 }
                 return oldest
             }
         } catch {
             throw mapError(error)
+        }
+    }
+
+    /// The batch's per-scope completeness replaces the site's previous one; a batch with a
+    /// `pendingFrom` but none (an older edge) leaves the site-wide value to stand for each scope.
+    private static func recordScopes(_ batch: SyncBatch, conn: PostgresConnection, logger: Logger) async throws {
+        guard batch.pendingFrom != nil else { return }
+        let scopes = (batch.scopePendingFrom ?? [:]).sorted { $0.key < $1.key }
+        try await conn.query("""
+            UPDATE "syncSites" SET "otherScopesFrom" = \(batch.otherScopesPendingFrom.map { PostgresTimestamp(value: $0) })
+            WHERE "siteId" = \(batch.siteId) AND "storeId" = \(batch.storeId)
+            """, logger: logger)
+        try await conn.query(#"DELETE FROM "syncSiteScopes" WHERE "siteId" = \#(batch.siteId) AND "storeId" = \#(batch.storeId)"#, logger: logger)
+        // One row per scope with events pending: a handful, not one per event.
+        for (scope, time) in scopes {
+            try await conn.query(
+                #"INSERT INTO "syncSiteScopes" VALUES (\#(batch.siteId), \#(batch.storeId), \#(scope), \#(PostgresTimestamp(value: time)))"#, logger: logger)
         }
     }
 
@@ -129,7 +145,7 @@ extension PostgresStore {
             try await conn.withTransaction(logger: logger) { conn in
                 if batch.kind != .repair {
                     try await conn.query("""
-                        INSERT INTO "syncSites" VALUES (\(batch.siteId), \(batch.storeId), 0, NULL, NULL, 0, now(), 0, 0) ON CONFLICT DO NOTHING
+                        INSERT INTO "syncSites" VALUES (\(batch.siteId), \(batch.storeId), 0, NULL, NULL, 0, now(), 0, 0, NULL) ON CONFLICT DO NOTHING
                         """, logger: logger)
                 }
                 let before = try await Self.watermark(conn, siteId: batch.siteId, storeId: batch.storeId, lock: true, logger: logger)
@@ -142,6 +158,7 @@ extension PostgresStore {
                             "pendingEvents" = \(batch.outboxSize), "lastContactAt" = now()
                         WHERE "siteId" = \(batch.siteId) AND "storeId" = \(batch.storeId)
                         """, logger: logger)
+                    try await Self.recordScopes(batch, conn: conn, logger: logger)
                     return SyncApplyResult(.applied(before, accepted: 0, duplicates: 0))
                 case .apply(let events):
                     let appended = events.map(\.event)
@@ -159,6 +176,7 @@ extension PostgresStore {
                             "eventsApplied" = "eventsApplied" + \(Int64(result.accepted))
                         WHERE "siteId" = \(batch.siteId) AND "storeId" = \(batch.storeId)
                         """, logger: logger)
+                    try await Self.recordScopes(batch, conn: conn, logger: logger)
                     let after = SyncWatermark(ackedSeq: batch.lastSeq, lastEventId: last.event.eventId)
                     return SyncApplyResult(.applied(after, accepted: result.accepted, duplicates: result.duplicates), appended: appended, ingestSeqs: result.ingestSeqs)
                 }
@@ -193,17 +211,26 @@ extension PostgresStore {
         do {
             let logger = logger
             return try await connection { conn in
+                var scopes = [[String]: [String: Timestamp]]()
+                for try await row in try await conn.query(#"SELECT "siteId", "storeId", "scopeId", "pendingFrom" FROM "syncSiteScopes""#, logger: logger) {
+                    let c = Array(row)
+                    scopes[[try c[0].string(), try c[1].string()], default: [:]][try c[2].string()] = try c[3].timestamp()
+                }
                 var sites = [SyncSite]()
                 for try await row in try await conn.query("""
-                    SELECT "siteId", "storeId", "ackedSeq", "completeThrough", "pendingEvents", "lastContactAt", "batchesApplied", "eventsApplied"
+                    SELECT "siteId", "storeId", "ackedSeq", "completeThrough", "pendingEvents", "lastContactAt", "batchesApplied", "eventsApplied",
+                        "otherScopesFrom"
                     FROM "syncSites" ORDER BY "siteId", "lastContactAt" DESC
                     """, logger: logger)
                 {
                     let c = Array(row)
-                    sites.append(SyncSite(
+                    var site = SyncSite(
                         siteId: try c[0].string(), storeId: try c[1].string(), ackedSeq: try c[2].int64(),
                         completeThrough: c[3].bytes == nil ? nil : try c[3].timestamp(), pendingEvents: try c[4].int64(),
-                        lastContactAt: try c[5].timestamp(), batchesApplied: try c[6].int64(), eventsApplied: try c[7].int64()))
+                        lastContactAt: try c[5].timestamp(), batchesApplied: try c[6].int64(), eventsApplied: try c[7].int64())
+                    site.otherScopesCompleteThrough = c[8].bytes == nil ? nil : try c[8].timestamp()
+                    site.scopesCompleteThrough = scopes[[site.siteId, site.storeId]] ?? [:]
+                    sites.append(site)
                 }
                 return sites
             }

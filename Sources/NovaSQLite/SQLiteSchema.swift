@@ -16,7 +16,7 @@ import NovaCore
 /// written all over as an index on a random 32-byte id would be.
 enum SQLiteSchema {
     /// Bumped with every migration; `nova schema check` reports it.
-    static let version = 2
+    static let version = 3
 
     static var migrator: DatabaseMigrator {
         var migrator = DatabaseMigrator()
@@ -66,6 +66,17 @@ enum SQLiteSchema {
                     completeThrough INTEGER, pendingEvents INTEGER NOT NULL, lastContactAt INTEGER NOT NULL,
                     batchesApplied INTEGER NOT NULL, eventsApplied INTEGER NOT NULL,
                     PRIMARY KEY (siteId, storeId)
+                ) STRICT, WITHOUT ROWID;
+                """)
+        }
+        // v3: completeness per scope at a hub (sync.md): what each site last reported pending per
+        // scope, and for its other scopes.
+        migrator.registerMigration("v3") { db in
+            try db.execute(sql: """
+                ALTER TABLE syncSites ADD COLUMN otherScopesFrom INTEGER;
+                CREATE TABLE syncSiteScopes (
+                    siteId TEXT NOT NULL, storeId TEXT NOT NULL, scopeId TEXT NOT NULL, pendingFrom INTEGER NOT NULL,
+                    PRIMARY KEY (siteId, storeId, scopeId)
                 ) STRICT, WITHOUT ROWID;
                 """)
         }

@@ -66,20 +66,35 @@ extension SQLiteStore {
         return fresh
     }
 
-    public func oldestCanonicalTime(after seq: Int64) async throws(StoreError) -> Timestamp? {
+    public func oldestCanonicalTimes(after seq: Int64) async throws(StoreError) -> [String: Timestamp] {
         do {
             return try await pool.read { db in
-                var oldest: Int64?
+                var oldest = [String: Int64]()
                 for lane in Lane.allCases {
                     // `ingestSeq` is the rowid: a range scan of the tail.
-                    if let t = try Int64.fetchOne(db, sql: "SELECT min(canonicalTruthTime) FROM \(LaneSQL(lane).table) WHERE ingestSeq > ?", arguments: [seq]) {
-                        oldest = min(oldest ?? t, t)
+                    let rows = try Row.fetchAll(
+                        db, sql: "SELECT scopeId, min(canonicalTruthTime) FROM \(LaneSQL(lane).table) WHERE ingestSeq > ? GROUP BY scopeId", arguments: [seq])
+                    for row in rows {
+                        let (scope, t): (String, Int64) = (row[0], row[1])
+                        oldest[scope] = min(oldest[scope] ?? t, t)
                     }
                 }
-                return oldest.map(Timestamp.init(microseconds:))
+                return oldest.mapValues(Timestamp.init(microseconds:))
             }
         } catch {
             throw Self.storeError(error, path: path)
+        }
+    }
+
+    /// The batch's per-scope completeness replaces the site's previous one; a batch with a
+    /// `pendingFrom` but none (an older edge) leaves the site-wide value to stand for each scope.
+    static func recordScopes(_ batch: SyncBatch, db: Database) throws {
+        guard batch.pendingFrom != nil else { return }
+        let key: StatementArguments = [batch.siteId, batch.storeId]
+        try db.execute(sql: "UPDATE syncSites SET otherScopesFrom = ? WHERE siteId = ? AND storeId = ?", arguments: [batch.otherScopesPendingFrom?.microseconds] + key)
+        try db.execute(sql: "DELETE FROM syncSiteScopes WHERE siteId = ? AND storeId = ?", arguments: key)
+        for (scope, time) in batch.scopePendingFrom ?? [:] {
+            try db.execute(sql: "INSERT INTO syncSiteScopes VALUES (?, ?, ?, ?)", arguments: key + [scope, time.microseconds])
         }
     }
 
@@ -89,7 +104,7 @@ extension SQLiteStore {
                 let now = Timestamp.now().microseconds
                 let key: StatementArguments = [batch.siteId, batch.storeId]
                 if batch.kind != .repair {
-                    try db.execute(sql: "INSERT INTO syncSites VALUES (?, ?, 0, NULL, NULL, 0, ?, 0, 0) ON CONFLICT DO NOTHING", arguments: key + [now])
+                    try db.execute(sql: "INSERT INTO syncSites VALUES (?, ?, 0, NULL, NULL, 0, ?, 0, 0, NULL) ON CONFLICT DO NOTHING", arguments: key + [now])
                 }
                 let row = try Row.fetchOne(db, sql: "SELECT ackedSeq, lastEventId FROM syncSites WHERE siteId = ? AND storeId = ?", arguments: key)
                 let before = SyncWatermark(ackedSeq: row?[0] ?? 0, lastEventId: (row?[1] as Data?).flatMap { EventID(bytes: $0) })
@@ -103,6 +118,7 @@ extension SQLiteStore {
                             UPDATE syncSites SET completeThrough = coalesce(?, completeThrough), pendingEvents = ?, lastContactAt = ?
                             WHERE siteId = ? AND storeId = ?
                             """, arguments: report + key)
+                    try Self.recordScopes(batch, db: db)
                     return SyncApplyResult(.applied(before, accepted: 0, duplicates: 0))
                 case .apply(let events):
                     let appended = events.map(\.event)
@@ -118,6 +134,7 @@ extension SQLiteStore {
                             WHERE siteId = ? AND storeId = ?
                             """,
                         arguments: [batch.lastSeq, Data(last.event.eventId.bytes)] + report + [result.accepted] + key)
+                    try Self.recordScopes(batch, db: db)
                     let after = SyncWatermark(ackedSeq: batch.lastSeq, lastEventId: last.event.eventId)
                     return SyncApplyResult(.applied(after, accepted: result.accepted, duplicates: result.duplicates), appended: appended, ingestSeqs: result.ingestSeqs)
                 }
@@ -141,13 +158,20 @@ extension SQLiteStore {
     public func syncSites() async throws(StoreError) -> [SyncSite] {
         do {
             return try await pool.read { db in
-                try Row.fetchAll(db, sql: """
-                    SELECT siteId, storeId, ackedSeq, completeThrough, pendingEvents, lastContactAt, batchesApplied, eventsApplied
+                var scopes = [[String]: [String: Timestamp]]()
+                for row in try Row.fetchAll(db, sql: "SELECT siteId, storeId, scopeId, pendingFrom FROM syncSiteScopes") {
+                    scopes[[row[0], row[1]], default: [:]][row[2]] = Timestamp(microseconds: row[3])
+                }
+                return try Row.fetchAll(db, sql: """
+                    SELECT siteId, storeId, ackedSeq, completeThrough, pendingEvents, lastContactAt, batchesApplied, eventsApplied, otherScopesFrom
                     FROM syncSites ORDER BY siteId, lastContactAt DESC
                     """).map { row in
-                    SyncSite(
+                    var site = SyncSite(
                         siteId: row[0], storeId: row[1], ackedSeq: row[2], completeThrough: (row[3] as Int64?).map(Timestamp.init(microseconds:)),
                         pendingEvents: row[4], lastContactAt: Timestamp(microseconds: row[5]), batchesApplied: row[6], eventsApplied: row[7])
+                    site.otherScopesCompleteThrough = (row[8] as Int64?).map(Timestamp.init(microseconds:))
+                    site.scopesCompleteThrough = scopes[[site.siteId, site.storeId]] ?? [:]
+                    return site
                 }
             }
         } catch {

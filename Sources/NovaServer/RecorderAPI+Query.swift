@@ -29,7 +29,7 @@ extension RecorderAPI {
         if let next = page.next {
             headers[.novaNextCursor] = Cursor.encode(next, for: query)
         }
-        if let complete = await completeThrough.value(store) {
+        if let complete = await completeThrough.value(store, scope: query.scopeId) {
             headers[.novaCompleteThrough] = complete.rfc3339
         }
         return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: out)))

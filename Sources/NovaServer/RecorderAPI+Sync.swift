@@ -120,7 +120,9 @@ extension RecorderAPI {
             return #"{"siteId":\#(quotedJSON(s.siteId)),"storeId":\#(quotedJSON(s.storeId)),"ackedSeq":\#(s.ackedSeq),"#
                 + #""completeThrough":\#(s.completeThrough.map { "\"\($0.rfc3339)\"" } ?? "null"),"lagSeconds":\#(lag),"#
                 + #""pendingEvents":\#(s.pendingEvents),"lastContactAt":"\#(s.lastContactAt.rfc3339)","#
-                + #""batchesApplied":\#(s.batchesApplied),"eventsApplied":\#(s.eventsApplied)}"#
+                + #""batchesApplied":\#(s.batchesApplied),"eventsApplied":\#(s.eventsApplied),"#
+                + #""completeThroughByScope":{\#(s.scopesCompleteThrough.sorted { $0.key < $1.key }.map { "\(quotedJSON($0.key)):\"\($0.value.rfc3339)\"" }.joined(separator: ","))},"#
+                + #""otherScopesCompleteThrough":\#(s.otherScopesCompleteThrough.map { "\"\($0.rfc3339)\"" } ?? "null")}"#
         }
         return jsonResponse(#"{"sites":[\#(items.joined(separator: ","))]}"#)
     }
@@ -204,26 +206,34 @@ final class SyncAdmission: Sendable {
     }
 }
 
-/// The `Nova-Complete-Through` of query answers at a hub: the earliest `completeThrough` among the
-/// sites (each by the store it shipped from last), so "complete through T" holds for every site's
-/// data. Read from the store at most once a second; absent where no site ships (an edge).
+/// The `Nova-Complete-Through` of query answers at a hub: for the scope asked about, the earliest
+/// of the sites' `completeThrough` for it (each site by the store it shipped from last), so
+/// "complete through T" holds for the scope's data from every site. A site that reports per scope
+/// holds back only the scopes it has pending; one that does not (an older edge) holds back every
+/// scope by its site-wide value. The sites are read from the store at most once a second; absent
+/// where no site ships (an edge).
 final class CompleteThrough: Sendable {
     private struct Cached {
-        var value: Timestamp?
+        var sites: [SyncSite]
         var at: ContinuousClock.Instant
     }
 
-    private let cached = Mutex(Cached(value: nil, at: .now - .seconds(60)))
+    private let cached = Mutex(Cached(sites: [], at: .now - .seconds(60)))
 
-    func value(_ store: any EventStore) async -> Timestamp? {
+    func value(_ store: any EventStore, scope: String) async -> Timestamp? {
         let now = ContinuousClock.now
-        if let fresh = cached.withLock({ now - $0.at < .seconds(1) ? $0 : nil }) { return fresh.value }
-        let sites = (try? await store.syncSites()) ?? []
-        var latest = [String: SyncSite]()
-        for site in sites where (latest[site.siteId]?.lastContactAt ?? .min) <= site.lastContactAt { latest[site.siteId] = site }
-        let value = latest.isEmpty ? nil : latest.values.map { $0.completeThrough ?? .min }.min()
-        cached.withLock { $0 = Cached(value: value, at: now) }
-        return value
+        var sites = cached.withLock { now - $0.at < .seconds(1) ? $0.sites : nil }
+        if sites == nil {
+            var latest = [String: SyncSite]()
+            for site in (try? await store.syncSites()) ?? [] where (latest[site.siteId]?.lastContactAt ?? .min) <= site.lastContactAt {
+                latest[site.siteId] = site
+            }
+            let fresh = Array(latest.values)
+            cached.withLock { $0 = Cached(sites: fresh, at: now) }
+            sites = fresh
+        }
+        guard let sites, !sites.isEmpty else { return nil }
+        return sites.map { $0.completeThrough(scope: scope) ?? .min }.min()
     }
 }
 

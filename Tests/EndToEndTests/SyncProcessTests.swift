@@ -54,6 +54,8 @@ import Testing
         }
         guard case .number(let lag)? = site["lagSeconds"] else { Issue.record("no lag in \(site)"); return }
         #expect(lag.double < 5, "an idle, drained site's lag stays small: \(site)")
+        // A drained edge has nothing pending in any scope: it says so per scope too.
+        #expect(site["completeThroughByScope"] == .object([]) && site["otherScopesCompleteThrough"] != .null, "\(site)")
         #expect(try await HTTP.get("\(rig.hubURL)/metrics").body.contains(#"nova_sync_applied_events_total{site="site-a"}"#))
         let edgeMetrics = try await HTTP.get("\(edge.base)/metrics").body
         #expect(edgeMetrics.contains("nova_sync_pending_events 0"), "\(edgeMetrics)")

@@ -85,6 +85,19 @@ import Testing
             let answer = try await client.get("/v1/events?scope=s&\(everything)")
             #expect(answer.headers[HTTPField.Name("Nova-Complete-Through")!] == claim.rfc3339, "queries say up to when the data is complete")
 
+            // Per scope: a second site with scope "late" pending from long ago holds back that
+            // scope only; site-a, reporting nothing per scope, holds back every scope by its claim.
+            let old = Timestamp(microseconds: 1_700_000_000_000_000)
+            let later = Timestamp(microseconds: 1_795_000_000_000_000)
+            let siteB = SyncBatch(
+                kind: .heartbeat, siteId: "site-b", storeId: "store-b", firstSeq: 0, lastSeq: 0,
+                pending: PendingFrom(site: old, scopes: ["late": old], otherScopes: later), outboxSize: 0, events: [])
+            #expect(try await ship(siteB).status == .ok)
+            try await Task.sleep(for: .milliseconds(1_100))  // the hub reads the sites at most once a second
+            let header = HTTPField.Name("Nova-Complete-Through")!
+            #expect(try await client.get("/v1/events?scope=late&\(everything)").headers[header] == old.rfc3339)
+            #expect(try await client.get("/v1/events?scope=s&\(everything)").headers[header] == claim.rfc3339)
+
             // A hub has no shipper of its own.
             let status = try await client.get("/v1/sync/status")
             #expect(status.status == .notFound)

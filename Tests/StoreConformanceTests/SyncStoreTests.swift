@@ -69,6 +69,40 @@ import Testing
         #expect(one.completeThrough == Timestamp(microseconds: 42_000_000))
     }
 
+    /// Per-scope completeness: the last report replaces the one before; scopes it does not name
+    /// take its value for other scopes; a report without it falls back to the site-wide value.
+    @Test(arguments: Backend.allCases)
+    func completenessIsKeptPerScope(backend: Backend) async throws {
+        let (store, cleanup) = try await backend.makeStore()
+        defer { Task { await cleanup() } }
+        let events = numbered(uniqueEvents(10, seed: 3))
+        let t = { (s: Int64) in Timestamp(microseconds: 1_780_000_000_000_000 + s * 1_000_000) }
+        var first = batch(Array(events[0..<5]), first: 1, last: 5)
+        first.pendingFrom = t(10)
+        first.scopePendingFrom = ["a": t(10), "b": t(20)]
+        first.otherScopesPendingFrom = t(30)
+        _ = try await store.applySync(first)
+        var site = try #require(try await store.syncSites().first)
+        #expect(site.completeThrough(scope: "a") == t(10) && site.completeThrough(scope: "b") == t(20) && site.completeThrough(scope: "c") == t(30))
+
+        // The next report: only b is pending now.
+        let heartbeat = SyncBatch(
+            kind: .heartbeat, siteId: "site-a", storeId: "edge-1", firstSeq: 0, lastSeq: 5,
+            pending: PendingFrom(site: t(25), scopes: ["b": t(25)], otherScopes: t(40)), outboxSize: 0, events: [])
+        _ = try await store.applySync(heartbeat)
+        site = try #require(try await store.syncSites().first)
+        #expect(site.completeThrough == t(25))
+        #expect(site.completeThrough(scope: "a") == t(40) && site.completeThrough(scope: "b") == t(25))
+
+        // An edge that reports only the site-wide value: it stands for every scope.
+        var plain = batch(Array(events[5..<10]), first: 6, last: 10)
+        plain.pendingFrom = t(50)
+        _ = try await store.applySync(plain)
+        site = try #require(try await store.syncSites().first)
+        #expect(site.scopesCompleteThrough.isEmpty && site.otherScopesCompleteThrough == nil)
+        #expect(site.completeThrough(scope: "a") == t(50) && site.completeThrough(scope: "b") == t(50))
+    }
+
     @Test(arguments: Backend.allCases)
     func repairBatchesInsertMissingEventsAndLeaveWatermarks(backend: Backend) async throws {
         let (store, cleanup) = try await backend.makeStore()
@@ -182,5 +216,16 @@ import Testing
         // A tampered event: its content no longer hashes to its id.
         lines[3] = lines[3].replacingOccurrences(of: #""scopeId":""#, with: #""scopeId":"x"#)
         #expect(fault(Array(lines.joined(separator: "\n").utf8)).contains("events[2].event.eventId"))
+
+        // Per-scope completeness travels in the header, and is checked like the rest of it.
+        let pending = PendingFrom(site: Timestamp(microseconds: 5), scopes: ["a": Timestamp(microseconds: 5), "b b": Timestamp(microseconds: 7)], otherScopes: Timestamp(microseconds: 9))
+        let scoped = SyncBatch(siteId: "site-a", storeId: "u-1", firstSeq: 9, lastSeq: events.last!.seq, pending: pending, outboxSize: 3, events: events)
+        let scopedText = String(decoding: SyncBatchCodec.encode(scoped), as: UTF8.self)
+        let decoded = try Array(scopedText.utf8).withUnsafeBufferPointer { try SyncBatchCodec.decode($0, decoder: EventDecoder()) }
+        #expect(decoded.scopePendingFrom == pending.scopes && decoded.otherScopesPendingFrom == pending.otherScopes && decoded.pendingFrom == pending.site)
+        #expect(back.scopePendingFrom == nil && back.otherScopesPendingFrom == nil, "optional: a batch without them decodes as before")
+        #expect(fault(Array(scopedText.replacingOccurrences(of: #""b b":"1970"#, with: #""b b":"yesterday"#).utf8)).contains("header.scopePendingFrom"))
+        #expect(fault(Array(scopedText.replacingOccurrences(of: #","otherScopesPendingFrom":"1970-01-01T00:00:00.000009Z""#, with: "").utf8))
+            .contains("header.otherScopesPendingFrom"))
     }
 }
