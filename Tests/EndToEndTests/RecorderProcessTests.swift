@@ -163,7 +163,7 @@ import Testing
         #expect(rows.first?.hasPrefix("lane,scopeId,sourceTruthTime,canonicalTruthTime,eventId,connectionId,sequence,bytes") == true)
         #expect(rows.count == 121)
         let check = try await NovaProcess.run(["schema", "check", "sqlite:\(dir.file("nova.db"))"], directory: dir)
-        #expect(check.status == 0 && check.stdout.contains("schema: v2"), "\(check.stdout)\(check.stderr)")
+        #expect(check.status == 0 && check.stdout.contains("schema: v3"), "\(check.stdout)\(check.stderr)")
         let missing = try await NovaProcess.run(["schema", "check", "sqlite:\(dir.file("none.db"))"], directory: dir)
         #expect(missing.status != 0 && missing.stderr.contains("no such file"))
         let create = try await NovaProcess.run(["schema", "create", "sqlite:\(dir.file("new.db"))"], directory: dir)
