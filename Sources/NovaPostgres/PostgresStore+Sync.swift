@@ -162,6 +162,7 @@ extension PostgresStore {
                     return SyncApplyResult(.applied(before, accepted: 0, duplicates: 0))
                 case .apply(let events):
                     let appended = events.map(\.event)
+                    if batch.kind == .repair { try await Self.dropOrphanIndexEntries(appended, conn: conn, logger: logger) }
                     let result = try await self.append(appended, on: conn, logger: logger)
                     guard batch.kind == .outbox, let last = events.last else {
                         try await conn.query(
@@ -181,6 +182,26 @@ extension PostgresStore {
                     return SyncApplyResult(.applied(after, accepted: result.accepted, duplicates: result.duplicates), appended: appended, ingestSeqs: result.ingestSeqs)
                 }
             }
+        }
+    }
+
+    /// A repair re-sends events the hub lacks. If a lane row was lost while its `eventIndex` entry
+    /// stayed (a row deleted by hand, a restore of one table), the entry would make the re-sent
+    /// copy a duplicate and the row would never come back; so for a repair the entries of the
+    /// batch's events that have no lane row are dropped first (they are re-inserted with the row).
+    private static func dropOrphanIndexEntries(_ events: [Event], conn: PostgresConnection, logger: Logger) async throws {
+        for lane in Lane.allCases {
+            let some = events.filter { $0.lane == lane }
+            guard !some.isEmpty else { continue }
+            let (ids, scopes, times) = (some.map(\.eventId.hex), some.map(\.scopeId), some.map(\.sourceTruthTime.microseconds))
+            try await conn.query("""
+                DELETE FROM "eventIndex" x
+                USING unnest(\(ids), \(scopes), \(times)) AS u("id", "scope", "us")
+                WHERE x."eventId" = decode(u."id", 'hex') AND x."sourceTruthTime" = 'epoch'::timestamptz + u."us" * interval '1 microsecond'
+                  AND NOT EXISTS (
+                    SELECT 1 FROM \(unescaped: PostgresSchema.quote(LaneSQL(lane).table)) l
+                    WHERE l."scopeId" = u."scope" AND l."sourceTruthTime" = x."sourceTruthTime" AND l."eventId" = x."eventId")
+                """, logger: logger)
         }
     }
 
