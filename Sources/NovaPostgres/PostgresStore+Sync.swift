@@ -120,16 +120,20 @@ extension PostgresStore {
     private static func recordScopes(_ batch: SyncBatch, conn: PostgresConnection, logger: Logger) async throws {
         guard batch.pendingFrom != nil else { return }
         let scopes = (batch.scopePendingFrom ?? [:]).sorted { $0.key < $1.key }
+        // One statement: the scopes no longer pending go, the others are set, and the value for
+        // every other scope (the rows touched are disjoint, so the parts do not see each other).
         try await conn.query("""
-            UPDATE "syncSites" SET "otherScopesFrom" = \(batch.otherScopesPendingFrom.map { PostgresTimestamp(value: $0) })
-            WHERE "siteId" = \(batch.siteId) AND "storeId" = \(batch.storeId)
+            WITH reported AS (SELECT * FROM unnest(\(scopes.map(\.key)), \(scopes.map(\.value.microseconds))) AS u("scopeId", "us"))
+            , gone AS (
+                DELETE FROM "syncSiteScopes" WHERE "siteId" = \(batch.siteId) AND "storeId" = \(batch.storeId)
+                AND "scopeId" NOT IN (SELECT "scopeId" FROM reported))
+            , other AS (
+                UPDATE "syncSites" SET "otherScopesFrom" = \(batch.otherScopesPendingFrom.map { PostgresTimestamp(value: $0) })
+                WHERE "siteId" = \(batch.siteId) AND "storeId" = \(batch.storeId))
+            INSERT INTO "syncSiteScopes"
+            SELECT \(batch.siteId), \(batch.storeId), "scopeId", 'epoch'::timestamptz + "us" * interval '1 microsecond' FROM reported
+            ON CONFLICT ("siteId", "storeId", "scopeId") DO UPDATE SET "pendingFrom" = excluded."pendingFrom"
             """, logger: logger)
-        try await conn.query(#"DELETE FROM "syncSiteScopes" WHERE "siteId" = \#(batch.siteId) AND "storeId" = \#(batch.storeId)"#, logger: logger)
-        // One row per scope with events pending: a handful, not one per event.
-        for (scope, time) in scopes {
-            try await conn.query(
-                #"INSERT INTO "syncSiteScopes" VALUES (\#(batch.siteId), \#(batch.storeId), \#(scope), \#(PostgresTimestamp(value: time)))"#, logger: logger)
-        }
     }
 
     /// One transaction: the site's row locked (`FOR UPDATE`, so two deliveries of one batch
