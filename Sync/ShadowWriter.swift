@@ -24,8 +24,9 @@ public final class ShadowWriter: Service, Sendable {
         public var poll: Duration = .milliseconds(50)
         public var maxBackoff: Duration = .seconds(5)
         public var verifyEvery: Duration = .seconds(60)
-        /// How far back (event time, canonical) the periodic comparison looks.
-        public var verifyWindow: Duration = .seconds(86_400)
+        /// How far back (event time, canonical) the periodic comparison looks. Each comparison
+        /// reads the window's events in both stores, so its cost grows with window × ingest rate.
+        public var verifyWindow: Duration = .seconds(600)
         public var bucketMicros: Int64 = 60_000_000
 
         public init() {}

@@ -97,7 +97,7 @@ public struct NovaConfiguration: Sendable, Equatable {
         /// How often the stores' recent buckets are compared.
         public var verifyEvery = "60 seconds"
         /// How far back (event time) the comparison looks.
-        public var verifyWindow = "1 day"
+        public var verifyWindow = "10 minutes"
 
         public init() {}
     }

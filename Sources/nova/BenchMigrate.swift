@@ -53,9 +53,14 @@ struct BenchMigrate: AsyncParsableCommand {
         let figure = BenchFigure.throughput("nova migrate: SQLite → PostgreSQL, batches of \(batchSize), dedupe, checkpoints", events: events, time: ContinuousClock.now - started)
         if migrate.status != 0 { errors.append("nova migrate failed: \(migrate.output.suffix(500))") }
         if !migrate.output.contains("copied: \(events) events") { errors.append("nova migrate did not report copying \(events) events: \(migrate.output.suffix(300))") }
+        let verifyStarted = ContinuousClock.now
         let verify = try runChild(["verify", "sqlite:\(source.sqlitePath)", locator])
+        let verifySeconds = (ContinuousClock.now - verifyStarted).seconds
         if verify.status != 0 { errors.append("nova verify found differences: \(verify.output.suffix(500))") }
-        checks.append("nova verify: the target equals the source (count and XOR of ids per 1-minute bucket)")
+        // What a comparison costs (dual mode runs one every `dual.verifyEvery` over `verifyWindow`).
+        checks.append(String(
+            format: "nova verify: the target equals the source (count and XOR of ids per 1-minute bucket); it read both stores in %.1f s, %.0f events/s",
+            verifySeconds, Double(events) / max(verifySeconds, 0.001)))
 
         // Baseline: the same rows, one psql \copy into an indexed table.
         let base = try await BenchStore(store, directory: work, logger: logger)
