@@ -108,8 +108,14 @@ import Testing
         // authority signed. It says so, and keeps everything pending.
         let strangerPost = try await HTTP.post("http://127.0.0.1:\(strangerPort)/v1/events", ndjson: RecorderProcessTests.batch(50, offset: 1_000).lines)
         #expect(strangerPost.status == 200)
-        try await Task.sleep(for: .seconds(2))
-        let strangerStatus = try JSONParser.parse(try await HTTP.get("http://127.0.0.1:\(strangerPort)/v1/sync/status").body)
+        // Its shipper tries at once and backs off; wait (bounded) for the reason to show.
+        var strangerStatus = JSONValue.null
+        let strangerDeadline = ContinuousClock.now + .seconds(60)
+        repeat {
+            strangerStatus = try JSONParser.parse(try await HTTP.get("http://127.0.0.1:\(strangerPort)/v1/sync/status").body)
+            if strangerStatus["pendingEvents"] == .number(JSONNumber(50)), strangerStatus["lastError"] != .null { break }
+            try await Task.sleep(for: .milliseconds(200))
+        } while ContinuousClock.now < strangerDeadline
         #expect(strangerStatus["upstreamReachable"] == .bool(false), "\(strangerStatus)")
         #expect(strangerStatus["pendingEvents"] == .number(JSONNumber(50)), "\(strangerStatus)")
         #expect("\(strangerStatus["lastError"] ?? .null)".contains("CERTIFICATE_VERIFY_FAILED"), "\(strangerStatus)")
