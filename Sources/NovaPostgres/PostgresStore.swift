@@ -55,7 +55,7 @@ public final class PostgresStore: EventStore, Service, Sendable {
         self.logger = logger
         var configuration = location.clientConfiguration()
         configuration.options.minimumConnections = location.pool.minSize
-        configuration.options.additionalStartupParameters = [
+        configuration.options.additionalStartupParameters += [
             ("statement_timeout", "\(location.pool.commandTimeout)s"), ("application_name", "nova"), ("TimeZone", "UTC"),
         ]
         client = PostgresClient(configuration: configuration, backgroundLogger: logger)

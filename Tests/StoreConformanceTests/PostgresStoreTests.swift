@@ -57,6 +57,17 @@ import Testing
         }
     }
 
+    /// The store's sessions carry both the shared settings (JIT off: with it, batches from about
+    /// 8,000 events paid more for LLVM compilation than for running) and the store's own.
+    @Test func sessionsRunWithoutJITAndWithTheStoresSettings() async throws {
+        let (store, cleanup) = try await TestPostgres.makeStore()
+        defer { Task { await cleanup() } }
+        for setting in ["jit", "application_name", "TimeZone"] {
+            let value = try await store.client.query(PostgresQuery(unsafeSQL: "SHOW \(setting)")).collect().first?.decode(String.self)
+            #expect(value == ["jit": "off", "application_name": "nova", "TimeZone": "UTC"][setting], "\(setting)")
+        }
+    }
+
     @Test func aSchemaNewerThanTheBinaryIsRefused() async throws {
         let location = try await TestPostgres.createDatabase()
         let first = PostgresStore(location: location, logger: quietLogger)
