@@ -173,7 +173,7 @@ let package = Package(
         ),
         .testTarget(
             name: "SyncTests",
-            dependencies: ["NovaCore", "NovaSync"],
+            dependencies: ["NovaCore", "NovaSync", "NovaTestSupport", .product(name: "Prometheus", package: "swift-prometheus")],
             swiftSettings: testSwiftSettings
         ),
         .testTarget(

@@ -14,6 +14,10 @@ import Synchronization
 /// A shadow that is down never slows or fails ingest. A periodic comparison of recent buckets
 /// (what `nova verify` does) reports drift, and re-sends the primary's events of any bucket the
 /// shadow lacks, so drift from outside (rows deleted in the shadow) is repaired too.
+///
+/// The comparison is incremental: each `verifyEvery` it reads only the buckets completed since
+/// the last one (and those that differed then), so its cost follows the ingest rate; a full
+/// sweep of `verifyWindow` every `sweepEvery` catches drift in buckets compared before.
 public final class ShadowWriter: Service, Sendable {
     /// The site whose watermark (per primary `storeId`) is the shadow's checkpoint: the one
     /// `nova migrate` keeps, so that a backfill followed by dual mode copies each event once.
@@ -23,10 +27,13 @@ public final class ShadowWriter: Service, Sendable {
         public var batchSize = 5_000
         public var poll: Duration = .milliseconds(50)
         public var maxBackoff: Duration = .seconds(5)
+        /// How often the buckets completed since the last comparison are compared.
         public var verifyEvery: Duration = .seconds(60)
-        /// How far back (event time, canonical) the periodic comparison looks. Each comparison
-        /// reads the window's events in both stores, so its cost grows with window × ingest rate.
+        /// How far back (event time, canonical) a full sweep looks. A sweep reads the window's
+        /// events in both stores, so its cost grows with window × ingest rate.
         public var verifyWindow: Duration = .seconds(600)
+        /// How often a full sweep of `verifyWindow` runs (the first comparison is one).
+        public var sweepEvery: Duration = .seconds(600)
         public var bucketMicros: Int64 = 60_000_000
 
         public init() {}
@@ -47,6 +54,7 @@ public final class ShadowWriter: Service, Sendable {
         let up: Gauge
         let drift: Gauge
         let repaired: Counter
+        let compared: Counter
     }
 
     public init(primary: any EventStore, shadow: any EventStore, settings: Settings, registry: PrometheusCollectorRegistry, logger: Logger) {
@@ -60,7 +68,8 @@ public final class ShadowWriter: Service, Sendable {
             lag: registry.makeGauge(name: "nova_dual_shadow_lag_events", help: "Dual: events committed in the primary and not yet in the shadow."),
             up: registry.makeGauge(name: "nova_dual_shadow_up", help: "Dual: 1 when the shadow answered the last request of the copy."),
             drift: registry.makeGauge(name: "nova_dual_drift_buckets", help: "Dual: buckets where the last comparison found the stores different."),
-            repaired: registry.makeCounter(name: "nova_dual_repaired_events_total", help: "Dual: events re-sent to the shadow after a comparison found drift."))
+            repaired: registry.makeCounter(name: "nova_dual_repaired_events_total", help: "Dual: events re-sent to the shadow after a comparison found drift."),
+            compared: registry.makeCounter(name: "nova_dual_compared_events_total", help: "Dual: events of the primary that comparisons read (the shadow's are read too)."))
     }
 
     public func run() async throws {
@@ -129,15 +138,26 @@ public final class ShadowWriter: Service, Sendable {
         }
     }
 
-    /// Every `verifyEvery`: compares the recent buckets the shadow should hold in full, reports
-    /// drift, and re-sends the primary's events of buckets the shadow lacks.
+    /// Where the comparison stands between cycles.
+    struct Progress: Sendable {
+        /// Buckets before this (event time, µs) were compared since the last sweep.
+        var comparedUntil: Int64?
+        /// The earliest bucket that differed last time, compared again next time.
+        var recheckFrom: Int64?
+        var lastSweep: ContinuousClock.Instant?
+    }
+
+    /// Every `verifyEvery`: compares the buckets the shadow should hold in full and that were not
+    /// compared yet (all of `verifyWindow` when a sweep is due), reports drift, and re-sends the
+    /// primary's events of buckets the shadow lacks.
     func compareLoop() async throws {
+        var progress = Progress()
         while true {
             try await Task.sleep(for: settings.verifyEvery)
             guard let after = acked.withLock({ $0 }) else { continue }
             do {
-                let differing = try await compare(after: after)
-                metrics.drift.set(Double(differing))
+                let comparison = try await compare(after: after, progress: &progress)
+                metrics.drift.set(Double(comparison.differing))
             } catch is CancellationError {
                 throw CancellationError()
             } catch {
@@ -147,19 +167,38 @@ public final class ShadowWriter: Service, Sendable {
         }
     }
 
-    /// Returns the number of differing buckets found (before any repair).
-    func compare(after: Int64) async throws -> Int {
+    /// What one comparison found and read.
+    struct Comparison: Sendable, Equatable {
+        /// Differing buckets, before any repair.
+        var differing: Int
+        /// Events of the primary read.
+        var comparedEvents: Int64
+    }
+
+    func compare(after: Int64, progress: inout Progress) async throws -> Comparison {
         let now = Timestamp.now().microseconds
+        let clock = ContinuousClock.now
         var verification = Verification()
         verification.bucketMicros = settings.bucketMicros
         let windowStart = DigestRequest.bucketStart(now - Int64(settings.verifyWindow.components.seconds) * 1_000_000, width: settings.bucketMicros)
-        verification.range = Timestamp(microseconds: windowStart)..<Timestamp(microseconds: now + 1)
+        let sweep = progress.lastSweep.map { clock - $0 >= settings.sweepEvery } ?? true
+        var from = windowStart
+        if !sweep, let until = progress.comparedUntil {
+            from = max(windowStart, min(until, progress.recheckFrom ?? until))
+        }
+        verification.range = Timestamp(microseconds: from)..<Timestamp(microseconds: now + 1)
         // Buckets holding a commit the shadow has not taken yet are not comparable yet.
         let unshipped = try await primary.oldestCanonicalTime(after: after)?.microseconds ?? now
-        verification.clipEnd = Timestamp(microseconds: DigestRequest.bucketStart(min(unshipped, now), width: settings.bucketMicros))
+        let clipEnd = DigestRequest.bucketStart(min(unshipped, now), width: settings.bucketMicros)
+        verification.clipEnd = Timestamp(microseconds: clipEnd)
         let results = try await verification.run(DigestSide(store: primary, name: "primary"), DigestSide(store: shadow, name: "shadow"))
+        let compared = results.reduce(0) { $0 + $1.leftEvents }
+        metrics.compared.increment(by: compared)
+        if sweep { progress.lastSweep = clock }
+        progress.comparedUntil = clipEnd
+        progress.recheckFrom = results.flatMap { $0.differences.map(\.bucketStart.microseconds) }.min()
         let differing = results.reduce(0) { $0 + $1.differences.count }
-        guard differing > 0 else { return 0 }
+        guard differing > 0 else { return Comparison(differing: 0, comparedEvents: compared) }
         let buckets = results.flatMap { r in r.differences.prefix(5).map { "\(r.scopeId)/\($0.lane.rawValue)@\($0.bucketStart): \($0.left) vs \($0.right)" } }
         logger.warning("dual: the shadow store differs from the primary", metadata: ["buckets": "\(differing)", "first": "\(buckets.prefix(5))"])
         let shadow = shadow
@@ -170,7 +209,7 @@ public final class ShadowWriter: Service, Sendable {
             metrics.repaired.increment(by: Int64(resent))
             logger.warning("dual: re-sent the primary's events of the differing buckets to the shadow", metadata: ["events": "\(resent)"])
         }
-        return differing
+        return Comparison(differing: differing, comparedEvents: compared)
     }
 
     private func describe(_ error: any Error) -> String {

@@ -94,10 +94,12 @@ public struct NovaConfiguration: Sendable, Equatable {
     public struct Dual: Sendable, Equatable {
         /// The store that answers reads: `sqlite` or `timescaledb`.
         public var primary = DatabaseType.sqlite
-        /// How often the stores' recent buckets are compared.
+        /// How often the buckets completed since the last comparison are compared.
         public var verifyEvery = "60 seconds"
-        /// How far back (event time) the comparison looks.
+        /// How far back (event time) a full comparison looks.
         public var verifyWindow = "10 minutes"
+        /// How often the full comparison (of `verifyWindow`) runs.
+        public var sweepEvery = "10 minutes"
 
         public init() {}
     }
@@ -279,7 +281,7 @@ extension NovaConfiguration {
                 guard config.database.dual.primary != .dual else {
                     throw ConfigurationError(key: "database.dual.primary", rule: "must be \"sqlite\" or \"timescaledb\"")
                 }
-                for (name, path) in [("verifyEvery", \Dual.verifyEvery), ("verifyWindow", \Dual.verifyWindow)] {
+                for (name, path) in [("verifyEvery", \Dual.verifyEvery), ("verifyWindow", \Dual.verifyWindow), ("sweepEvery", \Dual.sweepEvery)] {
                     let text = try d.string(name, default: config.database.dual[keyPath: path], nonEmpty: true)
                     guard Self.parseInterval(text) != nil else {
                         throw ConfigurationError(key: "database.dual.\(name)", rule: "must be a duration such as \"60 seconds\", \"15 minutes\" or \"1 day\", found \(quoted(text))")
@@ -385,7 +387,7 @@ extension NovaConfiguration {
               "hypertable": { "chunkInterval": \(s(pg.hypertable.chunkInterval)), "compressionAfter": \(s(pg.hypertable.compressionAfter)), "retentionAfter": \(s(pg.hypertable.retentionAfter)) },
               "tls": \(s(pg.tls.rawValue)), "caFile": \(pg.caFile.map(s) ?? "null")
             },
-            "dual": { "primary": \(s(database.dual.primary.rawValue)), "verifyEvery": \(s(database.dual.verifyEvery)), "verifyWindow": \(s(database.dual.verifyWindow)) }
+            "dual": { "primary": \(s(database.dual.primary.rawValue)), "verifyEvery": \(s(database.dual.verifyEvery)), "verifyWindow": \(s(database.dual.verifyWindow)), "sweepEvery": \(s(database.dual.sweepEvery)) }
           },
           "server": { "host": \(s(server.host)), "port": \(server.port), "maxBodyBytes": \(server.maxBodyBytes), "maxQueryLimit": \(server.maxQueryLimit),
                       "maxEventsPerBatch": \(server.maxEventsPerBatch), "maxQueryRange": \(server.maxQueryRange.map(s) ?? "null"),

@@ -57,7 +57,7 @@ struct BenchMigrate: AsyncParsableCommand {
         let verify = try runChild(["verify", "sqlite:\(source.sqlitePath)", locator])
         let verifySeconds = (ContinuousClock.now - verifyStarted).seconds
         if verify.status != 0 { errors.append("nova verify found differences: \(verify.output.suffix(500))") }
-        // What a comparison costs (dual mode runs one every `dual.verifyEvery` over `verifyWindow`).
+        // What a comparison costs (dual mode compares what is new every `dual.verifyEvery`, and sweeps `verifyWindow` every `sweepEvery`).
         checks.append(String(
             format: "nova verify: the target equals the source (count and XOR of ids per 1-minute bucket); it read both stores in %.1f s, %.0f events/s",
             verifySeconds, Double(events) / max(verifySeconds, 0.001)))

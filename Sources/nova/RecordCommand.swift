@@ -100,6 +100,7 @@ func serve(
         var settings = ShadowWriter.Settings()
         settings.verifyEvery = NovaConfiguration.parseInterval(config.database.dual.verifyEvery)!
         settings.verifyWindow = NovaConfiguration.parseInterval(config.database.dual.verifyWindow)!
+        settings.sweepEvery = NovaConfiguration.parseInterval(config.database.dual.sweepEvery)!
         logger.info("dual: writes are copied to the shadow store", metadata: ["primary": "\(store.description)", "shadow": "\(shadow.description)"])
         shipping.append(ShadowWriter(primary: store, shadow: shadow, settings: settings, registry: registry, logger: logger))
     }

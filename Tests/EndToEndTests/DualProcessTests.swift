@@ -22,7 +22,7 @@ import Testing
             {"database": {"type": "dual", "sqlite": {"path": "\#(dbPath)"},
               "timescaledb": {"host": "127.0.0.1", "port": \#(cluster.port), "database": "postgres", "user": "nova",
                 "pool": {"connectionTimeout": 2, "commandTimeout": 5}, "hypertable": {"retentionAfter": "1000 years"}},
-              "dual": {"primary": "sqlite", "verifyEvery": "1 second", "verifyWindow": "1000 days"}},
+              "dual": {"primary": "sqlite", "verifyEvery": "1 second", "verifyWindow": "1000 days", "sweepEvery": "2 seconds"}},
              "server": {"port": 0}}
             """#.utf8).write(to: URL(fileURLWithPath: config))
         let environment = ["NOVA_DB_PASSWORD": cluster.password]
@@ -99,6 +99,7 @@ import Testing
             (#"{"primary": "dual"}"#, "database.dual.primary"),
             (#"{"verifyEvery": "soon"}"#, "database.dual.verifyEvery"),
             (#"{"verifyWindow": "0 days"}"#, "database.dual.verifyWindow"),
+            (#"{"sweepEvery": "never"}"#, "database.dual.sweepEvery"),
         ] {
             let path = dir.file("bad.json")
             try Data(#"{"database": {"type": "dual", "dual": \#(dual)}}"#.utf8).write(to: URL(fileURLWithPath: path))
