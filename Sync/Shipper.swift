@@ -79,7 +79,9 @@ public final class Shipper: Service, Sendable {
         var action = machine.start()
         var lastContact = ContinuousClock.now - settings.heartbeat
         var lastGauges = ContinuousClock.now - .seconds(1)
-        var prepared: Prepared?
+        /// The batch sent after the one being awaited (the window's second).
+        var follower: InFlight?
+        defer { follower?.task.cancel() }
         while !Task.isCancelled {
             state.withLock { $0.machine = machine }
             if ContinuousClock.now - lastGauges >= .seconds(1) {
@@ -109,34 +111,39 @@ public final class Shipper: Service, Sendable {
                         logger.info("sync resumes", metadata: ["ackedSeq": "\(acked)", "pending": "\(outbox.lastSeq - acked)", "storeId": "\(outbox.storeId)"])
                     }
                 case .ship(let after):
-                    // Two batches travel at once: while this one is in flight the next is read,
-                    // encoded and sent (the hub applies it right after this one), and the one
-                    // after that is prepared. The protocol's order is kept by the positions: a
-                    // batch the hub cannot apply next is answered 409 and shipping resumes from
-                    // the watermark.
-                    var current = prepared?.after == after ? prepared : nil
-                    prepared = nil
-                    if current == nil { current = try await prepare(after: after) }
-                    guard let current else {
-                        action = machine.next(lastSeq: after, heartbeatDue: heartbeatDue)
-                        continue
-                    }
-                    let started = ContinuousClock.now
-                    async let follower = current.head > current.lastSeq ? follow(current) : nil
-                    let outcome = await client.ship(current.encoded)
-                    let second = await follower
-                    lastContact = .now
-                    try await record(outcome, of: current, started: started)
-                    action = machine.shipped(outcome, lastSeq: Swift.max(current.head, second?.batch.head ?? 0), random: .random(in: 0..<1))
-                    note(machine, outcome: outcome)
-                    if let second {
-                        // Its acknowledgement is the hub's truth whatever came of the first.
-                        try await record(second.outcome, of: second.batch, started: started)
-                        if case .acknowledged(let w) = outcome, w.ackedSeq == current.lastSeq {
-                            action = machine.shipped(second.outcome, lastSeq: second.batch.head, random: .random(in: 0..<1))
-                            note(machine, outcome: second.outcome)
-                            if case .acknowledged(let w2) = second.outcome, w2.ackedSeq == second.batch.lastSeq { prepared = second.upcoming }
+                    // A window of two batches: the one whose answer is awaited, and the next,
+                    // read, encoded and sent while the first is in flight, so the hub has decoded
+                    // it and applies it as soon as the first commits (it waits on the site's
+                    // lock there). The protocol's order is kept by the positions: a batch the hub
+                    // cannot apply next is answered 409 and shipping resumes from the watermark.
+                    let current: InFlight
+                    if let next = follower, next.batch.after == after {
+                        current = next
+                    } else {
+                        if let stale = follower { try await record(await stale.answer(), of: stale) }
+                        guard let batch = try await prepare(after: after) else {
+                            follower = nil
+                            action = machine.next(lastSeq: after, heartbeatDue: heartbeatDue)
+                            continue
                         }
+                        current = send(batch)
+                    }
+                    follower = nil
+                    if current.batch.head > current.batch.lastSeq, let next = try? await prepare(after: current.batch.lastSeq) {
+                        follower = send(next)
+                    }
+                    let outcome = await current.answer()
+                    lastContact = .now
+                    try await record(outcome, of: current)
+                    action = machine.shipped(outcome, lastSeq: Swift.max(current.batch.head, follower?.batch.head ?? 0), random: .random(in: 0..<1))
+                    note(machine, outcome: outcome)
+                    var inStep = false
+                    if case .acknowledged(let w) = outcome { inStep = w.ackedSeq == current.batch.lastSeq }
+                    if !inStep, let next = follower {
+                        // Its acknowledgement is the hub's truth whatever came of the first; the
+                        // machine resumes from the watermark it asks for.
+                        try await record(await next.answer(), of: next)
+                        follower = nil
                     }
                 case .heartbeat(let acked):
                     let pending = try await pendingFrom(after: acked, head: acked)
@@ -160,13 +167,13 @@ public final class Shipper: Service, Sendable {
                     try await Task.sleep(for: delay)
                     action = machine.resume(lastSeq: try await store.lastCommittedSeq(), heartbeatDue: true)
                 case .renewIdentity(let reason):
-                    prepared = nil
                     let fresh = try await store.renewStoreId()
                     logger.error("sync: this store no longer matches what the hub acknowledged; shipping everything again under a new storeId (the hub dedupes)",
                                  metadata: ["reason": "\(reason)", "storeId": "\(fresh)"])
                     action = machine.start()
                 }
-            } catch is CancellationError {
+            } catch where error is CancellationError || Task.isCancelled {
+                // Shutting down (the store reports a cancelled read as its own error).
                 return
             } catch {
                 let message = (error as? StoreError)?.message ?? "\(error)"
@@ -186,23 +193,33 @@ public final class Shipper: Service, Sendable {
         var encoded: SyncClient.Encoded
     }
 
-    /// The batch after `first`, sent while `first` is in flight, and the one after it prepared.
-    private func follow(_ first: Prepared) async -> (batch: Prepared, outcome: ShipperMachine.Outcome, upcoming: Prepared?)? {
-        guard let next = try? await prepare(after: first.lastSeq) else { return nil }
-        async let upcoming = next.head > next.lastSeq ? try? await prepare(after: next.lastSeq) : nil
-        let outcome = await client.ship(next.encoded)
-        return (next, outcome, await upcoming)
+    /// A batch sent, and its answer to come.
+    struct InFlight {
+        var batch: Prepared
+        var started: ContinuousClock.Instant
+        var task: Task<ShipperMachine.Outcome, Never>
+
+        /// The answer; cancelling the waiter cancels the request.
+        func answer() async -> ShipperMachine.Outcome {
+            await withTaskCancellationHandler { await task.value } onCancel: { task.cancel() }
+        }
+    }
+
+    private func send(_ batch: Prepared) -> InFlight {
+        let client = client
+        return InFlight(batch: batch, started: .now, task: Task { await client.ship(batch.encoded) })
     }
 
     /// Keeps an acknowledgement: in the store (the outbox's cache), the status and the metrics.
-    private func record(_ outcome: ShipperMachine.Outcome, of batch: Prepared, started: ContinuousClock.Instant) async throws {
+    private func record(_ outcome: ShipperMachine.Outcome, of sent: InFlight) async throws {
+        let batch = sent.batch
         guard case .acknowledged(let w) = outcome else { return }
         try await store.recordAcknowledged(w.ackedSeq)
         state.withLock { $0.lastAckAt = .now() }
         guard w.ackedSeq >= batch.lastSeq else { return }
         metrics.batches.increment()
         metrics.events.increment(by: Int64(batch.count))
-        metrics.shipDuration.record(ContinuousClock.now - started)
+        metrics.shipDuration.record(ContinuousClock.now - sent.started)
         if let from = batch.pendingFrom { metrics.lag.set(Swift.max(0, Double(Timestamp.now().microseconds - from.microseconds) / 1e6)) }
     }
 

@@ -99,7 +99,7 @@ public enum PostgresBaselines {
     }
 
     static func withClient<T: Sendable>(_ location: PostgresLocation, logger: Logger, _ body: @Sendable (PostgresClient) async throws -> T) async throws -> T {
-        let client = PostgresClient(configuration: location.clientConfiguration(), backgroundLogger: logger)
+        let client = PostgresClient(configuration: location.clientConfiguration(), backgroundLogger: adminLogger(logger))
         return try await withThrowingTaskGroup(of: T?.self) { group in
             group.addTask {
                 await client.run()
@@ -130,7 +130,7 @@ public final class PostgresBareQuery: Sendable {
     private let running: Task<Void, Never>
 
     public init(location: PostgresLocation, connections: Int, logger: Logger) {
-        let client = PostgresClient(configuration: location.clientConfiguration(maximumConnections: connections), backgroundLogger: logger)
+        let client = PostgresClient(configuration: location.clientConfiguration(maximumConnections: connections), backgroundLogger: adminLogger(logger))
         self.client = client
         running = Task { await client.run() }
     }
@@ -154,4 +154,12 @@ extension PostgresBaselines {
             _ = try await client.query("VACUUM (ANALYZE)")
         }
     }
+}
+
+/// The background logger of a short-lived client whose first query races its `run()` (which
+/// postgres-nio reports as a warning, though the query just waits): errors only.
+func adminLogger(_ logger: Logger) -> Logger {
+    var quiet = logger
+    quiet.logLevel = .error
+    return quiet
 }
