@@ -16,10 +16,14 @@ extension PostgresStore {
     /// the ingest rate).
     ///
     /// `ingestSeq` is gap-free in commit order because the statement takes the counter's row lock
-    /// (`FOR UPDATE`) and holds it until it commits. Every candidate row is joined with that locked
-    /// row, so no id enters `eventIndex` before the lock is held: two batches with common ids
-    /// therefore queue on the counter instead of deadlocking on each other's index entries. Copies
-    /// of one event inside a batch are folded here first, so the statement sees each id once.
+    /// (`FOR UPDATE`) and holds it until it commits. It takes it only once its ids are in
+    /// `eventIndex`, so concurrent batches insert their index entries side by side and queue only
+    /// for the numbering and the lane rows (measured: with the lock taken first, four clients left
+    /// a fifth of the machine idle). They insert their entries in key order, so two batches with
+    /// common ids cannot deadlock: the later waits for the earlier's commit at the first common
+    /// id, holding no entry the earlier needs, and a batch holding the counter inserts no more
+    /// entries. Copies of one event inside a batch are folded here first, so the statement sees
+    /// each id once.
     public func append(_ events: [Event]) async throws(StoreError) -> AppendResult {
         if events.isEmpty { return AppendResult(ingestSeqs: []) }
         return try await insertingIntoPartitions { mode in try await self.appendOnce(events, mode: mode) }
@@ -121,14 +125,15 @@ extension PostgresStore {
         let laneNames = "ARRAY[" + Lane.allCases.map { "'\($0.rawValue)'" }.joined(separator: ", ") + "]"
         return """
             WITH \(inputs.joined(separator: ",\n"))
-            , base AS (SELECT "value" FROM "novaCounter" WHERE "name" = 'ingestSeq' FOR UPDATE)
-            , candidates AS (SELECT u.*, b."value" AS "base" FROM (\(candidates.joined(separator: " UNION ALL "))) u CROSS JOIN base b)
+            , candidates AS (\(candidates.joined(separator: " UNION ALL ")))
             , ins AS (
                 INSERT INTO "eventIndex" ("sourceTruthTime", "eventId", "lane")
-                SELECT "sourceTruthTime", "eventId", "lane" FROM candidates ON CONFLICT DO NOTHING RETURNING "eventId")
+                SELECT "sourceTruthTime", "eventId", "lane" FROM candidates ORDER BY "sourceTruthTime", "eventId"
+                ON CONFLICT DO NOTHING RETURNING "eventId")
+            , base AS (SELECT "value" FROM "novaCounter" WHERE "name" = 'ingestSeq' AND (SELECT count(*) FROM ins) >= 0 FOR UPDATE)
             , acc AS (
-                SELECT c.*, c."base" + row_number() OVER (ORDER BY c."ord") AS "seq"
-                FROM candidates c JOIN ins ON ins."eventId" = c."eventId")
+                SELECT c.*, b."value" + row_number() OVER (ORDER BY c."ord") AS "seq"
+                FROM candidates c JOIN ins ON ins."eventId" = c."eventId" CROSS JOIN base b)
             , \(inserts.joined(separator: "\n, "))
             , counter AS (UPDATE "novaCounter" SET "value" = (SELECT "value" FROM base) + (SELECT count(*) FROM acc) WHERE "name" = 'ingestSeq')
             , stats AS (
