@@ -90,20 +90,8 @@ import Testing
         defer { Task { await cleanup() } }
         var gen = RandomEvents(seed: 77)
         let events = gen.events(2000)
-        let results = try await withThrowingTaskGroup(of: [Int64].self) { group in
-            for writer in 0..<6 {
-                group.addTask {
-                    var seqs = [Int64]()
-                    for start in stride(from: writer * 100, to: events.count, by: 600) {
-                        let batch = Array(events[start..<min(events.count, start + 700)])
-                        seqs += try await store.append(batch).ingestSeqs.compactMap { $0 }
-                    }
-                    return seqs
-                }
-            }
-            var all = [Int64]()
-            for try await seqs in group { all += seqs }
-            return all
+        let results = try await Self.appendConcurrently(store, writers: 6) { writer in
+            stride(from: writer * 100, to: events.count, by: 600).map { start in Array(events[start..<min(events.count, start + 700)]) }
         }
         let unique = Set(events.map(\.eventId)).count
         #expect(results.sorted() == Array(1...Int64(unique)))
@@ -122,17 +110,25 @@ import Testing
         defer { Task { await cleanup() } }
         var gen = RandomEvents(seed: 78)
         let events = gen.events(1500)
-        let results = try await withThrowingTaskGroup(of: [Int64].self) { group in
-            for writer in 0..<6 {
+        let results = try await Self.appendConcurrently(store, writers: 6) { writer in
+            var rng = SeededGenerator(seed: UInt64(writer) + 1)
+            var mine = events
+            if writer % 2 == 1 { mine.reverse() }
+            if writer >= 2 { mine.shuffle(using: &rng) }
+            let size = 250 + writer * 50
+            return stride(from: 0, to: mine.count, by: size).map { start in Array(mine[start..<min(mine.count, start + size)]) }
+        }
+        #expect(results.sorted() == Array(1...Int64(Set(events.map(\.eventId)).count)))
+    }
+
+    /// Runs `writers` concurrent writers, each appending its batches in turn; every `ingestSeq`
+    /// they were given.
+    static func appendConcurrently(_ store: any EventStore, writers: Int, batches: @escaping @Sendable (Int) -> [[Event]]) async throws -> [Int64] {
+        try await withThrowingTaskGroup(of: [Int64].self) { group in
+            for writer in 0..<writers {
                 group.addTask {
-                    var rng = SeededGenerator(seed: UInt64(writer) + 1)
-                    var mine = events
-                    if writer % 2 == 1 { mine.reverse() }
-                    if writer >= 2 { mine.shuffle(using: &rng) }
                     var seqs = [Int64]()
-                    for start in stride(from: 0, to: mine.count, by: 250 + writer * 50) {
-                        seqs += try await store.append(Array(mine[start..<min(mine.count, start + 250 + writer * 50)])).ingestSeqs.compactMap { $0 }
-                    }
+                    for batch in batches(writer) { seqs += try await store.append(batch).ingestSeqs.compactMap { $0 } }
                     return seqs
                 }
             }
@@ -140,6 +136,5 @@ import Testing
             for try await seqs in group { all += seqs }
             return all
         }
-        #expect(results.sorted() == Array(1...Int64(Set(events.map(\.eventId)).count)))
     }
 }
