@@ -167,6 +167,10 @@ public final class Shipper: Service, Sendable {
                     try await Task.sleep(for: delay)
                     action = machine.resume(lastSeq: try await store.lastCommittedSeq(), heartbeatDue: true)
                 case .renewIdentity(let reason):
+                    // A batch still in flight was sent under the old identity: its answer must not
+                    // be recorded in the renewed store.
+                    follower?.task.cancel()
+                    follower = nil
                     let fresh = try await store.renewStoreId()
                     logger.error("sync: this store no longer matches what the hub acknowledged; shipping everything again under a new storeId (the hub dedupes)",
                                  metadata: ["reason": "\(reason)", "storeId": "\(fresh)"])
@@ -178,6 +182,9 @@ public final class Shipper: Service, Sendable {
             } catch {
                 let message = (error as? StoreError)?.message ?? "\(error)"
                 logger.error("sync: the local store failed", metadata: ["error": "\(message)"])
+                // Resuming from the hub's watermark; a batch in flight is left to it.
+                follower?.task.cancel()
+                follower = nil
                 action = machine.failed("local store: \(message)", reachable: machine.upstreamReachable, random: .random(in: 0..<1))
             }
         }
