@@ -2,6 +2,7 @@ import AsyncHTTPClient
 import Foundation
 import HTTPTypes
 import HummingbirdTesting
+import HummingbirdWSClient
 import NIOCore
 import NovaCore
 import NovaServer
@@ -53,6 +54,7 @@ import Testing
             let port = try #require(client.port)
             let open = TestCounter()
             let done = TestCounter()
+            var refusals = 0
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for _ in 0..<2 {
                     group.addTask {
@@ -65,10 +67,23 @@ import Testing
                     }
                 }
                 while open.value < 2 { try await Task.sleep(for: .milliseconds(10)) }
-                let close = try await withStream(port: port, query: "scope=s&mode=live", token: AuthTests.readToken) { stream in
-                    let got = try await stream.wait(forType: "error")
-                    #expect(got.last?.json["error"]?.stringValue == "too many streams: this token has 2 open (server.maxStreamsPerToken); close one first")
-                    try await stream.waitUntilClosedByServer()
+                // The test client (hummingbird-websocket's) now and then loses the frames that
+                // arrive in the same read as the upgrade's 101 answer, which a refusal's error and
+                // close always follow at once; so a refusal whose frames it lost is tried again
+                // (seen about once in five runs of this suite beside two others).
+                var close: WebSocketCloseFrame?
+                for attempt in 1...3 {
+                    refusals += 1
+                    do {
+                        close = try await withStream(port: port, query: "scope=s&mode=live", token: AuthTests.readToken) { stream in
+                            let got = try await stream.wait(forType: "error", timeout: .seconds(3))
+                            #expect(got.last?.json["error"]?.stringValue == "too many streams: this token has 2 open (server.maxStreamsPerToken); close one first")
+                            try await stream.waitUntilClosedByServer()
+                        }
+                        break
+                    } catch let error as StreamTestError where error.messagesSeen == 0 && attempt < 3 {
+                        continue
+                    }
                 }
                 #expect(close?.closeCode == .policyViolation)
                 try await withStream(port: port, query: "scope=s&mode=live", token: other) { stream in
@@ -79,14 +94,14 @@ import Testing
                 done.add()
                 try await group.waitForAll()
             }
-            #expect(String(decoding: metrics.exposition(), as: UTF8.self).contains("nova_stream_refused_total 1"))
+            #expect(String(decoding: metrics.exposition(), as: UTF8.self).contains("nova_stream_refused_total \(refusals)"))
             // Both closed: the token may open streams again, once the server has seen the closes
             // (its stream handlers notice a close within 250 ms).
             let deadline = ContinuousClock.now + .seconds(10)
             while true {
                 do {
                     try await withStream(port: port, query: "scope=s&mode=live", token: AuthTests.readToken) { stream in
-                        try await stream.wait(forType: "caughtUp")
+                        try await stream.wait(forType: "caughtUp", timeout: .seconds(3))
                     }
                     break
                 } catch where ContinuousClock.now < deadline {
