@@ -48,7 +48,10 @@ public protocol EventStore: Sendable {
 
     /// Applies a sync batch in one transaction: the events with dedupe and, for an outbox batch,
     /// the site's watermark (sync.md, protocol step 2). Committed before it returns.
-    func applySync(_ batch: SyncBatch) async throws(StoreError) -> SyncApplyResult
+    /// `turn` returns when the caller's ordering lets this batch take the site's watermark (its
+    /// predecessor applied); a store may do the batch's work that does not depend on the
+    /// watermark before that, so that consecutive batches of one site overlap.
+    func applySync(_ batch: SyncBatch, turn: @escaping @Sendable () async -> Void) async throws(StoreError) -> SyncApplyResult
 
     /// The watermark of (siteId, storeId); `ackedSeq` 0 for one never seen.
     func syncWatermark(siteId: String, storeId: String) async throws(StoreError) -> SyncWatermark
@@ -82,6 +85,11 @@ public struct CommittedEvent: Sendable {
 
 extension EventStore {
     public func watchCommits(_ onCommit: @escaping @Sendable (_ committed: Int64?) -> Void) async throws {}
+
+    /// Applies a batch whose turn has come.
+    public func applySync(_ batch: SyncBatch) async throws(StoreError) -> SyncApplyResult {
+        try await applySync(batch, turn: {})
+    }
 
     /// Events of every lane committed after `after`, in commit order, at most `limit`: the
     /// window (`after`, `after + limit`] of `ingestSeq`, read lane by lane. `ingestSeq` is unique

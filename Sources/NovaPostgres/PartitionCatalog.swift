@@ -57,6 +57,12 @@ final class PartitionCatalog: Sendable {
     }
 
     /// Creates the partitions of `table` for `days` that do not exist yet.
+    ///
+    /// A partition is created as a plain table and then attached, which locks the parent only
+    /// against other DDL (SHARE UPDATE EXCLUSIVE), not against inserts: `CREATE TABLE … PARTITION
+    /// OF` would wait for every open transaction that wrote to the parent, among them a sync
+    /// batch that inserted its dedupe entries and waits for its predecessor, which may be the one
+    /// creating the partition. A table left unattached by a crash is attached by the next call.
     func ensure(_ table: String, days: Set<Int64>, store: PostgresStore) async throws {
         let logger = store.logger
         let missing = known.withLock { names in days.filter { !names.contains(Self.name(table, day: $0)) } }
@@ -64,13 +70,20 @@ final class PartitionCatalog: Sendable {
             let name = Self.name(table, day: day)
             let from = Timestamp(microseconds: day * Self.dayMicros).rfc3339
             let sql = """
-                CREATE TABLE IF NOT EXISTS "\(name)" PARTITION OF "\(table)"
-                FOR VALUES FROM ('\(from)') TO ('\(from)'::timestamptz + INTERVAL '1 day')
+                DO $$ BEGIN
+                    IF NOT EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                                   WHERE c.relname = '\(name)' AND c.relnamespace = current_schema()::regnamespace) THEN
+                        CREATE TABLE IF NOT EXISTS "\(name)" (LIKE "\(table)" INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
+                        ALTER TABLE "\(table)" ATTACH PARTITION "\(name)"
+                            FOR VALUES FROM ('\(from)') TO ('\(from)'::timestamptz + INTERVAL '1 day');
+                    END IF;
+                END $$
                 """
             do {
                 try await store.connection { conn in _ = try await conn.query(PostgresQuery(unsafeSQL: sql), logger: logger) }
-            } catch where ["42P07", "23505"].contains(sqlState(error) ?? "") {
-                // Another process created it between our check and our statement.
+            } catch where ["42P07", "42710", "23505", "42809"].contains(sqlState(error) ?? "") {
+                // Another process created and attached it between our check and our statement
+                // (in one transaction, which our statement waited for before it failed).
             }
             _ = known.withLock { $0.insert(name) }
         }

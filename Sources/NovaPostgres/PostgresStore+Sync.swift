@@ -136,56 +136,114 @@ extension PostgresStore {
             """, logger: logger)
     }
 
-    /// One transaction: the site's row locked (`FOR UPDATE`, so two deliveries of one batch
-    /// queue instead of both applying), the append statement, the watermark.
-    public func applySync(_ batch: SyncBatch) async throws(StoreError) -> SyncApplyResult {
-        try await insertingIntoPartitions { mode in try await self.applySyncOnce(batch, mode: mode) }
-    }
-
-    private func applySyncOnce(_ batch: SyncBatch, mode: PostgresSchema.Mode) async throws -> SyncApplyResult {
-        if mode == .partitioned { try await ensurePartitions(for: batch.events.map(\.event)) }
-        let logger = logger
-        return try await connection { conn in
-            try await conn.withTransaction(logger: logger) { conn in
-                if batch.kind != .repair {
-                    try await conn.query("""
-                        INSERT INTO "syncSites" VALUES (\(batch.siteId), \(batch.storeId), 0, NULL, NULL, 0, now(), 0, 0, NULL) ON CONFLICT DO NOTHING
-                        """, logger: logger)
-                }
-                let before = try await Self.watermark(conn, siteId: batch.siteId, storeId: batch.storeId, lock: true, logger: logger)
-                switch SyncApplyPlan(batch, ackedSeq: before.ackedSeq) {
-                case .replay: return SyncApplyResult(.alreadyApplied(before))
-                case .gap: return SyncApplyResult(.gap(before))
-                case .touch:
-                    try await conn.query("""
-                        UPDATE "syncSites" SET "completeThrough" = coalesce(\(batch.pendingFrom.map { PostgresTimestamp(value: $0) }), "completeThrough"),
-                            "pendingEvents" = \(batch.outboxSize), "lastContactAt" = now()
-                        WHERE "siteId" = \(batch.siteId) AND "storeId" = \(batch.storeId)
-                        """, logger: logger)
-                    try await Self.recordScopes(batch, conn: conn, logger: logger)
-                    return SyncApplyResult(.applied(before, accepted: 0, duplicates: 0))
-                case .apply(let events):
-                    let appended = events.map(\.event)
-                    if batch.kind == .repair { try await Self.dropOrphanIndexEntries(appended, conn: conn, logger: logger) }
-                    let result = try await self.append(appended, on: conn, logger: logger)
-                    guard batch.kind == .outbox, let last = events.last else {
-                        try await conn.query(
-                            #"UPDATE "syncSites" SET "lastContactAt" = now() WHERE "siteId" = \#(batch.siteId) AND "storeId" = \#(batch.storeId)"#,
-                            logger: logger)
-                        return SyncApplyResult(.applied(before, accepted: result.accepted, duplicates: result.duplicates), appended: appended, ingestSeqs: result.ingestSeqs)
-                    }
-                    try await conn.query("""
-                        UPDATE "syncSites" SET "ackedSeq" = \(batch.lastSeq), "lastEventId" = \(PostgresBytes(bytes: last.event.eventId.bytes)),
-                            "completeThrough" = coalesce(\(batch.pendingFrom.map { PostgresTimestamp(value: $0) }), "completeThrough"),
-                            "pendingEvents" = \(batch.outboxSize), "lastContactAt" = now(), "batchesApplied" = "batchesApplied" + 1,
-                            "eventsApplied" = "eventsApplied" + \(Int64(result.accepted))
-                        WHERE "siteId" = \(batch.siteId) AND "storeId" = \(batch.storeId)
-                        """, logger: logger)
-                    try await Self.recordScopes(batch, conn: conn, logger: logger)
-                    let after = SyncWatermark(ackedSeq: batch.lastSeq, lastEventId: last.event.eventId)
-                    return SyncApplyResult(.applied(after, accepted: result.accepted, duplicates: result.duplicates), appended: appended, ingestSeqs: result.ingestSeqs)
+    /// One transaction. The batch's `eventIndex` entries go in first, under the watermark the
+    /// batch expects (its predecessor's end, should that still be in flight), while the batch
+    /// before it may still be applying; then `turn` (the caller's ordering of a site's batches),
+    /// then the site's row locked (`FOR UPDATE`, so two deliveries of one batch queue instead of
+    /// both applying), the rest of the append, the watermark. A watermark other than expected
+    /// rolls the entries back: the batch is answered from it (a replay, a gap), or applied again
+    /// from it. Every path takes the entries before the site's lock and the site's lock before
+    /// the counter, as plain appends take entries before the counter, so none waits in a cycle.
+    /// Measured: with the entries inserted under the site's lock, a site's catch-up ran at the
+    /// rate of one client's plain appends (about half of four clients').
+    public func applySync(_ batch: SyncBatch, turn: @escaping @Sendable () async -> Void) async throws(StoreError) -> SyncApplyResult {
+        try await insertingIntoPartitions { mode in
+            if mode == .partitioned { try await self.ensurePartitions(for: batch.events.map(\.event)) }
+            var expected: Int64?
+            var turn = turn
+            while true {
+                let attempt = try await self.applySyncOnce(batch, expected: expected, turn: turn)
+                turn = {}
+                switch attempt {
+                case .done(let result): return result
+                case .again(let ackedSeq): expected = ackedSeq
                 }
             }
+        }
+    }
+
+    private enum Attempt: Sendable {
+        case done(SyncApplyResult)
+        /// The watermark was not the one the entries were inserted for: start over from it.
+        case again(Int64)
+    }
+
+    /// Rolls the transaction back, carrying what to answer.
+    private struct RolledBack: Error {
+        var attempt: Attempt
+    }
+
+    private func applySyncOnce(_ batch: SyncBatch, expected: Int64?, turn: @escaping @Sendable () async -> Void) async throws -> Attempt {
+        let logger = logger
+        do {
+            return try await connection { conn in
+                try await conn.withTransaction(logger: logger) { conn in .done(try await self.applySyncSteps(batch, expected: expected, turn: turn, conn: conn)) }
+            }
+        } catch let error as PostgresTransactionError {
+            guard let rolledBack = error.closureError as? RolledBack, error.rollbackError == nil else { throw error }
+            return rolledBack.attempt
+        }
+    }
+
+    private func applySyncSteps(_ batch: SyncBatch, expected: Int64?, turn: @Sendable () async -> Void, conn: PostgresConnection) async throws -> SyncApplyResult {
+        let key = (batch.siteId, batch.storeId)
+        // The watermark this batch's predecessor leaves (or the one seen, if it is past that).
+        var assumed = expected
+        if assumed == nil {
+            let seen = try await Self.watermark(conn, siteId: key.0, storeId: key.1, lock: false, logger: logger).ackedSeq
+            assumed = batch.kind == .outbox ? Swift.max(seen, batch.firstSeq - 1) : seen
+        }
+        let plan = SyncApplyPlan(batch, ackedSeq: assumed!)
+        var indexed: [Int]?
+        if case .apply(let events) = plan {
+            let appended = events.map(\.event)
+            if batch.kind == .repair { try await Self.dropOrphanIndexEntries(appended, conn: conn, logger: logger) }
+            indexed = try await insertIndexEntries(appended, on: conn, logger: logger)
+        }
+        await turn()
+        if batch.kind != .repair {
+            try await conn.query("""
+                INSERT INTO "syncSites" VALUES (\(batch.siteId), \(batch.storeId), 0, NULL, NULL, 0, now(), 0, 0, NULL) ON CONFLICT DO NOTHING
+                """, logger: logger)
+        }
+        let before = try await Self.watermark(conn, siteId: key.0, storeId: key.1, lock: true, logger: logger)
+        if batch.kind != .repair, before.ackedSeq != assumed! {
+            switch SyncApplyPlan(batch, ackedSeq: before.ackedSeq) {
+            case .replay: throw RolledBack(attempt: .done(SyncApplyResult(.alreadyApplied(before))))
+            case .gap: throw RolledBack(attempt: .done(SyncApplyResult(.gap(before))))
+            case .apply, .touch: throw RolledBack(attempt: .again(before.ackedSeq))
+            }
+        }
+        switch plan {
+        case .replay: return SyncApplyResult(.alreadyApplied(before))
+        case .gap: return SyncApplyResult(.gap(before))
+        case .touch:
+            try await conn.query("""
+                UPDATE "syncSites" SET "completeThrough" = coalesce(\(batch.pendingFrom.map { PostgresTimestamp(value: $0) }), "completeThrough"),
+                    "pendingEvents" = \(batch.outboxSize), "lastContactAt" = now()
+                WHERE "siteId" = \(batch.siteId) AND "storeId" = \(batch.storeId)
+                """, logger: logger)
+            try await Self.recordScopes(batch, conn: conn, logger: logger)
+            return SyncApplyResult(.applied(before, accepted: 0, duplicates: 0))
+        case .apply(let events):
+            let appended = events.map(\.event)
+            let result = try await self.append(appended, on: conn, logger: logger, indexed: indexed)
+            guard batch.kind == .outbox, let last = events.last else {
+                try await conn.query(
+                    #"UPDATE "syncSites" SET "lastContactAt" = now() WHERE "siteId" = \#(batch.siteId) AND "storeId" = \#(batch.storeId)"#,
+                    logger: logger)
+                return SyncApplyResult(.applied(before, accepted: result.accepted, duplicates: result.duplicates), appended: appended, ingestSeqs: result.ingestSeqs)
+            }
+            try await conn.query("""
+                UPDATE "syncSites" SET "ackedSeq" = \(batch.lastSeq), "lastEventId" = \(PostgresBytes(bytes: last.event.eventId.bytes)),
+                    "completeThrough" = coalesce(\(batch.pendingFrom.map { PostgresTimestamp(value: $0) }), "completeThrough"),
+                    "pendingEvents" = \(batch.outboxSize), "lastContactAt" = now(), "batchesApplied" = "batchesApplied" + 1,
+                    "eventsApplied" = "eventsApplied" + \(Int64(result.accepted))
+                WHERE "siteId" = \(batch.siteId) AND "storeId" = \(batch.storeId)
+                """, logger: logger)
+            try await Self.recordScopes(batch, conn: conn, logger: logger)
+            let after = SyncWatermark(ackedSeq: batch.lastSeq, lastEventId: last.event.eventId)
+            return SyncApplyResult(.applied(after, accepted: result.accepted, duplicates: result.duplicates), appended: appended, ingestSeqs: result.ingestSeqs)
         }
     }
 

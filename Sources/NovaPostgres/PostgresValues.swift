@@ -62,6 +62,24 @@ extension PostgresCell {
         return Array(b.readableBytesView)
     }
 
+    /// A one-dimensional `int4[]` without NULLs, from its binary form (header: dimensions, NULL
+    /// flag, element type, then length and lower bound per dimension; then length-prefixed values).
+    func int32Array() throws(StoreError) -> [Int32] {
+        guard var b = bytes, let dims = b.readInteger(as: Int32.self), b.readInteger(as: Int32.self) != nil,
+              b.readInteger(as: UInt32.self) == PostgresDataType.int4.rawValue
+        else { throw StoreError(.internalError, "column \(columnName) is not an int4 array") }
+        guard dims == 1, let count = b.readInteger(as: Int32.self), b.readInteger(as: Int32.self) != nil else { return [] }
+        var values = [Int32]()
+        values.reserveCapacity(Int(count))
+        for _ in 0..<count {
+            guard b.readInteger(as: Int32.self) == 4, let v = b.readInteger(as: Int32.self) else {
+                throw StoreError(.internalError, "column \(columnName) holds a NULL or a value that is not an int4")
+            }
+            values.append(v)
+        }
+        return values
+    }
+
     func eventId() throws(StoreError) -> EventID {
         guard let b = bytes, b.readableBytes == 32 else { throw StoreError(.internalError, "column \(columnName) is not a 32-byte id") }
         return b.withUnsafeReadableBytes { EventID(bytes: $0)! }

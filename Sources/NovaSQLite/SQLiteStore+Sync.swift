@@ -98,7 +98,9 @@ extension SQLiteStore {
         }
     }
 
-    public func applySync(_ batch: SyncBatch) async throws(StoreError) -> SyncApplyResult {
+    /// One writer: the batch waits for its turn, then runs whole in one write transaction.
+    public func applySync(_ batch: SyncBatch, turn: @escaping @Sendable () async -> Void) async throws(StoreError) -> SyncApplyResult {
+        await turn()
         do {
             return try await pool.write { db in
                 let now = Timestamp.now().microseconds

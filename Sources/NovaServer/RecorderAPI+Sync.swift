@@ -53,10 +53,12 @@ extension RecorderAPI {
         }
         defer { syncAdmission.leave() }
         let store = store
-        await syncSequencer.waitTurn(batch) { try? await store.syncWatermark(siteId: batch.siteId, storeId: batch.storeId).ackedSeq }
+        let sequencer = syncSequencer
         let result: SyncApplyResult
         do {
-            result = try await store.applySync(batch)
+            result = try await store.applySync(batch) {
+                await sequencer.waitTurn(batch) { try? await store.syncWatermark(siteId: batch.siteId, storeId: batch.storeId).ackedSeq }
+            }
         } catch {
             throw APIError.store(error)
         }
@@ -234,52 +236,5 @@ final class CompleteThrough: Sendable {
         }
         guard let sites, !sites.isEmpty else { return nil }
         return sites.map { $0.completeThrough(scope: scope) ?? .min }.min()
-    }
-}
-
-/// Lets an edge keep two batches in flight: a batch that starts right after one still being
-/// applied waits for it (up to `patience`) instead of being answered 409 because it overtook it
-/// on another connection. Only an ordering aid: the store's watermark still decides, so a batch
-/// whose predecessor never comes is answered as sync.md says (409, and the edge resumes from the
-/// watermark). Another hub process's progress is seen by re-reading the watermark while waiting.
-final class SyncSequencer: Sendable {
-    private struct Key: Hashable {
-        var siteId: String
-        var storeId: String
-    }
-
-    /// Per (siteId, storeId): the highest watermark seen, in this process or in the store.
-    private let through = Mutex([Key: Int64]())
-    let patience: Duration
-
-    init(patience: Duration = .seconds(2)) {
-        self.patience = patience
-    }
-
-    /// Returns once the batch is next (its predecessor is applied) or after `patience`.
-    func waitTurn(_ batch: SyncBatch, watermark: () async -> Int64?) async {
-        guard batch.kind == .outbox else { return }
-        let key = Key(siteId: batch.siteId, storeId: batch.storeId)
-        let needed = batch.firstSeq - 1
-        if through.withLock({ $0[key] }) == nil, let w = await watermark() { advance(key, to: w) }
-        let deadline = ContinuousClock.now + patience
-        var lastRead = ContinuousClock.now
-        while (through.withLock { $0[key] ?? 0 }) < needed, ContinuousClock.now < deadline {
-            try? await Task.sleep(for: .milliseconds(2))
-            if ContinuousClock.now - lastRead > .milliseconds(50), let w = await watermark() {
-                lastRead = .now
-                advance(key, to: w)
-            }
-        }
-    }
-
-    /// Records the watermark after a batch (applied, replayed or refused as a gap).
-    func finished(_ batch: SyncBatch, ackedSeq: Int64) {
-        guard batch.kind == .outbox else { return }
-        advance(Key(siteId: batch.siteId, storeId: batch.storeId), to: ackedSeq)
-    }
-
-    private func advance(_ key: Key, to seq: Int64) {
-        through.withLock { $0[key] = Swift.max($0[key] ?? 0, seq) }
     }
 }

@@ -84,8 +84,21 @@ struct MigrateCommand: AsyncParsableCommand {
         var seconds = 0.0
     }
 
+    /// Batches applied at once: each inserts its dedupe entries while the one before it commits
+    /// (``EventStore/applySync(_:turn:)``), and the source is read ahead meanwhile.
+    static let window = 3
+
+    private struct InFlight {
+        var events: Int
+        var byLane: [Lane: Int]
+        var lastSeq: Int64
+        var task: Task<SyncWatermark, any Error>
+    }
+
     /// Copies the source's events after the target's checkpoint, through the source's head as it
-    /// was when the copy started.
+    /// was when the copy started. Batch i+1 takes the target's watermark only after batch i is
+    /// applied (or after the sequencer's patience), so the checkpoint advances in order; a batch
+    /// after a failed one finds a gap and applies nothing.
     private func copy(from src: any EventStore, to dst: any EventStore, status: StatusLine) async throws -> Copied {
         let outbox = try await src.outboxState()
         var copied = Copied(storeId: outbox.storeId, head: outbox.lastSeq)
@@ -93,25 +106,52 @@ struct MigrateCommand: AsyncParsableCommand {
         if acked > 0 { print("resuming after position \(acked) of \(outbox.lastSeq) (checkpoint in the target)") }
         let resumedAt = acked
         let started = ContinuousClock.now
-        while acked < outbox.lastSeq {
-            let events = try await src.committed(after: acked, limit: batchSize).filter { $0.seq <= outbox.lastSeq }
-            guard let last = events.last else { break }
-            let batch = SyncBatch(
-                siteId: Self.siteId, storeId: outbox.storeId, firstSeq: acked + 1, lastSeq: last.seq, pendingFrom: nil,
-                outboxSize: outbox.lastSeq - last.seq, events: events)
+        var read = acked
+        // Bounded: a batch whose predecessor is stuck (say, behind a lock a later batch holds)
+        // goes ahead after this, finds a gap and rolls back, which frees what the other waits for.
+        let sequencer = SyncSequencer(patience: .seconds(10))
+        var inFlight = [InFlight]()
+        defer { for batch in inFlight { batch.task.cancel() } }
+        while true {
+            while inFlight.count < Self.window, read < outbox.lastSeq {
+                let events = try await src.committed(after: read, limit: batchSize).filter { $0.seq <= outbox.lastSeq }
+                guard let last = events.last else { break }
+                let batch = SyncBatch(
+                    siteId: Self.siteId, storeId: outbox.storeId, firstSeq: read + 1, lastSeq: last.seq, pendingFrom: nil,
+                    outboxSize: outbox.lastSeq - last.seq, events: events)
+                var byLane = [Lane: Int]()
+                for e in events { byLane[e.event.lane, default: 0] += 1 }
+                inFlight.append(InFlight(
+                    events: events.count, byLane: byLane, lastSeq: last.seq,
+                    task: Task {
+                        let watermark = try await dst.applySync(batch) {
+                            await sequencer.waitTurn(batch) { try? await dst.syncWatermark(siteId: batch.siteId, storeId: batch.storeId).ackedSeq }
+                        }.outcome.watermark
+                        sequencer.finished(batch, ackedSeq: watermark.ackedSeq)
+                        return watermark
+                    }))
+                read = last.seq
+            }
+            guard !inFlight.isEmpty else { break }
+            let done = inFlight.removeFirst()
             let watermark: SyncWatermark
             do {
-                watermark = try await dst.applySync(batch).outcome.watermark
+                watermark = try await done.task.value
             } catch {
-                throw CLIError("\(error.message); the target is consistent up to its checkpoint (\(acked)): run the same command again to resume")
+                throw CLIError("\((error as? StoreError)?.message ?? "\(error)"); the target is consistent up to its checkpoint (\(acked)): run the same command again to resume")
             }
-            if watermark.ackedSeq >= last.seq {
-                copied.events += events.count
-                for e in events { copied.byLane[e.event.lane, default: 0] += 1 }
+            if watermark.ackedSeq >= done.lastSeq {
+                copied.events += done.events
+                copied.byLane.merge(done.byLane, uniquingKeysWith: +)
+            } else {
+                // Not applied (another run moved the checkpoint): the batches after it find gaps;
+                // read again from the checkpoint.
+                for batch in inFlight { _ = await batch.task.result }
+                inFlight = []
+                read = watermark.ackedSeq
             }
             acked = watermark.ackedSeq
-            let done = Double(acked - resumedAt)
-            let rate = done / max((ContinuousClock.now - started).seconds, 0.001)
+            let rate = Double(acked - resumedAt) / max((ContinuousClock.now - started).seconds, 0.001)
             let eta = rate > 0 ? Double(outbox.lastSeq - acked) / rate : 0
             status.update("copy: \(acked)/\(outbox.lastSeq) (\(outbox.lastSeq > 0 ? acked * 100 / outbox.lastSeq : 100)%), \(Int(rate)) events/s, ETA \(Int(eta)) s; "
                 + Lane.allCases.map { "\($0.rawValue) \(copied.byLane[$0, default: 0])" }.joined(separator: " "))

@@ -103,6 +103,52 @@ import Testing
         #expect(site.completeThrough(scope: "a") == t(50) && site.completeThrough(scope: "b") == t(50))
     }
 
+    /// A batch may start before its predecessor is applied and wait for its turn inside
+    /// `applySync` (the hub's sequencer, `nova migrate`'s window): it still applies in order, and
+    /// one whose turn comes at a watermark it did not expect is answered from that watermark,
+    /// its early work rolled back.
+    @Test(arguments: Backend.allCases)
+    func batchesWaitingForTheirTurnApplyInOrder(backend: Backend) async throws {
+        let (store, cleanup) = try await backend.makeStore()
+        defer { Task { await cleanup() } }
+        let events = numbered(uniqueEvents(40, seed: 3))
+        func gate() -> (turn: @Sendable () async -> Void, open: @Sendable () -> Void) {
+            let (opened, open) = AsyncStream<Void>.makeStream()
+            return ({ for await _ in opened {} }, { open.finish() })
+        }
+
+        // 11...20 starts first and waits; 1...10 applies; then 11...20 applies after it.
+        let (turn, open) = gate()
+        let second = Task { try await store.applySync(batch(Array(events[10..<20]), first: 11, last: 20), turn: turn).outcome }
+        try await Task.sleep(for: .milliseconds(200))
+        guard case .applied(_, accepted: 10, duplicates: 0) = try await store.applySync(batch(Array(events[0..<10]), first: 1, last: 10)).outcome
+        else { Issue.record("first batch not applied"); return }
+        #expect(try await store.syncWatermark(siteId: "site-a", storeId: "edge-1").ackedSeq == 10)
+        open()
+        #expect(try await second.value == .applied(SyncWatermark(ackedSeq: 20, lastEventId: events[19].event.eventId), accepted: 10, duplicates: 0))
+
+        // 31...40 whose turn comes before 21...30 was applied: a gap, and nothing of it stays.
+        let early = try await store.applySync(batch(Array(events[30..<40]), first: 31, last: 40)).outcome
+        #expect(early == .gap(SyncWatermark(ackedSeq: 20, lastEventId: events[19].event.eventId)))
+        #expect(try await store.stats().totalEvents == 20)
+
+        // 21...30 expects the watermark at 20, but another delivery moves it to 25 meanwhile
+        // (other events as 21...25, so that neither waits for the other's dedupe entries): it
+        // then applies 26...30 only.
+        let (turn3, open3) = gate()
+        let third = Task { try await store.applySync(batch(Array(events[20..<30]), first: 21, last: 30), turn: turn3).outcome }
+        try await Task.sleep(for: .milliseconds(200))
+        let others = numbered(uniqueEvents(5, seed: 4), from: 21)
+        guard case .applied(_, accepted: 5, duplicates: 0) = try await store.applySync(batch(Array(events[10..<20]) + others, first: 11, last: 25)).outcome
+        else { Issue.record("11...25 not applied"); return }
+        open3()
+        #expect(try await third.value == .applied(SyncWatermark(ackedSeq: 30, lastEventId: events[29].event.eventId), accepted: 5, duplicates: 0))
+        guard case .applied(_, accepted: 10, duplicates: 0) = try await store.applySync(batch(Array(events[30..<40]), first: 31, last: 40)).outcome
+        else { Issue.record("31...40 not applied after its predecessor"); return }
+        #expect(try await store.stats().totalEvents == 40)
+        #expect(try await store.syncWatermark(siteId: "site-a", storeId: "edge-1").ackedSeq == 40)
+    }
+
     @Test(arguments: Backend.allCases)
     func repairBatchesInsertMissingEventsAndLeaveWatermarks(backend: Backend) async throws {
         let (store, cleanup) = try await backend.makeStore()
