@@ -167,7 +167,7 @@ public struct NovaConfiguration: Sendable, Equatable {
         /// The longest the shipper waits between attempts while the hub fails or refuses.
         public var maxBackoffSeconds = 30
         /// Hub side: batches applied at once; more are refused with 503 and `Retry-After`.
-        public var maxConcurrentBatches = 4
+        public var maxConcurrentBatches = 8
         /// PEM file of the certificate authorities an `https://` upstream is checked against;
         /// nil: the system's.
         public var caFile: String?
