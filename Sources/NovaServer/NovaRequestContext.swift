@@ -11,9 +11,12 @@ public struct NovaRequestContext: RequestContext, WebSocketRequestContext {
     /// Which configured token authenticated the request (its position in `server.tokens`); nil
     /// with auth off. Per-token limits count by it.
     public var tokenSlot: Int?
+    /// The connection, for the stream route's own handler (``FlushCoalescingHandler``).
+    let channel: any Channel
 
     public init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)
         webSocket = .init()
+        channel = source.channel
     }
 }

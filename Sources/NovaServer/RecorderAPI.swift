@@ -116,7 +116,12 @@ public struct RecorderAPI: Sendable {
         router.get("/v1/sync/sites") { request, _ in try await syncSites(request) }
         router.get("/v1/sync/status") { request, _ in try await syncStatus(request) }
         router.get("/v1/digests") { request, _ in try await digests(request) }
-        router.ws("/v1/stream") { inbound, outbound, context in try await stream(inbound, outbound, context) }
+        router.ws("/v1/stream") { _, context in
+            try await context.channel.pipeline.addHandler(FlushCoalescingHandler(), position: .first)
+            return .upgrade([:])
+        } onUpgrade: { inbound, outbound, context in
+            try await stream(inbound, outbound, context)
+        }
         router.get("/healthz") { _, _ in jsonResponse(#"{"status":"ok"}"#) }
         router.get("/readyz") { _, _ in try await ready() }
         router.get("/metrics") { _, _ in
