@@ -13,7 +13,9 @@ import Testing
     @Test func recorderHubAndSyncSpeakTLSAndRefuseStrangers() async throws {
         let dir = try TemporaryDirectory("nova-tls")
         defer { dir.remove() }
-        let (hubPort, edgePort, strangerPort) = (try freePort(), try freePort(), try freePort())
+        // Only the hub needs its port before it starts (the edges' upstream); the others take any
+        // free one and say which (a port probed free can be taken by then).
+        let hubPort = try freePort()
         let tls = #""tls": {"certificate": "\#(TestTLS.certificate)", "key": "\#(TestTLS.key)"}"#
         func write(_ name: String, _ json: String) throws -> String {
             let path = dir.file(name)
@@ -26,11 +28,11 @@ import Testing
         // The edge names the hub by address and trusts the test authority; the stranger names it
         // by host name and trusts another authority.
         let edgeConfig = try write("edge.json", #"""
-            {"core": {"siteId": "site-a"}, "database": {"sqlite": {"path": "\#(dir.file("edge.db"))"}}, "server": {"port": \#(edgePort), \#(tls)},
+            {"core": {"siteId": "site-a"}, "database": {"sqlite": {"path": "\#(dir.file("edge.db"))"}}, "server": {"port": 0, \#(tls)},
              "sync": {"enabled": true, "upstream": "https://127.0.0.1:\#(hubPort)", "caFile": "\#(TestTLS.ca)", "maxBackoffSeconds": 1}}
             """#)
         let strangerConfig = try write("stranger.json", #"""
-            {"core": {"siteId": "site-b"}, "database": {"sqlite": {"path": "\#(dir.file("stranger.db"))"}}, "server": {"port": \#(strangerPort)},
+            {"core": {"siteId": "site-b"}, "database": {"sqlite": {"path": "\#(dir.file("stranger.db"))"}}, "server": {"port": 0},
              "sync": {"enabled": true, "upstream": "https://localhost:\#(hubPort)", "caFile": "\#(TestTLS.otherCA)", "maxBackoffSeconds": 1}}
             """#)
         let hub = try NovaProcess(["serve", "--config", hubConfig], directory: dir, name: "hub")
@@ -38,10 +40,11 @@ import Testing
         #expect(try await hub.waitUntilListening() == "https://127.0.0.1:\(hubPort)")
         let edge = try NovaProcess(["record", "--config", edgeConfig], directory: dir, name: "edge")
         defer { edge.kill() }
-        _ = try await edge.waitUntilListening()
+        let edgeURL = try await edge.waitUntilListening()
+        let edgePort = try #require(Int(edgeURL.split(separator: ":").last ?? ""))
         let stranger = try NovaProcess(["record", "--config", strangerConfig], directory: dir, name: "stranger")
         defer { stranger.kill() }
-        _ = try await stranger.waitUntilListening()
+        let strangerPort = try #require(Int(try await stranger.waitUntilListening().split(separator: ":").last ?? ""))
 
         let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: try TestTLS.client()))
         let distrustful = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: try TestTLS.client(trusting: TestTLS.otherCA)))
@@ -51,7 +54,6 @@ import Testing
                 try? await distrustful.shutdown()
             }
         }
-        let edgeURL = "https://127.0.0.1:\(edgePort)"
         let hubURL = "https://127.0.0.1:\(hubPort)"
 
         // HTTPS ingest and query on the edge.
