@@ -44,6 +44,10 @@ public protocol EventStore: Sendable {
     /// scope without any). Reads every such event: callers ask only about short tails.
     func oldestCanonicalTimes(after seq: Int64) async throws(StoreError) -> [String: Timestamp]
 
+    /// Per lane, how many stored events come after `seq` in commit order (a count over the
+    /// tail's range of `ingestSeq`; `nova migrate` reads it once, for its progress per lane).
+    func committedCounts(after seq: Int64) async throws(StoreError) -> [Lane: Int64]
+
     // MARK: Sync, hub side.
 
     /// Applies a sync batch in one transaction: the events with dedupe and, for an outbox batch,

@@ -115,6 +115,25 @@ extension PostgresStore {
         }
     }
 
+    public func committedCounts(after seq: Int64) async throws(StoreError) -> [Lane: Int64] {
+        _ = try ensureReady()
+        do {
+            let logger = logger
+            return try await connection { conn in
+                var counts = [Lane: Int64]()
+                for lane in Lane.allCases {
+                    let sql = #"SELECT count(*) FROM \#(PostgresSchema.quote(LaneSQL(lane).table)) WHERE "ingestSeq" > $1"#
+                    var binds = PostgresBindings()
+                    binds.append(seq)
+                    counts[lane] = try await conn.query(PostgresQuery(unsafeSQL: sql, binds: binds), logger: logger).collect().first?.decode(Int64.self) ?? 0
+                }
+                return counts
+            }
+        } catch {
+            throw mapError(error)
+        }
+    }
+
     /// The batch's per-scope completeness replaces the site's previous one; a batch with a
     /// `pendingFrom` but none (an older edge) leaves the site-wide value to stand for each scope.
     private static func recordScopes(_ batch: SyncBatch, conn: PostgresConnection, logger: Logger) async throws {

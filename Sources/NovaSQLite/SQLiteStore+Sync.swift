@@ -86,6 +86,20 @@ extension SQLiteStore {
         }
     }
 
+    public func committedCounts(after seq: Int64) async throws(StoreError) -> [Lane: Int64] {
+        do {
+            return try await pool.read { db in
+                var counts = [Lane: Int64]()
+                for lane in Lane.allCases {
+                    counts[lane] = try Int64.fetchOne(db, sql: "SELECT count(*) FROM \(LaneSQL(lane).table) WHERE ingestSeq > ?", arguments: [seq]) ?? 0
+                }
+                return counts
+            }
+        } catch {
+            throw Self.storeError(error, path: path)
+        }
+    }
+
     /// The batch's per-scope completeness replaces the site's previous one; a batch with a
     /// `pendingFrom` but none (an older edge) leaves the site-wide value to stand for each scope.
     static func recordScopes(_ batch: SyncBatch, db: Database) throws {

@@ -105,6 +105,11 @@ struct MigrateCommand: AsyncParsableCommand {
         var acked = try await dst.syncWatermark(siteId: Self.siteId, storeId: outbox.storeId).ackedSeq
         if acked > 0 { print("resuming after position \(acked) of \(outbox.lastSeq) (checkpoint in the target)") }
         let resumedAt = acked
+        // Per lane, what this run has to copy: for the progress line's counts and ETAs.
+        var toCopy = try await src.committedCounts(after: acked)
+        if acked < outbox.lastSeq {
+            for (lane, later) in try await src.committedCounts(after: outbox.lastSeq) { toCopy[lane, default: 0] -= later }
+        }
         let started = ContinuousClock.now
         var read = acked
         // Bounded: a batch whose predecessor is stuck (say, behind a lock a later batch holds)
@@ -151,10 +156,15 @@ struct MigrateCommand: AsyncParsableCommand {
                 read = watermark.ackedSeq
             }
             acked = watermark.ackedSeq
-            let rate = Double(acked - resumedAt) / max((ContinuousClock.now - started).seconds, 0.001)
+            let elapsed = max((ContinuousClock.now - started).seconds, 0.001)
+            let rate = Double(acked - resumedAt) / elapsed
             let eta = rate > 0 ? Double(outbox.lastSeq - acked) / rate : 0
             status.update("copy: \(acked)/\(outbox.lastSeq) (\(outbox.lastSeq > 0 ? acked * 100 / outbox.lastSeq : 100)%), \(Int(rate)) events/s, ETA \(Int(eta)) s; "
-                + Lane.allCases.map { "\($0.rawValue) \(copied.byLane[$0, default: 0])" }.joined(separator: " "))
+                + Lane.allCases.map { lane in
+                    let (done, total) = (copied.byLane[lane, default: 0], Int(toCopy[lane, default: 0]))
+                    let laneRate = Double(done) / elapsed
+                    return "\(lane.rawValue) \(done)/\(total)" + (done < total && laneRate > 0 ? " ETA \(Int(Double(total - done) / laneRate)) s" : "")
+                }.joined(separator: ", "))
         }
         copied.through = acked
         copied.seconds = (ContinuousClock.now - started).seconds

@@ -179,6 +179,10 @@ import Testing
         #expect(try await store.outboxState().ackedSeq == 3)
         #expect(try await store.oldestCanonicalTime(after: 3) == Timestamp(microseconds: 996))
         #expect(try await store.oldestCanonicalTime(after: 5) == nil)
+        var tail = [Lane: Int64]()
+        for e in events[3...] { tail[e.lane, default: 0] += 1 }
+        #expect(try await store.committedCounts(after: 3).filter { $0.value > 0 } == tail)
+        #expect(try await store.committedCounts(after: 5).values.allSatisfy { $0 == 0 })
 
         let fresh = try await store.renewStoreId()
         let renewed = try await store.outboxState()
