@@ -163,8 +163,8 @@ extension PostgresStore {
     /// rolls the entries back: the batch is answered from it (a replay, a gap), or applied again
     /// from it. Every path takes the entries before the site's lock and the site's lock before
     /// the counter, as plain appends take entries before the counter, so none waits in a cycle.
-    /// Measured: with the entries inserted under the site's lock, a site's catch-up ran at the
-    /// rate of one client's plain appends (about half of four clients').
+    /// Measured (2,000,000-event catch-ups, alternating binaries): within the noise while the edge
+    /// kept two batches in flight; with three, about 63,000 → 70,000–74,000 events/s.
     public func applySync(_ batch: SyncBatch, turn: @escaping @Sendable () async -> Void) async throws(StoreError) -> SyncApplyResult {
         try await insertingIntoPartitions { mode in
             if mode == .partitioned { try await self.ensurePartitions(for: batch.events.map(\.event)) }
@@ -205,14 +205,15 @@ extension PostgresStore {
     }
 
     private func applySyncSteps(_ batch: SyncBatch, expected: Int64?, turn: @Sendable () async -> Void, conn: PostgresConnection) async throws -> SyncApplyResult {
-        let key = (batch.siteId, batch.storeId)
         // The watermark this batch's predecessor leaves (or the one seen, if it is past that).
-        var assumed = expected
-        if assumed == nil {
-            let seen = try await Self.watermark(conn, siteId: key.0, storeId: key.1, lock: false, logger: logger).ackedSeq
+        let assumed: Int64
+        if let expected {
+            assumed = expected
+        } else {
+            let seen = try await Self.watermark(conn, siteId: batch.siteId, storeId: batch.storeId, lock: false, logger: logger).ackedSeq
             assumed = batch.kind == .outbox ? Swift.max(seen, batch.firstSeq - 1) : seen
         }
-        let plan = SyncApplyPlan(batch, ackedSeq: assumed!)
+        let plan = SyncApplyPlan(batch, ackedSeq: assumed)
         var indexed: [Int]?
         if case .apply(let events) = plan {
             let appended = events.map(\.event)
@@ -225,8 +226,8 @@ extension PostgresStore {
                 INSERT INTO "syncSites" VALUES (\(batch.siteId), \(batch.storeId), 0, NULL, NULL, 0, now(), 0, 0, NULL) ON CONFLICT DO NOTHING
                 """, logger: logger)
         }
-        let before = try await Self.watermark(conn, siteId: key.0, storeId: key.1, lock: true, logger: logger)
-        if batch.kind != .repair, before.ackedSeq != assumed! {
+        let before = try await Self.watermark(conn, siteId: batch.siteId, storeId: batch.storeId, lock: true, logger: logger)
+        if batch.kind != .repair, before.ackedSeq != assumed {
             switch SyncApplyPlan(batch, ackedSeq: before.ackedSeq) {
             case .replay: throw RolledBack(attempt: .done(SyncApplyResult(.alreadyApplied(before))))
             case .gap: throw RolledBack(attempt: .done(SyncApplyResult(.gap(before))))
