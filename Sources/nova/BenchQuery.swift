@@ -20,6 +20,12 @@ struct BenchQuery: AsyncParsableCommand {
             random window in contract order, and checks every answer's count (and every tenth \
             answer's order). The baseline runs the same SQL with the same windows through GRDB or \
             postgres-nio directly. Reports p50/p95/p99 and queries/s; exits 1 on any wrong answer.
+
+            Each client first asks as fast as it can: that measures capacity, and its latency is \
+            mostly queueing for the machine's cores. Then, for each --loads fraction of the \
+            capacity NOVA just showed, the clients ask on a fixed schedule at that total rate (both \
+            sides get the same rate), and a latency counts from the moment a query was due, so a \
+            client that falls behind pays for its backlog.
             """
     )
 
@@ -29,6 +35,8 @@ struct BenchQuery: AsyncParsableCommand {
     @Option(help: "Concurrent clients.") var clients = 20
     @Option(help: "Seconds of querying per window size and side.") var seconds = 15
     @Option(help: "Window sizes in seconds, comma separated.") var windows = "1,60"
+    @Option(help: "Paced loads, as fractions of NOVA's capacity measured just before, comma separated, or none.")
+    var loads = "0.25,0.5"
     @Option(help: "sqlite, or a postgres://USER@HOST:PORT/DB server where a temporary database is created and dropped.")
     var store = "sqlite"
     @OptionGroup var options: BenchOptions
@@ -38,6 +46,10 @@ struct BenchQuery: AsyncParsableCommand {
         let windowSeconds = try windows.split(separator: ",").map { part -> Int in
             guard let w = Int(part), w > 0 else { throw ValidationError("--windows: positive integers, comma separated") }
             return w
+        }
+        let loadFractions = try (loads == "none" ? [] : loads.split(separator: ",")).map { part -> Double in
+            guard let f = Double(part), f > 0, f < 1 else { throw ValidationError("--loads: fractions between 0 and 1 (exclusive), comma separated") }
+            return f
         }
         let work = FileManager.default.temporaryDirectory.appendingPathComponent("nova-bench-\(UUID().uuidString.prefix(8))").path
         try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
@@ -63,30 +75,40 @@ struct BenchQuery: AsyncParsableCommand {
         let base = child.base
         for w in windowSeconds {
             let window = Int64(w) * 1_000_000
-            let nova = try await measure("nova HTTP, \(clients) clients", window: window, layout: layout) { read in
+            let novaQuery: @Sendable (LaneRead) async throws -> ByteBuffer = { read in
                 let url = "\(base)/v1/events?scope=\(DeviceFrames.scope)&from=\(read.from.rfc3339)&to=\(read.to.rfc3339)&lane=raw&limit=\(read.limit)"
                 let response = try await http.execute(HTTPClientRequest(url: url), timeout: .seconds(60))
                 let body = try await response.body.collect(upTo: 1 << 30)
                 guard response.status == .ok else { throw CLIError("HTTP \(response.status.code): \(String(buffer: body).prefix(200))") }
                 return body
             }
-            errors += nova.errors
-            checked += nova.figure.queries ?? 0
-            let bare: BenchFigure
-            if let database {
-                let pg = PostgresBareQuery(location: database, connections: clients, logger: logger)
-                bare = try await measure("baseline: same SQL, bare postgres-nio", window: window, layout: layout) { read in
-                    ByteBuffer(integer: Int64(try await pg.count(read)))
-                }.figure
-                pg.close()
-            } else {
-                let sqlite = try SQLiteBareQuery(path: sqlitePath)
-                bare = try await measure("baseline: same SQL, bare GRDB", window: window, layout: layout) { read in
-                    ByteBuffer(integer: Int64(try await sqlite.count(read)))
-                }.figure
-                try sqlite.close()
+            var capacity: Double?
+            for load in [nil] + loadFractions.map(Optional.init) {
+                let rate = load.flatMap { f in capacity.map { $0 * f } }
+                if load != nil, (rate ?? 0) < 1 { break }  // no capacity to take a fraction of
+                let pace = rate.map { String(format: ", %.0f queries/s offered (%.0f%% of capacity)", $0, load! * 100) } ?? ", as fast as they can"
+                let group = "\(w)-second windows over \(events) events, \(clients) clients\(pace)"
+                FileHandle.standardError.write(Data("\(group): \(seconds) s through the HTTP API, then \(seconds) s through the bare driver...\n".utf8))
+                let nova = try await measure("nova HTTP, \(clients) clients", window: window, layout: layout, rate: rate, query: novaQuery)
+                errors += nova.errors
+                checked += nova.figure.queries ?? 0
+                if load == nil { capacity = nova.figure.queriesPerSecond }
+                let bare: BenchFigure
+                if let database {
+                    let pg = PostgresBareQuery(location: database, connections: clients, logger: logger)
+                    bare = try await measure("baseline: same SQL, bare postgres-nio", window: window, layout: layout, rate: rate) { read in
+                        ByteBuffer(integer: Int64(try await pg.count(read)))
+                    }.figure
+                    pg.close()
+                } else {
+                    let sqlite = try SQLiteBareQuery(path: sqlitePath)
+                    bare = try await measure("baseline: same SQL, bare GRDB", window: window, layout: layout, rate: rate) { read in
+                        ByteBuffer(integer: Int64(try await sqlite.count(read)))
+                    }.figure
+                    try sqlite.close()
+                }
+                groups.append(BenchGroup(group, figure: nova.figure, baselines: [bare]))
             }
-            groups.append(BenchGroup("\(w)-second windows over \(events) events", figure: nova.figure, baselines: [bare]))
         }
         try await http.shutdown()
         let rss = peakRSS(pid: child.pid)
@@ -101,8 +123,11 @@ struct BenchQuery: AsyncParsableCommand {
 
     /// Runs `clients` concurrent loops of random `window` queries for `seconds`; an answer is a
     /// ByteBuffer of NDJSON (checked) or of one Int64 row count (a baseline's, also checked).
+    /// With a `rate` (queries/s over all clients), each client's queries fall due on a fixed
+    /// schedule (its own phase, then every `clients / rate` seconds) and a latency runs from when
+    /// its query was due, not from when it was sent.
     private func measure(
-        _ name: String, window: Int64, layout: Layout, query: @escaping @Sendable (LaneRead) async throws -> ByteBuffer
+        _ name: String, window: Int64, layout: Layout, rate: Double? = nil, query: @escaping @Sendable (LaneRead) async throws -> ByteBuffer
     ) async throws -> (figure: BenchFigure, errors: [String]) {
         let deadline = ContinuousClock.now + .seconds(seconds)
         let start = ContinuousClock.now
@@ -113,14 +138,21 @@ struct BenchQuery: AsyncParsableCommand {
                     var samples = [Double]()
                     var events = 0
                     var errors = [String]()
+                    let interval = rate.map { Duration.seconds(Double(clients) / $0) }
+                    var due = start + (interval.map { $0 * (Double(client) / Double(clients)) } ?? .zero)
                     while ContinuousClock.now < deadline {
+                        if let interval {
+                            if due > ContinuousClock.now { try await Task.sleep(until: due, clock: .continuous) }
+                            if due >= deadline { break }
+                        }
                         let offset = Int64(rng.next() % UInt64(max(1, layout.span - window)))
                         let from = Timestamp(microseconds: layout.start.microseconds + offset)
                         let read = LaneRead(lane: .raw, scopeId: DeviceFrames.scope, timebase: .canonical, from: from,
                                             to: Timestamp(microseconds: from.microseconds + window), limit: 100_000)
-                        let t0 = ContinuousClock.now
+                        let t0 = interval == nil ? ContinuousClock.now : due
                         let answer = try await query(read)
                         samples.append((ContinuousClock.now - t0).seconds)
+                        if let interval { due += interval }
                         let expected = layout.count(from: read.from, to: read.to)
                         let got = answer.readableBytes == 8 ? Int(answer.getInteger(at: answer.readerIndex, as: Int64.self)!) : answer.readableBytesView.count { $0 == UInt8(ascii: "\n") }
                         if got != expected, errors.count < 5 { errors.append("\(name): \(got) events for [\(read.from), \(read.to)), expected \(expected)") }
