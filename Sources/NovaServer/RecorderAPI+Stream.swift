@@ -39,6 +39,7 @@ extension RecorderAPI {
         let feed = feed
         let metrics = metrics
         let handOverDistance = handOverDistance
+        let channel = context.requestContext.channel
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
                 do {
@@ -71,8 +72,8 @@ extension RecorderAPI {
             // close) within 250 ms at most; when it ends, so does the reader.
             do {
                 var session = try await StreamSession(
-                    request: request, store: store, feed: feed, control: control, outbound: outbound, metrics: metrics,
-                    handOverDistance: handOverDistance)
+                    request: request, store: store, feed: feed, control: control, outbound: outbound,
+                    frames: try await StreamFrameWriter(channel: channel), metrics: metrics, handOverDistance: handOverDistance)
                 try await session.run()
             } catch let failure as StreamFailure {
                 await failure.report(on: outbound)

@@ -73,6 +73,8 @@ struct StreamSession {
     let feed: CommitFeed
     let control: StreamControl
     let outbound: WebSocketOutboundWriter
+    /// Where the frames go: in batches, not one write each (see ``StreamFrameWriter``).
+    var frames: StreamFrameWriter
     let metrics: NovaMetrics
     /// Commits since the snapshot below which a rewind hands over to LIVE.
     let handOverDistance: Int
@@ -93,7 +95,7 @@ struct StreamSession {
     static let heartbeatEvery = Duration.seconds(5)
 
     init(
-        request: StreamRequest, store: any EventStore, feed: CommitFeed, control: StreamControl, outbound: WebSocketOutboundWriter,
+        request: StreamRequest, store: any EventStore, feed: CommitFeed, control: StreamControl, outbound: WebSocketOutboundWriter, frames: StreamFrameWriter,
         metrics: NovaMetrics, handOverDistance: Int
     ) async throws(StoreError) {
         self.handOverDistance = handOverDistance
@@ -102,14 +104,27 @@ struct StreamSession {
         self.feed = feed
         self.control = control
         self.outbound = outbound
+        self.frames = frames
         self.metrics = metrics
         speed = request.speed
         let head = try await store.lastCommittedSeq()
         phase = request.mode == .live ? .live(position: head) : .rewind(from: request.from, cursor: nil, snapshot: head)
     }
 
+    /// Streams until the client closes, the stream ends or fails; what was sent is on the wire
+    /// before it returns or throws (a failure is reported after it).
     mutating func run() async throws {
         defer { prefetched?.task.cancel() }
+        do {
+            try await loop()
+            try await frames.drain()
+        } catch {
+            try? await frames.drain()
+            throw error
+        }
+    }
+
+    private mutating func loop() async throws {
         if case .live(let position) = phase {
             // A LIVE stream is at the present from its first moment; saying so tells the client
             // from when on it misses nothing.
@@ -131,6 +146,7 @@ struct StreamSession {
                 step = .next
             }
             if step == .stop { return }
+            try await frames.flush()
         }
     }
 
@@ -138,6 +154,7 @@ struct StreamSession {
     mutating func applyControl() async throws -> Step {
         let taken = control.take()
         if let failure = taken.failure {
+            try? await frames.drain()
             await StreamFailure(code: failure.code, message: failure.message).report(on: outbound)
             return .stop
         }
@@ -191,6 +208,7 @@ struct StreamSession {
         if page.next != nil { return .next }
         if request.to != nil {
             try await send(Array(#"{"type":"end"}"#.utf8))
+            try await frames.drain()
             try await outbound.close(.normalClosure, reason: nil)
             return .stop
         }
@@ -286,6 +304,7 @@ struct StreamSession {
             let now = ContinuousClock.now
             if now >= due { return true }
             try await heartbeatIfIdle()
+            try await frames.flush()
             try await Task.sleep(for: min(due - now, .milliseconds(50)))
         }
     }
@@ -293,15 +312,18 @@ struct StreamSession {
     mutating func heartbeatIfIdle() async throws {
         if ContinuousClock.now - lastSent >= Self.heartbeatEvery {
             try await send(Array(#"{"type":"heartbeat","at":"\#(Timestamp.now())"}"#.utf8))
+            try await frames.flush()
         }
     }
 
+    /// Queues one text frame; it leaves with its batch (at the end of the step at the latest).
     mutating func send(_ bytes: [UInt8]) async throws {
-        try await send(ByteBuffer(bytes: bytes))
+        try await frames.append(bytes)
+        lastSent = .now
     }
 
     mutating func send(_ buffer: ByteBuffer) async throws {
-        try await outbound.write(.custom(WebSocketFrame(fin: true, opcode: .text, data: buffer)))
+        try await frames.append(buffer)
         lastSent = .now
     }
 
