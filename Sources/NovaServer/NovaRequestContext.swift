@@ -11,7 +11,7 @@ public struct NovaRequestContext: RequestContext, WebSocketRequestContext {
     /// Which configured token authenticated the request (its position in `server.tokens`); nil
     /// with auth off. Per-token limits count by it.
     public var tokenSlot: Int?
-    /// The connection, for the stream route's own handler (``FlushCoalescingHandler``).
+    /// The connection, where a stream writes its frames (``StreamFrameWriter``).
     let channel: any Channel
 
     public init(source: ApplicationRequestContextSource) {

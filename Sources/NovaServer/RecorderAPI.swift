@@ -116,9 +116,8 @@ public struct RecorderAPI: Sendable {
         router.get("/v1/sync/sites") { request, _ in try await syncSites(request) }
         router.get("/v1/sync/status") { request, _ in try await syncStatus(request) }
         router.get("/v1/digests") { request, _ in try await digests(request) }
-        router.ws("/v1/stream") { _, context in
-            try await context.channel.pipeline.addHandler(FlushCoalescingHandler(), position: .first)
-            return .upgrade([:])
+        router.ws("/v1/stream") { _, _ in
+            .upgrade([:])
         } onUpgrade: { inbound, outbound, context in
             try await stream(inbound, outbound, context)
         }
