@@ -12,19 +12,24 @@ import ServiceLifecycle
 /// periodic check) is read from the store by `ingestSeq`. A client behind the ring's start reads
 /// the store itself; nobody is dropped and memory stays bounded.
 public actor CommitFeed {
-    public struct Entry: Sendable {
+    /// A class, not a struct: each LIVE client takes every entry, and handing out a reference
+    /// costs one retain where copying the event's fields cost one per field (perf of LIVE to 20
+    /// clients showed those copies).
+    public final class Entry: Sendable {
         public let seq: Int64
         public let event: Event
         /// `{"type":"event","event":{…}}` as sent to clients (shared storage, never copied).
-        /// Encoded on the first read, so a recorder without streams never encodes.
-        public fileprivate(set) var message: ByteBuffer?
+        /// Encoded on the first read (which replaces the entry), so a recorder without streams
+        /// never encodes.
+        public let message: ByteBuffer?
         /// When the feed took it in, for the delivery-lag metric.
         public let at: ContinuousClock.Instant
 
-        init(seq: Int64, event: Event) {
+        init(seq: Int64, event: Event, message: ByteBuffer? = nil, at: ContinuousClock.Instant = .now) {
             self.seq = seq
             self.event = event
-            self.at = .now
+            self.message = message
+            self.at = at
         }
     }
 
@@ -54,7 +59,7 @@ public actor CommitFeed {
     private var waiters: [Int: CheckedContinuation<Void, Never>] = [:]
     private var nextWaiter = 0
 
-    public init(store: any EventStore, capacity: Int = 32_768, logger: Logger) {
+    public init(store: any EventStore, capacity: Int = 131_072, logger: Logger) {
         self.store = store
         self.capacity = capacity
         self.logger = logger
@@ -84,8 +89,12 @@ public actor CommitFeed {
         out.reserveCapacity(end - low)
         for k in low..<end {
             let slot = (start + k) % ring.count
-            if ring[slot].message == nil { ring[slot].message = ByteBuffer(bytes: Self.message(ring[slot].event)) }
-            out.append(ring[slot])
+            var entry = ring[slot]
+            if entry.message == nil {
+                entry = Entry(seq: entry.seq, event: entry.event, message: ByteBuffer(bytes: Self.message(entry.event)), at: entry.at)
+                ring[slot] = entry
+            }
+            out.append(entry)
         }
         return .entries(out)
     }
@@ -208,10 +217,14 @@ public actor CommitFeed {
     static func message(_ event: Event) -> [UInt8] {
         var out = [UInt8]()
         out.reserveCapacity(320)
+        message(event, into: &out)
+        return out
+    }
+
+    static func message(_ event: Event, into out: inout [UInt8]) {
         out.append(contentsOf: #"{"type":"event","event":"#.utf8)
         event.writeJSON(into: &out)
         out.append(UInt8(ascii: "}"))
-        return out
     }
 }
 

@@ -13,8 +13,9 @@ import NIOWebSocket
 ///
 /// One batch is in flight at a time: the next waits until the one before was written to the
 /// socket, which bounds a slow reader's memory as the writer's back-pressure did. Everything
-/// appended must be ``drain()``ed before anything else is written through the handler's own
-/// writer (an `error` message, a close), so that it arrives in order.
+/// appended must be flushed before anything else is written through the handler's own writer
+/// (an `error` message, a close): ``flush()`` hands the batch to the event loop, and that
+/// writer's frame reaches the loop after it (or waits for writability, after it too).
 struct StreamFrameWriter {
     private let encoder: NIOLoopBound<ChannelHandlerContext>
     private var pending = ByteBuffer()
