@@ -275,7 +275,10 @@ struct StreamSession {
                 catchingUp = true
                 metrics.streamCatchUps.increment()
             }
-            let rows = try await storeCall { try await store.committed(after: position, limit: Self.pageSize) }
+            // Large pages: behind the feed, each client reads the store for itself, and on
+            // PostgreSQL pages of 512 kept 20 clients behind for over a minute where pages of
+            // 4,096 caught them up (bench stream at 50,000 events/s, alternating binaries).
+            let rows = try await storeCall { try await store.committed(after: position, limit: Self.fastPageSize) }
             var sent = 0
             for row in rows where request.selects(row.event) {
                 try await send(CommitFeed.message(row.event))
