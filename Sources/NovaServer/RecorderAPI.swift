@@ -40,9 +40,8 @@ public struct RecorderAPI: Sendable {
     /// further behind reads the store and encodes for itself, which at 20 clients costs enough to
     /// put it further behind. 131,072 (2.6 s at 50,000 events/s) cut LIVE's delivery p99 at
     /// that rate in 12-second runs from 13.5-13.8 s to 8.4-10.2 s against 32,768; the server's
-    /// peak RSS in those runs: 315-317 MiB before, 311-324 after.
-    /// `handOverDistance`: how close to the head (in commits) a
-    /// rewind without `to` hands over to LIVE.
+    /// peak RSS in those runs: 315-317 MiB before, 311-324 after. `handOverDistance`: how close
+    /// to the head (in commits) a rewind without `to` hands over to LIVE.
     public init(
         store: any EventStore, configuration: NovaConfiguration, metrics: NovaMetrics = NovaMetrics(), logger: Logger = Logger(label: "nova.server"),
         feedCapacity: Int = 131_072, handOverDistance: Int = 4_096, syncStatus: (@Sendable () async throws -> SyncStatusReport)? = nil,

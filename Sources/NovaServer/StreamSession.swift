@@ -199,8 +199,8 @@ struct StreamSession {
             let store = store
             prefetched = (next, Task { try await store.page(next) })
         }
-        // By index, and the position kept once per page: per event, copying the event out of
-        // the page and its ordering key into the phase showed in perf of a REWIND.
+        // By index, and the position kept once per page, so that neither an event nor its
+        // ordering key is copied per event.
         var sent = 0
         for k in page.events.indices {
             guard try await pace(page.events[k]) else { break }
