@@ -35,6 +35,33 @@ import Testing
         return out
     }
 
+    /// Frames are written in batches with their headers encoded by the server itself: messages
+    /// of each length encoding of RFC 6455 (7-bit `end`, 16-bit, 64-bit), one larger than a whole
+    /// batch, arrive whole and in order.
+    @Test(arguments: Backend.allCases)
+    func messagesOfEveryFrameLengthArriveWhole(backend: Backend) async throws {
+        try await withRecorder(backend) { client, _, _ in
+            let sizes = [1, 200, 70_000, 400_000, 3]
+            let events = sizes.enumerated().map { i, n in
+                let t = Timestamp(microseconds: Self.t0.microseconds + Int64(i) * 1_000)
+                return Event(scopeId: "s", sourceTruthTime: t, canonicalTruthTime: t, fields: .raw(
+                    connectionId: "c", sequence: Int64(i), bytes: (0..<n).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ i) }))
+            }
+            try await client.ingest(events)
+            let port = try #require(client.port)
+            let to = Timestamp(microseconds: Self.t0.microseconds + 1_000_000)
+            let close = try await withStream(port: port, query: "scope=s&mode=rewind&from=\(Self.t0)&to=\(to)&speed=0") { stream in
+                let sent = try await stream.wait(forType: "end").filter { $0.type == "event" }
+                #expect(sent.compactMap(\.eventId) == Self.ids(events))
+                for (message, event) in zip(sent, events) {
+                    guard case .raw(_, _, let bytes) = event.fields else { continue }
+                    #expect(message.json["event"]?["bytes"]?.stringValue == Data(bytes).base64EncodedString(), "\(bytes.count) bytes")
+                }
+            }
+            #expect(close?.closeCode == .normalClosure)
+        }
+    }
+
     @Test(arguments: Backend.allCases)
     func rewindAtSpeedZeroIsTheOrderedQueryThenCaughtUpThenLive(backend: Backend) async throws {
         try await withRecorder(backend) { client, store, metrics in
