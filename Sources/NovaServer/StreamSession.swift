@@ -204,9 +204,7 @@ struct StreamSession {
         var sent = 0
         for k in page.events.indices {
             guard try await pace(page.events[k]) else { break }
-            scratch.removeAll(keepingCapacity: true)
-            CommitFeed.message(page.events[k], into: &scratch)
-            try await send(scratch)
+            try await send(event: page.events[k])
             sent += 1
         }
         metrics.streamEventsSent.increment(by: Int64(sent))
@@ -243,7 +241,7 @@ struct StreamSession {
                         if let message = row.message {
                             try await send(message)
                         } else {
-                            try await send(CommitFeed.message(event))
+                            try await send(event: event)
                         }
                         metrics.streamEventsSent.increment()
                     }
@@ -281,7 +279,7 @@ struct StreamSession {
             let rows = try await storeCall { try await store.committed(after: position, limit: Self.fastPageSize) }
             var sent = 0
             for row in rows where request.selects(row.event) {
-                try await send(CommitFeed.message(row.event))
+                try await send(event: row.event)
                 sent += 1
             }
             metrics.streamEventsSent.increment(by: Int64(sent))
@@ -336,6 +334,13 @@ struct StreamSession {
     mutating func send(_ bytes: [UInt8]) async throws {
         try await frames.append(bytes)
         lastSent = .now
+    }
+
+    /// An `event` message this session encodes itself (not from the feed), in its scratch buffer.
+    mutating func send(event: Event) async throws {
+        scratch.removeAll(keepingCapacity: true)
+        CommitFeed.message(event, into: &scratch)
+        try await send(scratch)
     }
 
     mutating func send(_ buffer: ByteBuffer) async throws {
