@@ -3,7 +3,13 @@ extension Event {
     public static func preimage(scopeId: String, sourceTruthTime: Timestamp, fields: LaneFields) -> [UInt8] {
         var out = [UInt8]()
         out.reserveCapacity(96 + (fields.payload?.utf8.count ?? 0))
-        out.appendString("nova.event.v1")
+        writePreimage(scopeId: scopeId, sourceTruthTime: sourceTruthTime, fields: fields, into: &out)
+        return out
+    }
+
+    /// Appends the pre-image to `out` (a sync batch of version 2 carries it as it is).
+    public static func writePreimage(scopeId: String, sourceTruthTime: Timestamp, fields: LaneFields, into out: inout [UInt8]) {
+        out.appendString(preimageTag)
         out.appendString(fields.lane.rawValue)
         out.appendString(scopeId)
         out.appendInt64(sourceTruthTime.microseconds)
@@ -29,8 +35,10 @@ extension Event {
             out.appendString(metadataType)
             out.appendBlob(payload.utf8)
         }
-        return out
     }
+
+    /// The pre-image's first field, which versions it.
+    public static let preimageTag = "nova.event.v1"
 
     /// The id this event's content hashes to; equal to `eventId` for every well-formed event.
     public var computedEventId: EventID {

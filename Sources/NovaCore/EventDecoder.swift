@@ -112,6 +112,24 @@ public struct EventDecoder: Sendable {
     }
 }
 
+extension EventDecoder {
+    /// The rules every string field follows, in either wire form.
+    static func checkString(_ name: String, _ s: String, maxBytes: Int) throws(EventValidationError) {
+        if s.utf8.count > maxBytes {
+            throw EventValidationError(field: name, rule: "longer than \(maxBytes) bytes of UTF-8 (\(s.utf8.count))")
+        }
+        if s.utf8.contains(0) {
+            throw EventValidationError(field: name, rule: "must not contain NUL (U+0000)")
+        }
+    }
+
+    static func checkPayloadSize(_ count: Int, maxBytes: Int) throws(EventValidationError) {
+        guard count <= maxBytes else {
+            throw EventValidationError(field: "payload", rule: "larger than \(maxBytes) bytes as canonical JSON (\(count))")
+        }
+    }
+}
+
 /// Typed access to the members of one event object, each failure naming the field and the rule.
 private struct Fields {
     /// An event has a handful of members: a linear scan beats hashing every key.
@@ -140,12 +158,7 @@ private struct Fields {
     }
 
     func checkString(_ name: String, _ s: String, maxBytes: Int) throws(EventValidationError) {
-        if s.utf8.count > maxBytes {
-            throw EventValidationError(field: name, rule: "longer than \(maxBytes) bytes of UTF-8 (\(s.utf8.count))")
-        }
-        if s.utf8.contains(0) {
-            throw EventValidationError(field: name, rule: "must not contain NUL (U+0000)")
-        }
+        try EventDecoder.checkString(name, s, maxBytes: maxBytes)
     }
 
     func time(_ name: String) throws(EventValidationError) -> Timestamp {
@@ -195,9 +208,7 @@ private struct Fields {
             throw EventValidationError(field: "payload", rule: "must be a JSON object, found \(members["payload"]!.typeName)")
         }
         let payload = CanonicalPayload(object)
-        guard payload.utf8.count <= maxBytes else {
-            throw EventValidationError(field: "payload", rule: "larger than \(maxBytes) bytes as canonical JSON (\(payload.utf8.count))")
-        }
+        try EventDecoder.checkPayloadSize(payload.utf8.count, maxBytes: maxBytes)
         return payload
     }
 }

@@ -15,9 +15,11 @@ extension RecorderAPI {
     /// which the edge honours while it keeps recording.
     func receiveSyncBatch(_ request: Request, context: NovaRequestContext) async throws -> Response {
         try QueryParameters(request.uri).finish()
-        let mediaType = request.headers[.contentType]?.split(separator: ";").first?.trimmingCharacters(in: .whitespaces).lowercased()
-        guard mediaType == SyncBatchCodec.contentType else {
-            throw APIError(.unsupportedMediaType, "Content-Type: must be \(SyncBatchCodec.contentType), found \(request.headers[.contentType].map(quotedParameter) ?? "none")")
+        let mediaType = request.headers[.contentType]?.split(separator: ";").first?.trimmingCharacters(in: .whitespaces)
+        guard let version = SyncBatchCodec.version(mediaType: mediaType) else {
+            throw APIError(
+                .unsupportedMediaType,
+                "Content-Type: must be \(SyncBatchCodec.contentType) (or version 1's \(SyncBatchCodec.ndjsonContentType)), found \(request.headers[.contentType].map(quotedParameter) ?? "none")")
         }
         let maxBytes = configuration.server.maxBodyBytes
         var body: ByteBuffer
@@ -39,7 +41,7 @@ extension RecorderAPI {
         }
         let batch: SyncBatch
         do {
-            batch = try body.withUnsafeReadableBytes { raw in try SyncBatchCodec.decode(raw.bindMemory(to: UInt8.self), decoder: decoder) }
+            batch = try body.withUnsafeReadableBytes { raw in try SyncBatchCodec.decode(raw.bindMemory(to: UInt8.self), version: version, decoder: decoder) }
         } catch let error as SyncBatchError {
             metrics.syncBatchesRefused.increment()
             throw APIError(.badRequest, "sync batch refused, nothing applied: \(error.message)")

@@ -21,6 +21,13 @@ import Testing
             var withId = vector["event"]!.objectMembers
             withId.append(JSONMember("eventId", .string(event.eventId.hex)))
             #expect(try decoder.decode(.object(withId), receivedAt: receivedAt).get() == event)
+            // The pre-image alone (as a sync batch of version 2 carries it) gives the same event.
+            let hex = Array(vector["preimageHex"]!.stringValue!.utf8)
+            let bytes = stride(from: 0, to: hex.count, by: 2).map { UInt8(String(decoding: hex[$0..<$0 + 2], as: UTF8.self), radix: 16)! }
+            let fromPreimage = try bytes.withUnsafeBytes {
+                try decoder.decode(preimage: $0, eventId: event.eventId, canonicalTruthTime: event.canonicalTruthTime.microseconds)
+            }
+            #expect(fromPreimage == event, "vector \(k)")
         }
     }
 

@@ -124,21 +124,32 @@ import Testing
     @Test(arguments: Backend.allCases)
     func malformedBatchesAreRefusedWholeAndApplyNothing(backend: Backend) async throws {
         try await withRecorder(backend) { client, store, _ in
-            let good = SyncBatchCodec.encode(Self.batch(Self.events(5)))
+            // Version 1 (NDJSON), which a hub still reads from older edges, edited as text.
+            let good = SyncBatchCodec.encode(Self.batch(Self.events(5)), version: 1)
             let text = String(decoding: good, as: UTF8.self)
             let lines = text.split(separator: "\n").map(String.init)
-            func post(_ body: String, contentType: String = SyncBatchCodec.contentType, encoding: String? = nil) async throws -> TestResponse {
+            func post(_ body: String, contentType: String = SyncBatchCodec.ndjsonContentType, encoding: String? = nil) async throws -> TestResponse {
+                try await post(Array(body.utf8), contentType: contentType, encoding: encoding)
+            }
+            func post(_ body: [UInt8], contentType: String = SyncBatchCodec.contentType, encoding: String? = nil) async throws -> TestResponse {
                 var headers: HTTPFields = [.contentType: contentType]
                 if let encoding { headers[.contentEncoding] = encoding }
-                return try await client.execute(uri: "/v1/sync/batches", method: .post, headers: headers, body: ByteBuffer(string: body))
+                return try await client.execute(uri: "/v1/sync/batches", method: .post, headers: headers, body: ByteBuffer(bytes: body))
             }
+            let binary = SyncBatchCodec.encode(Self.batch(Self.events(5)))
+            var tampered = binary
+            tampered[tampered.count - 1] ^= 1  // the last raw frame's byte
             let cases: [(String, HTTPResponse.Status, String, TestResponse)] = [
                 ("wrong content type", .unsupportedMediaType, "Content-Type", try await post(text, contentType: "application/json")),
+                ("version 1 sent as 2", .badRequest, "header.version: 1, but the Content-Type is that of version 2", try await post(good)),
+                ("binary cut short", .badRequest, "events[4]: its pre-image", try await post(Array(binary.dropLast(2)))),
+                ("binary padded", .badRequest, "body: 1 bytes follow the 5 events", try await post(binary + [0])),
+                ("binary tampered", .badRequest, "events[4].event.eventId: is not the SHA-256", try await post(tampered)),
                 ("unknown encoding", .unsupportedMediaType, "Content-Encoding", try await post(text, encoding: "br")),
                 ("not gzip", .badRequest, "not valid gzip", try await post(text, encoding: "gzip")),
                 ("truncated", .badRequest, "announces 5 events but 4 follow", try await post(lines.dropLast().joined(separator: "\n"))),
                 ("cut mid-line", .badRequest, "events[", try await post(String(text.dropLast(40)))),
-                ("newer version", .badRequest, "header.version: 2 is not supported", try await post(text.replacingOccurrences(of: #""version":1"#, with: #""version":2"#))),
+                ("newer version", .badRequest, "header.version: 3 is not supported", try await post(text.replacingOccurrences(of: #""version":1"#, with: #""version":3"#))),
                 ("firstSeq 0", .badRequest, "firstSeq/lastSeq", try await post(text.replacingOccurrences(of: #""firstSeq":1"#, with: #""firstSeq":0"#))),
                 ("absurd lastSeq", .badRequest, "firstSeq/lastSeq", try await post(text.replacingOccurrences(of: #""lastSeq":5"#, with: #""lastSeq":9223372036854775807"#))),
                 ("seq outside the batch", .badRequest, "events[4].seq", try await post(text.replacingOccurrences(of: #"{"seq":5,"#, with: #"{"seq":7,"#))),
@@ -154,6 +165,7 @@ import Testing
             #expect(try await store.stats().totalEvents == 0, "nothing of a refused batch is applied")
             #expect(try await store.syncSites().isEmpty)
             #expect(try await post(text).status == .ok, "the same batch, intact, is applied")
+            #expect(try await post(binary).json["replay"] == .bool(true), "and in version 2 it is a replay")
         }
     }
 

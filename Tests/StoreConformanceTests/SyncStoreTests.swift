@@ -227,8 +227,8 @@ import Testing
 }
 
 @Suite struct SyncBatchCodecTests {
-    @Test func batchesRoundTripAndFaultsAreNamed() throws {
-        var random = RandomEvents(seed: 9)
+    static func events(seed: UInt64) -> [CommittedEvent] {
+        var random = RandomEvents(seed: seed)
         var events = [CommittedEvent]()
         var seen = Set<EventID>()
         var seq: Int64 = 10
@@ -238,44 +238,147 @@ import Testing
             events.append(CommittedEvent(seq: seq, event: e))
             seq += 2  // positions may skip (events the edge's retention removed under an earlier identity)
         }
+        return events
+    }
+
+    static func fault(_ body: [UInt8], version: Int = SyncBatchCodec.version) -> String {
+        do {
+            _ = try body.withUnsafeBufferPointer { try SyncBatchCodec.decode($0, version: version, decoder: EventDecoder()) }
+            return "accepted"
+        } catch {
+            return "\(error)"
+        }
+    }
+
+    @Test(arguments: [1, 2])
+    func batchesRoundTripInEitherVersion(version: Int) throws {
+        let events = Self.events(seed: 9)
+        #expect(Set(events.map(\.event.lane)) == Set(Lane.allCases))
         let batch = SyncBatch(
             siteId: "site-a", storeId: "u-1", firstSeq: 9, lastSeq: events.last!.seq, pendingFrom: Timestamp(microseconds: 5), outboxSize: 3, events: events)
-        let bytes = SyncBatchCodec.encode(batch)
-        let back = try bytes.withUnsafeBufferPointer { try SyncBatchCodec.decode($0, decoder: EventDecoder()) }
+        let bytes = SyncBatchCodec.encode(batch, version: version)
+        let back = try bytes.withUnsafeBufferPointer { try SyncBatchCodec.decode($0, version: version, decoder: EventDecoder()) }
         #expect(back.events.map(\.seq) == events.map(\.seq))
         #expect(back.events.map(\.event) == events.map(\.event))
         #expect(back.siteId == "site-a" && back.storeId == "u-1" && back.firstSeq == 9 && back.lastSeq == batch.lastSeq)
         #expect(back.pendingFrom == Timestamp(microseconds: 5) && back.outboxSize == 3)
-
-        func fault(_ body: [UInt8]) -> String {
-            do {
-                _ = try body.withUnsafeBufferPointer { try SyncBatchCodec.decode($0, decoder: EventDecoder()) }
-                return "accepted"
-            } catch {
-                return "\(error)"
-            }
-        }
-        let text = String(decoding: bytes, as: UTF8.self)
-        var lines = text.split(separator: "\n").map(String.init)
-        #expect(fault(Array(lines.dropLast().joined(separator: "\n").utf8)).contains("announces 20 events but 19 follow"))
-        #expect(fault(Array(text.utf8.prefix(text.utf8.count / 2))).contains("announces 20 events but 10 follow"))
-        #expect(fault(Array(text.replacingOccurrences(of: #""version":1"#, with: #""version":2"#).utf8)).contains("header.version: 2 is not supported"))
-        #expect(fault(Array(text.replacingOccurrences(of: #""firstSeq":9"#, with: #""firstSeq":-4"#).utf8)).contains("header.firstSeq/lastSeq"))
-        #expect(fault([]).contains("empty"))
-        #expect(fault(Array("garbage\n".utf8)).contains("header: invalid JSON"))
-        // A tampered event: its content no longer hashes to its id.
-        lines[3] = lines[3].replacingOccurrences(of: #""scopeId":""#, with: #""scopeId":"x"#)
-        #expect(fault(Array(lines.joined(separator: "\n").utf8)).contains("events[2].event.eventId"))
+        #expect(back.scopePendingFrom == nil && back.otherScopesPendingFrom == nil, "optional: a batch without them decodes as before")
+        #expect(Self.fault(bytes, version: 3 - version).contains("header.version: \(version), but the Content-Type is that of version \(3 - version)"))
 
         // Per-scope completeness travels in the header, and is checked like the rest of it.
         let pending = PendingFrom(site: Timestamp(microseconds: 5), scopes: ["a": Timestamp(microseconds: 5), "b b": Timestamp(microseconds: 7)], otherScopes: Timestamp(microseconds: 9))
         let scoped = SyncBatch(siteId: "site-a", storeId: "u-1", firstSeq: 9, lastSeq: events.last!.seq, pending: pending, outboxSize: 3, events: events)
-        let scopedText = String(decoding: SyncBatchCodec.encode(scoped), as: UTF8.self)
-        let decoded = try Array(scopedText.utf8).withUnsafeBufferPointer { try SyncBatchCodec.decode($0, decoder: EventDecoder()) }
+        let scopedBytes = SyncBatchCodec.encode(scoped, version: version)
+        let decoded = try scopedBytes.withUnsafeBufferPointer { try SyncBatchCodec.decode($0, version: version, decoder: EventDecoder()) }
         #expect(decoded.scopePendingFrom == pending.scopes && decoded.otherScopesPendingFrom == pending.otherScopes && decoded.pendingFrom == pending.site)
-        #expect(back.scopePendingFrom == nil && back.otherScopesPendingFrom == nil, "optional: a batch without them decodes as before")
-        #expect(fault(Array(scopedText.replacingOccurrences(of: #""b b":"1970"#, with: #""b b":"yesterday"#).utf8)).contains("header.scopePendingFrom"))
-        #expect(fault(Array(scopedText.replacingOccurrences(of: #","otherScopesPendingFrom":"1970-01-01T00:00:00.000009Z""#, with: "").utf8))
+        #expect(decoded.events.map(\.event) == events.map(\.event))
+        func replacingInHeader(_ old: String, _ new: String) -> [UInt8] {
+            let end = scopedBytes.firstIndex(of: UInt8(ascii: "\n"))!
+            let header = String(decoding: scopedBytes[..<end], as: UTF8.self).replacingOccurrences(of: old, with: new)
+            return Array(header.utf8) + scopedBytes[end...]
+        }
+        #expect(Self.fault(replacingInHeader(#""b b":"1970"#, #""b b":"yesterday"#), version: version).contains("header.scopePendingFrom"))
+        #expect(Self.fault(replacingInHeader(#","otherScopesPendingFrom":"1970-01-01T00:00:00.000009Z""#, ""), version: version)
             .contains("header.otherScopesPendingFrom"))
+        #expect(Self.fault(replacingInHeader(#""version":\#(version)"#, #""version":7"#), version: version).contains("header.version: 7 is not supported"))
+        #expect(Self.fault(replacingInHeader(#""firstSeq":9"#, #""firstSeq":-4"#), version: version).contains("header.firstSeq/lastSeq"))
+        #expect(Self.fault([], version: version).contains("empty"))
+        #expect(Self.fault(Array("garbage\n".utf8), version: version).contains("header: invalid JSON"))
+    }
+
+    @Test func ndjsonFaultsAreNamed() throws {
+        let events = Self.events(seed: 9)
+        let batch = SyncBatch(siteId: "site-a", storeId: "u-1", firstSeq: 9, lastSeq: events.last!.seq, pendingFrom: nil, outboxSize: 3, events: events)
+        let text = String(decoding: SyncBatchCodec.encode(batch, version: 1), as: UTF8.self)
+        var lines = text.split(separator: "\n").map(String.init)
+        #expect(Self.fault(Array(lines.dropLast().joined(separator: "\n").utf8), version: 1).contains("announces 20 events but 19 follow"))
+        #expect(Self.fault(Array(text.utf8.prefix(text.utf8.count / 2)), version: 1).contains("announces 20 events but 10 follow"))
+        // A tampered event: its content no longer hashes to its id.
+        lines[3] = lines[3].replacingOccurrences(of: #""scopeId":""#, with: #""scopeId":"x"#)
+        #expect(Self.fault(Array(lines.joined(separator: "\n").utf8), version: 1).contains("events[2].event.eventId"))
+    }
+
+    /// Version 2's records: a truncated, padded or tampered body, and pre-images that hash to their
+    /// id but break a rule of the event model, are refused naming the event and the field.
+    @Test func binaryFaultsAreNamed() throws {
+        let events = Self.events(seed: 9)
+        let batch = SyncBatch(siteId: "site-a", storeId: "u-1", firstSeq: 9, lastSeq: events.last!.seq, pendingFrom: nil, outboxSize: 3, events: events)
+        let bytes = SyncBatchCodec.encode(batch)
+        let headerEnd = bytes.firstIndex(of: UInt8(ascii: "\n"))! + 1
+        #expect(Self.fault(Array(bytes.dropLast())).contains("events[19]: its pre-image of"))
+        #expect(Self.fault(Array(bytes[..<(headerEnd + 30)])).contains("events[0]: the body ends inside it, after 0 of the 20 events"))
+        #expect(Self.fault(bytes + [0, 0, 0]).contains("body: 3 bytes follow the 20 events"))
+        var tampered = bytes
+        tampered[headerEnd + 60] ^= 1  // inside the first pre-image
+        #expect(Self.fault(tampered).contains("events[0].event.eventId: is not the SHA-256 of the event's pre-image"))
+        var reordered = bytes
+        reordered[headerEnd + 7] = 200  // the first record's seq, past lastSeq
+        #expect(Self.fault(reordered).contains("events[0].seq: 200 must be after 8"))
+
+        /// One record whose id is its pre-image's hash, in a batch of one.
+        func single(_ preimage: [UInt8], canonical: Int64 = 1_000) -> [UInt8] {
+            let one = SyncBatch(siteId: "s", storeId: "u", firstSeq: 1, lastSeq: 1, pendingFrom: nil, outboxSize: 0, events: [events[0]])
+            let encoded = SyncBatchCodec.encode(one)
+            var out = Array(encoded[..<(encoded.firstIndex(of: UInt8(ascii: "\n"))! + 1)])
+            func int(_ v: UInt64, _ width: Int) { for k in (0..<width).reversed() { out.append(UInt8(truncatingIfNeeded: v >> UInt64(8 * k))) } }
+            int(1, 8)
+            int(UInt64(bitPattern: canonical), 8)
+            out += EventID(hashing: preimage).bytes
+            int(UInt64(preimage.count), 4)
+            return out + preimage
+        }
+        func field(_ s: [UInt8]) -> [UInt8] { [0, 0, UInt8(s.count >> 8), UInt8(s.count & 255)] + s }
+        func field(_ s: String) -> [UInt8] { field(Array(s.utf8)) }
+        let time: [UInt8] = [0, 0x06, 0x49, 0x5f, 0x7d, 0x6a, 0x9c, 0]
+        func metadata(scope: [UInt8] = Array("s".utf8), time: [UInt8] = time, payload: String = "{}") -> [UInt8] {
+            field("nova.event.v1") + field("metadata") + field(scope) + time + field("m") + field(payload)
+        }
+        #expect(Self.fault(single(metadata())) == "accepted")
+        let cases: [(String, [UInt8], String)] = [
+            ("unknown lane", field("nova.event.v1") + field("video") + field("s") + time, "events[0].event.lane: "),
+            ("other tag", field("nova.event.v9") + field("metadata"), "events[0].event: the pre-image does not start with nova.event.v1"),
+            ("invalid UTF-8", metadata(scope: [0x73, 0xff]), "events[0].event.scopeId: not valid UTF-8"),
+            ("NUL", metadata(scope: [0x73, 0]), "events[0].event.scopeId: must not contain NUL"),
+            ("empty scope", metadata(scope: []), "events[0].event.scopeId: must not be empty"),
+            ("long scope", metadata(scope: Array(repeating: 0x61, count: 257)), "events[0].event.scopeId: longer than 256 bytes"),
+            ("before 1970", metadata(time: [0xff, 0, 0, 0, 0, 0, 0, 0]), "events[0].event.sourceTruthTime: "),
+            ("payload not canonical", metadata(payload: #"{"b":1, "a":2}"#), "events[0].event.payload: not in RFC 8785 canonical form"),
+            ("payload not an object", metadata(payload: "[1]"), "events[0].event.payload: must be a JSON object"),
+            ("payload not JSON", metadata(payload: "{"), "events[0].event.payload: invalid JSON"),
+            ("cut pre-image", Array(metadata().dropLast(3)), "events[0].event.payload: the pre-image ends inside it"),
+            ("trailing bytes", metadata() + [1], "events[0].event: 1 bytes follow the last field of the metadata lane's pre-image"),
+        ]
+        for (name, preimage, message) in cases {
+            #expect(Self.fault(single(preimage)).contains(message), "\(name): \(Self.fault(single(preimage)))")
+        }
+        #expect(Self.fault(single(metadata(), canonical: -1)).contains("events[0].event.canonicalTruthTime: "))
+    }
+
+    /// Random damage to a version 2 body (bit flips, cuts, inserted bytes) never crashes the
+    /// decoder, and whatever it accepts holds only events whose content hashes to their id.
+    @Test func damagedBinaryBatchesAreRefusedOrIntact() {
+        let events = Self.events(seed: 11)
+        let bytes = SyncBatchCodec.encode(SyncBatch(siteId: "s", storeId: "u", firstSeq: 9, lastSeq: events.last!.seq, pendingFrom: nil, outboxSize: 0, events: events))
+        var rng = SeededGenerator(seed: 5)
+        var refused = 0
+        for _ in 0..<3_000 {
+            var body = bytes
+            for _ in 0..<Int.random(in: 1...3, using: &rng) {
+                let at = Int.random(in: 0..<body.count, using: &rng)
+                switch Int.random(in: 0..<3, using: &rng) {
+                case 0: body[at] ^= UInt8(1) << UInt8.random(in: 0..<8, using: &rng)
+                case 1: body.removeSubrange(at...)
+                default: body.insert(UInt8.random(in: 0...255, using: &rng), at: at)
+                }
+                if body.isEmpty { break }
+            }
+            do {
+                let batch = try body.withUnsafeBufferPointer { try SyncBatchCodec.decode($0, decoder: EventDecoder()) }
+                #expect(batch.events.allSatisfy { $0.event.computedEventId == $0.event.eventId })
+            } catch {
+                refused += 1
+            }
+        }
+        #expect(refused > 2_000, "most damage is refused (a flipped seq or canonical time is not covered by the id)")
     }
 }
