@@ -58,21 +58,18 @@ extension PostgresStore {
     /// `indexed`: the positions in `events` whose `eventIndex` entries the transaction inserted
     /// already (``insertIndexEntries(_:on:logger:)``); only those are appended, as new.
     func append(_ events: [Event], on conn: PostgresConnection, logger: Logger, indexed: [Int]? = nil) async throws -> AppendResult {
+        if let indexed { return try await appendIndexed(events, positions: indexed, on: conn, logger: logger) }
         var columns = [Lane: LaneColumns]()
-        if let indexed {
-            for ord in indexed { columns[events[ord].lane, default: LaneColumns()].add(events[ord], ord: Int32(ord)) }
-        } else {
-            var seen = Set<EventID>()
-            for (ord, event) in events.enumerated() where seen.insert(event.eventId).inserted {
-                columns[event.lane, default: LaneColumns()].add(event, ord: Int32(ord))
-            }
+        var seen = Set<EventID>()
+        for (ord, event) in events.enumerated() where seen.insert(event.eventId).inserted {
+            columns[event.lane, default: LaneColumns()].add(event, ord: Int32(ord))
         }
         if columns.isEmpty { return AppendResult(ingestSeqs: [Int64?](repeating: nil, count: events.count)) }
         let lanes = columns.keys.sorted()
         var binds = PostgresBindings()
         for lane in lanes { columns[lane]!.bind(into: &binds) }
         let notifyInline = notifications.mayNotifyNow()
-        let sql = Self.insertSQL(lanes: lanes, notifyAs: notifyInline ? instance : nil, indexed: indexed != nil)
+        let sql = Self.insertSQL(lanes: lanes, notifyAs: notifyInline ? instance : nil)
         let query = PostgresQuery(unsafeSQL: sql, binds: binds)
         // One row: the accepted positions in order and the first `ingestSeq` (they are numbered
         // consecutively in that order), not a row per event, which cost the hub's process a
@@ -95,40 +92,87 @@ extension PostgresStore {
         return AppendResult(ingestSeqs: seqs)
     }
 
+    /// The second half of an append whose `eventIndex` entries this transaction inserted already
+    /// (``insertIndexEntries(_:on:logger:)``), so that every event at `positions` is new: they are
+    /// numbered in that order from the counter, and their `laneStats` are summed here. The
+    /// statement only inserts rows, with no join, sort or aggregate over the batch. Measured
+    /// against the general statement (its `acc` and joins), alternating binaries, catch-ups of
+    /// 2,000,000 events: 92,200 and 96,500 → 99,700 and 105,000 events/s.
+    private func appendIndexed(_ events: [Event], positions: [Int], on conn: PostgresConnection, logger: Logger) async throws -> AppendResult {
+        var seqs = [Int64?](repeating: nil, count: events.count)
+        if positions.isEmpty { return AppendResult(ingestSeqs: seqs) }
+        var columns = [Lane: LaneColumns]()
+        var stats = LaneStatsColumns()
+        for (rank, ord) in positions.enumerated() {
+            columns[events[ord].lane, default: LaneColumns()].add(events[ord], ord: Int32(rank))
+            stats.add(events[ord])
+        }
+        let lanes = columns.keys.sorted()
+        var binds = PostgresBindings()
+        for lane in lanes { columns[lane]!.bind(into: &binds) }
+        binds.append(Int64(positions.count))
+        stats.bind(into: &binds)
+        let notifyInline = notifications.mayNotifyNow()
+        let sql = Self.indexedInsertSQL(lanes: lanes, notifyAs: notifyInline ? instance : nil)
+        var first: Int64?
+        for try await row in try await conn.query(PostgresQuery(unsafeSQL: sql, binds: binds), logger: logger) {
+            first = try Array(row)[0].int64()
+        }
+        guard let first else { throw StoreError(.internalError, "the append statement returned no row") }
+        for (rank, ord) in positions.enumerated() { seqs[ord] = first + Int64(rank) }
+        let last = first + Int64(positions.count) - 1
+        if !notifyInline, notifications.owe(last) {
+            Task { await self.sendOwedNotification() }
+        }
+        return AppendResult(ingestSeqs: seqs)
+    }
+
     /// Inserts the `eventIndex` entries of `events` (copies of one id folded, in key order, as
     /// the append statement does) and returns the positions of the events that were new: the
-    /// first half of an append, which a sync batch runs before it waits for its turn.
+    /// first half of an append, which a sync batch runs before it waits for its turn. The entries
+    /// are sorted here, so PostgreSQL's sort finds them in order; only when some were there
+    /// already do the new ones' ids come back, to find their positions.
     func insertIndexEntries(_ events: [Event], on conn: PostgresConnection, logger: Logger) async throws -> [Int] {
         var seen = Set<EventID>()
-        var ord = BinaryArray<Int4Elements>()
+        var unique = [Int]()
+        unique.reserveCapacity(events.count)
+        for (i, event) in events.enumerated() where seen.insert(event.eventId).inserted { unique.append(i) }
+        let sorted = unique.sorted { a, b in
+            let (x, y) = (events[a], events[b])
+            return x.sourceTruthTime != y.sourceTruthTime ? x.sourceTruthTime < y.sourceTruthTime : x.eventId < y.eventId
+        }
         var lane = BinaryArray<Int4Elements>()
         var source = BinaryArray<TimestamptzElements>()
         var eventId = BinaryArray<ByteaElements>()
-        for (i, event) in events.enumerated() where seen.insert(event.eventId).inserted {
-            ord.append(Int32(i))
-            lane.append(Int32(event.lane.rank))
-            source.append(event.sourceTruthTime)
-            event.eventId.withUnsafeBytes { eventId.append(raw: $0) }
+        for i in sorted {
+            lane.append(Int32(events[i].lane.rank))
+            source.append(events[i].sourceTruthTime)
+            events[i].eventId.withUnsafeBytes { eventId.append(raw: $0) }
         }
         var binds = PostgresBindings()
-        binds.append(ord)
         binds.append(lane)
         binds.append(source)
         binds.append(eventId)
+        binds.append(Int64(unique.count))
         let sql = """
-            WITH c AS (SELECT * FROM unnest($1::int4[], $2::int4[], $3::timestamptz[], $4::bytea[]) AS t("ord", "lane", "sourceTruthTime", "eventId"))
-            , ins AS (
+            WITH ins AS (
                 INSERT INTO "eventIndex" ("sourceTruthTime", "eventId", "lane")
-                SELECT "sourceTruthTime", "eventId", "lane"::int2 FROM c ORDER BY "sourceTruthTime", "eventId"
+                SELECT "sourceTruthTime", "eventId", "lane"::int2
+                FROM unnest($1::int4[], $2::timestamptz[], $3::bytea[]) AS t("lane", "sourceTruthTime", "eventId")
+                ORDER BY "sourceTruthTime", "eventId"
                 ON CONFLICT DO NOTHING RETURNING "eventId")
-            SELECT array_agg(c."ord" ORDER BY c."ord") FROM c JOIN ins ON ins."eventId" = c."eventId"
+            SELECT count(*), CASE WHEN count(*) < $4 THEN array_agg("eventId") END FROM ins
             """
-        var positions = [Int]()
+        var inserted = 0
+        var ids: [EventID]?
         for try await row in try await conn.query(PostgresQuery(unsafeSQL: sql, binds: binds), logger: logger) {
-            guard let cell = Array(row).first, cell.bytes != nil else { continue }
-            positions = try cell.int32Array().map(Int.init)
+            let c = Array(row)
+            inserted = Int(try c[0].int64())
+            if c[1].bytes != nil { ids = try c[1].eventIdArray() }
         }
-        return positions
+        guard inserted < unique.count else { return unique }
+        let new = Set(ids ?? [])
+        return unique.filter { new.contains(events[$0].eventId) }
     }
 
     /// The notification that appends inside a throttle window skipped, sent once the window ends
@@ -155,45 +199,30 @@ extension PostgresStore {
     /// The statement for a batch holding `lanes` (in rank order), whose arrays are bound lane by
     /// lane in the order of ``LaneColumns/bind(into:)``.
     /// `notifyAs`: the instance to announce the commit for, or nil to stay silent.
-    /// `indexed`: the events' `eventIndex` entries are in (all are new), so the statement only
-    /// numbers and inserts them.
-    static func insertSQL(lanes: [Lane], notifyAs instance: String?, indexed: Bool = false) -> String {
+    static func insertSQL(lanes: [Lane], notifyAs instance: String?) -> String {
+        var parameters = Parameters()
         var inputs = [String]()
         var candidates = [String]()
         var inserts = [String]()
-        var n = 0
-        func next(_ type: String) -> String {
-            n += 1
-            return "$\(n)::\(type)[]"
-        }
         for lane in lanes {
             let t = LaneSQL(lane)
-            let ownTypes = lane.fieldNames.map { name in name == "sequence" ? "int8" : name == "bytes" ? "bytea" : "text" }
-            let arrays = ["int4", "text", "timestamptz", "timestamptz", "bytea"].map(next) + ownTypes.map(next)
-            let names = (["ord"] + t.columns).map { "\"\($0)\"" }.joined(separator: ", ")
-            inputs.append("in\(lane.rank) AS (SELECT * FROM unnest(\(arrays.joined(separator: ", "))) AS t(\(names)))")
+            inputs.append("in\(lane.rank) AS (SELECT * FROM \(laneInput(lane, &parameters)))")
             candidates.append(#"SELECT "ord", \#(lane.rank)::int2 AS "lane", "scopeId", "sourceTruthTime", "canonicalTruthTime", "eventId" FROM in\#(lane.rank)"#)
-            let columns = (["ingestSeq"] + t.columns).map { "\"\($0)\"" }.joined(separator: ", ")
             let values = (["a.\"seq\""] + t.columns.map { "i.\"\($0)\"" }).joined(separator: ", ")
-            inserts.append(#"l\#(lane.rank) AS (INSERT INTO "\#(t.table)" (\#(columns)) SELECT \#(values) FROM acc a JOIN in\#(lane.rank) i ON i."ord" = a."ord" WHERE a."lane" = \#(lane.rank))"#)
+            inserts.append(#"l\#(lane.rank) AS (INSERT INTO "\#(t.table)" (\#(insertColumns(t))) SELECT \#(values) FROM acc a JOIN in\#(lane.rank) i ON i."ord" = a."ord" WHERE a."lane" = \#(lane.rank))"#)
         }
         let laneNames = "ARRAY[" + Lane.allCases.map { "'\($0.rawValue)'" }.joined(separator: ", ") + "]"
         return """
             WITH \(inputs.joined(separator: ",\n"))
             , candidates AS (\(candidates.joined(separator: " UNION ALL ")))
-            \(indexed ? """
-                , base AS (SELECT "value" FROM "novaCounter" WHERE "name" = 'ingestSeq' FOR UPDATE)
-                , acc AS (SELECT c.*, b."value" + row_number() OVER (ORDER BY c."ord") AS "seq" FROM candidates c CROSS JOIN base b)
-                """ : """
-                , ins AS (
-                    INSERT INTO "eventIndex" ("sourceTruthTime", "eventId", "lane")
-                    SELECT "sourceTruthTime", "eventId", "lane" FROM candidates ORDER BY "sourceTruthTime", "eventId"
-                    ON CONFLICT DO NOTHING RETURNING "eventId")
-                , base AS (SELECT "value" FROM "novaCounter" WHERE "name" = 'ingestSeq' AND (SELECT count(*) FROM ins) >= 0 FOR UPDATE)
-                , acc AS (
-                    SELECT c.*, b."value" + row_number() OVER (ORDER BY c."ord") AS "seq"
-                    FROM candidates c JOIN ins ON ins."eventId" = c."eventId" CROSS JOIN base b)
-                """)
+            , ins AS (
+                INSERT INTO "eventIndex" ("sourceTruthTime", "eventId", "lane")
+                SELECT "sourceTruthTime", "eventId", "lane" FROM candidates ORDER BY "sourceTruthTime", "eventId"
+                ON CONFLICT DO NOTHING RETURNING "eventId")
+            , base AS (SELECT "value" FROM "novaCounter" WHERE "name" = 'ingestSeq' AND (SELECT count(*) FROM ins) >= 0 FOR UPDATE)
+            , acc AS (
+                SELECT c.*, b."value" + row_number() OVER (ORDER BY c."ord") AS "seq"
+                FROM candidates c JOIN ins ON ins."eventId" = c."eventId" CROSS JOIN base b)
             , \(inserts.joined(separator: "\n, "))
             , counter AS (UPDATE "novaCounter" SET "value" = (SELECT "value" FROM base) + (SELECT count(*) FROM acc) WHERE "name" = 'ingestSeq')
             , stats AS (
@@ -201,17 +230,110 @@ extension PostgresStore {
                 SELECT "scopeId", (\(laneNames))["lane" + 1], count(*), min("canonicalTruthTime"), max("canonicalTruthTime"),
                        min("sourceTruthTime"), max("sourceTruthTime")
                 FROM acc GROUP BY "scopeId", "lane"
-                ON CONFLICT ("scopeId", "lane") DO UPDATE SET
-                    "count" = "laneStats"."count" + excluded."count",
-                    "firstCanonicalTruthTime" = LEAST("laneStats"."firstCanonicalTruthTime", excluded."firstCanonicalTruthTime"),
-                    "lastCanonicalTruthTime" = GREATEST("laneStats"."lastCanonicalTruthTime", excluded."lastCanonicalTruthTime"),
-                    "firstSourceTruthTime" = LEAST("laneStats"."firstSourceTruthTime", excluded."firstSourceTruthTime"),
-                    "lastSourceTruthTime" = GREATEST("laneStats"."lastSourceTruthTime", excluded."lastSourceTruthTime"))
+                \(statsConflict))
             \(instance.map { instance in """
                 , notified AS MATERIALIZED (SELECT pg_notify('\(commitChannel)', '\(instance):' || max("seq")::text) FROM acc HAVING count(*) > 0)
                 SELECT array_agg("ord" ORDER BY "ord"), min("seq") FROM acc WHERE (SELECT count(*) FROM notified) >= 0
                 """ } ?? #"SELECT array_agg("ord" ORDER BY "ord"), min("seq") FROM acc"#)
             """
+    }
+
+    /// The statement of ``appendIndexed``: each lane's arrays bound as for ``insertSQL`` (their
+    /// `ord` the event's rank among the new ones), then the number of events, then the
+    /// `laneStats` sums (``LaneStatsColumns``). It answers the first `ingestSeq` it gave.
+    static func indexedInsertSQL(lanes: [Lane], notifyAs instance: String?) -> String {
+        var parameters = Parameters()
+        var inserts = [String]()
+        for lane in lanes {
+            let t = LaneSQL(lane)
+            let values = (["b.\"value\" + 1 + t.\"ord\""] + t.columns.map { "t.\"\($0)\"" }).joined(separator: ", ")
+            inserts.append(#"l\#(lane.rank) AS (INSERT INTO "\#(t.table)" (\#(insertColumns(t))) SELECT \#(values) FROM base b CROSS JOIN \#(laneInput(lane, &parameters)))"#)
+        }
+        let count = parameters.next("int8", array: false)
+        let stats = ["text", "text", "int8", "timestamptz", "timestamptz", "timestamptz", "timestamptz"].map { parameters.next($0) }
+        return """
+            WITH base AS (SELECT "value" FROM "novaCounter" WHERE "name" = 'ingestSeq' FOR UPDATE)
+            , \(inserts.joined(separator: "\n, "))
+            , counter AS (UPDATE "novaCounter" SET "value" = (SELECT "value" FROM base) + \(count) WHERE "name" = 'ingestSeq')
+            , stats AS (INSERT INTO "laneStats" SELECT * FROM unnest(\(stats.joined(separator: ", "))) \(statsConflict))
+            \(instance.map { instance in """
+                , notified AS MATERIALIZED (SELECT pg_notify('\(commitChannel)', '\(instance):' || ((SELECT "value" FROM base) + \(count))::text))
+                SELECT "value" + 1 FROM base WHERE (SELECT count(*) FROM notified) >= 0
+                """ } ?? #"SELECT "value" + 1 FROM base"#)
+            """
+    }
+
+    /// Numbers the statements' parameters in the order they are bound.
+    struct Parameters {
+        var n = 0
+
+        mutating func next(_ type: String, array: Bool = true) -> String {
+            n += 1
+            return "$\(n)::\(type)\(array ? "[]" : "")"
+        }
+    }
+
+    /// A lane's bound arrays as a row source `t("ord", columns…)` (``LaneColumns/bind(into:)``).
+    private static func laneInput(_ lane: Lane, _ parameters: inout Parameters) -> String {
+        let ownTypes = lane.fieldNames.map { name in name == "sequence" ? "int8" : name == "bytes" ? "bytea" : "text" }
+        let arrays = (["int4", "text", "timestamptz", "timestamptz", "bytea"] + ownTypes).map { parameters.next($0) }
+        let names = (["ord"] + LaneSQL(lane).columns).map { "\"\($0)\"" }.joined(separator: ", ")
+        return "unnest(\(arrays.joined(separator: ", "))) AS t(\(names))"
+    }
+
+    private static func insertColumns(_ t: LaneSQL) -> String {
+        (["ingestSeq"] + t.columns).map { "\"\($0)\"" }.joined(separator: ", ")
+    }
+
+    private static let statsConflict = """
+        ON CONFLICT ("scopeId", "lane") DO UPDATE SET
+            "count" = "laneStats"."count" + excluded."count",
+            "firstCanonicalTruthTime" = LEAST("laneStats"."firstCanonicalTruthTime", excluded."firstCanonicalTruthTime"),
+            "lastCanonicalTruthTime" = GREATEST("laneStats"."lastCanonicalTruthTime", excluded."lastCanonicalTruthTime"),
+            "firstSourceTruthTime" = LEAST("laneStats"."firstSourceTruthTime", excluded."firstSourceTruthTime"),
+            "lastSourceTruthTime" = GREATEST("laneStats"."lastSourceTruthTime", excluded."lastSourceTruthTime")
+        """
+}
+
+/// The `laneStats` of a batch's new events, summed per (scope, lane) before they are sent.
+struct LaneStatsColumns {
+    private struct Key: Hashable {
+        var scopeId: String
+        var lane: Lane
+    }
+
+    private struct Sums {
+        var count: Int64 = 0
+        var canonical: ClosedRange<Timestamp>
+        var source: ClosedRange<Timestamp>
+
+        mutating func fold(_ c: Timestamp, _ s: Timestamp) {
+            count += 1
+            canonical = Swift.min(canonical.lowerBound, c)...Swift.max(canonical.upperBound, c)
+            source = Swift.min(source.lowerBound, s)...Swift.max(source.upperBound, s)
+        }
+    }
+
+    private var sums = [Key: Sums]()
+
+    mutating func add(_ event: Event) {
+        let (c, s) = (event.canonicalTruthTime, event.sourceTruthTime)
+        sums[Key(scopeId: event.scopeId, lane: event.lane), default: Sums(canonical: c...c, source: s...s)].fold(c, s)
+    }
+
+    func bind(into binds: inout PostgresBindings) {
+        var scope = BinaryArray<TextElements>(), lane = BinaryArray<TextElements>(), count = BinaryArray<Int8Elements>()
+        var times = [BinaryArray<TimestamptzElements>](repeating: .init(), count: 4)
+        for (key, sum) in sums {
+            scope.append(key.scopeId)
+            lane.append(key.lane.rawValue)
+            count.append(sum.count)
+            for (k, t) in [sum.canonical.lowerBound, sum.canonical.upperBound, sum.source.lowerBound, sum.source.upperBound].enumerated() { times[k].append(t) }
+        }
+        binds.append(scope)
+        binds.append(lane)
+        binds.append(count)
+        for t in times { binds.append(t) }
     }
 }
 

@@ -62,22 +62,33 @@ extension PostgresCell {
         return Array(b.readableBytesView)
     }
 
-    /// A one-dimensional `int4[]` without NULLs, from its binary form (header: dimensions, NULL
-    /// flag, element type, then length and lower bound per dimension; then length-prefixed values).
+    /// A one-dimensional `int4[]` without NULLs.
     func int32Array() throws(StoreError) -> [Int32] {
-        guard var b = bytes, let dims = b.readInteger(as: Int32.self), b.readInteger(as: Int32.self) != nil,
-              b.readInteger(as: UInt32.self) == PostgresDataType.int4.rawValue
-        else { throw StoreError(.internalError, "column \(columnName) is not an int4 array") }
-        guard dims == 1, let count = b.readInteger(as: Int32.self), b.readInteger(as: Int32.self) != nil else { return [] }
         var values = [Int32]()
-        values.reserveCapacity(Int(count))
-        for _ in 0..<count {
-            guard b.readInteger(as: Int32.self) == 4, let v = b.readInteger(as: Int32.self) else {
-                throw StoreError(.internalError, "column \(columnName) holds a NULL or a value that is not an int4")
-            }
-            values.append(v)
-        }
+        try forEachElement(of: .int4, width: 4) { values.append($0.readInteger(as: Int32.self)!) }
         return values
+    }
+
+    /// A one-dimensional `bytea[]` of ids, without NULLs.
+    func eventIdArray() throws(StoreError) -> [EventID] {
+        var values = [EventID]()
+        try forEachElement(of: .bytea, width: 32) { b in values.append(b.withUnsafeReadableBytes { EventID(bytes: $0)! }) }
+        return values
+    }
+
+    /// Walks an array's binary form (header: dimensions, NULL flag, element type, then length and
+    /// lower bound per dimension; then length-prefixed values), each value `width` bytes.
+    private func forEachElement(of type: PostgresDataType, width: Int32, _ body: (inout ByteBuffer) -> Void) throws(StoreError) {
+        guard var b = bytes, let dims = b.readInteger(as: Int32.self), b.readInteger(as: Int32.self) != nil,
+              b.readInteger(as: UInt32.self) == type.rawValue
+        else { throw StoreError(.internalError, "column \(columnName) is not an array of \(type)") }
+        guard dims == 1, let count = b.readInteger(as: Int32.self), b.readInteger(as: Int32.self) != nil else { return }
+        for _ in 0..<count {
+            guard b.readInteger(as: Int32.self) == width, var value = b.readSlice(length: Int(width)) else {
+                throw StoreError(.internalError, "column \(columnName) holds a NULL or a value that is not \(width) bytes of \(type)")
+            }
+            body(&value)
+        }
     }
 
     func eventId() throws(StoreError) -> EventID {
