@@ -228,9 +228,18 @@ final class RecorderChild {
         throw CLIError("the recorder at \(base) did not become ready; see \(directory)/recorder.out")
     }
 
+    /// SIGTERM, then waits; says so on stderr when the recorder took long or did not exit cleanly
+    /// (a benchmark's figures stand, but a slow or crashing shutdown is a fault to look into).
     func stop() async {
+        let started = ContinuousClock.now
         process.terminate()
         while process.isRunning { try? await Task.sleep(for: .milliseconds(10)) }
+        let took = ContinuousClock.now - started
+        let role = process.arguments?.first ?? "recorder"
+        if process.terminationReason == .uncaughtSignal || process.terminationStatus != 0 || took > .seconds(5) {
+            let how = process.terminationReason == .uncaughtSignal ? "died of signal \(process.terminationStatus)" : "exited \(process.terminationStatus)"
+            FileHandle.standardError.write(Data("warning: nova \(role) at \(base) \(how), \(took.formatted(.units(allowed: [.seconds], fractionalPart: .show(length: 1)))) after SIGTERM\n".utf8))
+        }
     }
 }
 
