@@ -5,25 +5,26 @@ import PostgresNIO
 import Synchronization
 
 extension PostgresStore {
-    /// Appends a batch with one statement, atomic on its own: the events travel as binary arrays
-    /// (one per column, per lane), and the statement dedupes them through `eventIndex`, numbers the
-    /// accepted ones (`ingestSeq`, in batch order, gap-free), inserts them into their lane tables,
-    /// advances the counter and folds them into `laneStats`. One round trip per batch, never one per
-    /// event, and no staging table. When it accepted anything it notifies ``commitChannel`` with
-    /// this process's instance and the last `ingestSeq` it gave, which PostgreSQL delivers at
-    /// commit; at most once per ``CommitNotifications/window``, since every notification costs
-    /// the server work under its notify lock (measured: notifying every batch cost an eighth of
-    /// the ingest rate).
+    /// Appends a batch in one transaction of two statements, never a round trip per event and no
+    /// staging table; the events travel as binary arrays (one per column, per lane). The first
+    /// inserts the batch's `eventIndex` entries and answers which events were new; the second
+    /// numbers those (`ingestSeq`, in batch order, gap-free), inserts them into their lane tables,
+    /// advances the counter and adds their `laneStats`, summed here. When it accepted anything it
+    /// notifies ``commitChannel`` with this process's instance and the last `ingestSeq` it gave,
+    /// which PostgreSQL delivers at commit; at most once per ``CommitNotifications/window``, since
+    /// every notification costs the server work under its notify lock (measured: notifying every
+    /// batch cost an eighth of the ingest rate).
     ///
-    /// `ingestSeq` is gap-free in commit order because the statement takes the counter's row lock
-    /// (`FOR UPDATE`) and holds it until it commits. It takes it only once its ids are in
-    /// `eventIndex`, so concurrent batches insert their index entries side by side and queue only
-    /// for the numbering and the lane rows (measured: with the lock taken first, four clients left
-    /// a fifth of the machine idle). They insert their entries in key order, so two batches with
-    /// common ids cannot deadlock: the later waits for the earlier's commit at the first common
-    /// id, holding no entry the earlier needs, and a batch holding the counter inserts no more
-    /// entries. Copies of one event inside a batch are folded here first, so the statement sees
-    /// each id once.
+    /// `ingestSeq` is gap-free in commit order because the second statement takes the counter's
+    /// row lock (`FOR UPDATE`) and the transaction holds it until it commits. It is taken only
+    /// once the ids are in `eventIndex`, so concurrent batches insert their index entries side by
+    /// side and queue only for the numbering and the lane rows (measured: with the lock taken
+    /// first, four clients left a fifth of the machine idle). They insert their entries in key
+    /// order, so two batches with common ids cannot deadlock: the later waits for the earlier's
+    /// commit at the first common id, holding no entry the earlier needs, and a batch holding the
+    /// counter inserts no more entries. Copies of one event inside a batch are folded first, so
+    /// each id is inserted once. A sync batch runs the same two statements with its wait for its
+    /// turn between them (``applySync(_:turn:)``).
     public func append(_ events: [Event]) async throws(StoreError) -> AppendResult {
         if events.isEmpty { return AppendResult(ingestSeqs: []) }
         return try await insertingIntoPartitions { mode in try await self.appendOnce(events, mode: mode) }
@@ -51,54 +52,22 @@ extension PostgresStore {
     private func appendOnce(_ events: [Event], mode: PostgresSchema.Mode) async throws -> AppendResult {
         if mode == .partitioned { try await ensurePartitions(for: events) }
         let logger = logger
-        return try await connection { conn in try await self.append(events, on: conn, logger: logger) }
-    }
-
-    /// Runs the append statement on `conn` (inside the caller's transaction, if any).
-    /// `indexed`: the positions in `events` whose `eventIndex` entries the transaction inserted
-    /// already (``insertIndexEntries(_:on:logger:)``); only those are appended, as new.
-    func append(_ events: [Event], on conn: PostgresConnection, logger: Logger, indexed: [Int]? = nil) async throws -> AppendResult {
-        if let indexed { return try await appendIndexed(events, positions: indexed, on: conn, logger: logger) }
-        var columns = [Lane: LaneColumns]()
-        var seen = Set<EventID>()
-        for (ord, event) in events.enumerated() where seen.insert(event.eventId).inserted {
-            columns[event.lane, default: LaneColumns()].add(event, ord: Int32(ord))
-        }
-        if columns.isEmpty { return AppendResult(ingestSeqs: [Int64?](repeating: nil, count: events.count)) }
-        let lanes = columns.keys.sorted()
-        var binds = PostgresBindings()
-        for lane in lanes { columns[lane]!.bind(into: &binds) }
-        let notifyInline = notifications.mayNotifyNow()
-        let sql = Self.insertSQL(lanes: lanes, notifyAs: notifyInline ? instance : nil)
-        let query = PostgresQuery(unsafeSQL: sql, binds: binds)
-        // One row: the accepted positions in order and the first `ingestSeq` (they are numbered
-        // consecutively in that order), not a row per event, which cost the hub's process a
-        // tenth of its time in the driver's row handling.
-        var seqs = [Int64?](repeating: nil, count: events.count)
-        var last: Int64?
-        for try await row in try await conn.query(query, logger: logger) {
-            let c = Array(row)
-            guard c[1].bytes != nil else { continue }
-            var seq = try c[1].int64()
-            for ord in try c[0].int32Array() {
-                seqs[Int(ord)] = seq
-                last = seq
-                seq += 1
+        return try await connection { conn in
+            try await conn.withTransaction(logger: logger) { conn in
+                let new = try await self.insertIndexEntries(events, on: conn, logger: logger)
+                return try await self.append(events, new: new, on: conn, logger: logger)
             }
         }
-        if !notifyInline, let last, notifications.owe(last) {
-            Task { await self.sendOwedNotification() }
-        }
-        return AppendResult(ingestSeqs: seqs)
     }
 
-    /// The second half of an append whose `eventIndex` entries this transaction inserted already
+    /// The second half of an append, whose `eventIndex` entries this transaction inserted
     /// (``insertIndexEntries(_:on:logger:)``), so that every event at `positions` is new: they are
     /// numbered in that order from the counter, and their `laneStats` are summed here. The
     /// statement only inserts rows, with no join, sort or aggregate over the batch. Measured
-    /// against the general statement (its `acc` and joins), alternating binaries, catch-ups of
-    /// 2,000,000 events: 92,200 and 96,500 → 99,700 and 105,000 events/s.
-    private func appendIndexed(_ events: [Event], positions: [Int], on conn: PostgresConnection, logger: Logger) async throws -> AppendResult {
+    /// against one statement that also deduped (joining the new entries back to the batch and
+    /// numbering them with a window function), alternating binaries, sync catch-ups of 2,000,000
+    /// events to PostgreSQL: 92,200 and 96,500 → 99,700 and 105,000 events/s.
+    func append(_ events: [Event], new positions: [Int], on conn: PostgresConnection, logger: Logger) async throws -> AppendResult {
         var seqs = [Int64?](repeating: nil, count: events.count)
         if positions.isEmpty { return AppendResult(ingestSeqs: seqs) }
         var columns = [Lane: LaneColumns]()
@@ -113,7 +82,7 @@ extension PostgresStore {
         binds.append(Int64(positions.count))
         stats.bind(into: &binds)
         let notifyInline = notifications.mayNotifyNow()
-        let sql = Self.indexedInsertSQL(lanes: lanes, notifyAs: notifyInline ? instance : nil)
+        let sql = Self.insertSQL(lanes: lanes, notifyAs: notifyInline ? instance : nil)
         var first: Int64?
         for try await row in try await conn.query(PostgresQuery(unsafeSQL: sql, binds: binds), logger: logger) {
             first = try Array(row)[0].int64()
@@ -127,9 +96,9 @@ extension PostgresStore {
         return AppendResult(ingestSeqs: seqs)
     }
 
-    /// Inserts the `eventIndex` entries of `events` (copies of one id folded, in key order, as
-    /// the append statement does) and returns the positions of the events that were new: the
-    /// first half of an append, which a sync batch runs before it waits for its turn. The entries
+    /// Inserts the `eventIndex` entries of `events` (copies of one id folded, in key order) and
+    /// returns the positions of the events that were new: the first half of an append, which a
+    /// sync batch runs before it waits for its turn. The entries
     /// are sorted here, so PostgreSQL's sort finds them in order; only when some were there
     /// already do the new ones' ids come back, to find their positions.
     func insertIndexEntries(_ events: [Event], on conn: PostgresConnection, logger: Logger) async throws -> [Int] {
@@ -196,52 +165,12 @@ extension PostgresStore {
         }
     }
 
-    /// The statement for a batch holding `lanes` (in rank order), whose arrays are bound lane by
-    /// lane in the order of ``LaneColumns/bind(into:)``.
+    /// The statement of ``append(_:new:on:logger:)`` for a batch holding `lanes` (in rank order):
+    /// each lane's arrays in the order of ``LaneColumns/bind(into:)`` (their `ord` the event's
+    /// rank among the new ones), then the number of events, then the `laneStats` sums
+    /// (``LaneStatsColumns``). It answers the first `ingestSeq` it gave.
     /// `notifyAs`: the instance to announce the commit for, or nil to stay silent.
     static func insertSQL(lanes: [Lane], notifyAs instance: String?) -> String {
-        var parameters = Parameters()
-        var inputs = [String]()
-        var candidates = [String]()
-        var inserts = [String]()
-        for lane in lanes {
-            let t = LaneSQL(lane)
-            inputs.append("in\(lane.rank) AS (SELECT * FROM \(laneInput(lane, &parameters)))")
-            candidates.append(#"SELECT "ord", \#(lane.rank)::int2 AS "lane", "scopeId", "sourceTruthTime", "canonicalTruthTime", "eventId" FROM in\#(lane.rank)"#)
-            let values = (["a.\"seq\""] + t.columns.map { "i.\"\($0)\"" }).joined(separator: ", ")
-            inserts.append(#"l\#(lane.rank) AS (INSERT INTO "\#(t.table)" (\#(insertColumns(t))) SELECT \#(values) FROM acc a JOIN in\#(lane.rank) i ON i."ord" = a."ord" WHERE a."lane" = \#(lane.rank))"#)
-        }
-        let laneNames = "ARRAY[" + Lane.allCases.map { "'\($0.rawValue)'" }.joined(separator: ", ") + "]"
-        return """
-            WITH \(inputs.joined(separator: ",\n"))
-            , candidates AS (\(candidates.joined(separator: " UNION ALL ")))
-            , ins AS (
-                INSERT INTO "eventIndex" ("sourceTruthTime", "eventId", "lane")
-                SELECT "sourceTruthTime", "eventId", "lane" FROM candidates ORDER BY "sourceTruthTime", "eventId"
-                ON CONFLICT DO NOTHING RETURNING "eventId")
-            , base AS (SELECT "value" FROM "novaCounter" WHERE "name" = 'ingestSeq' AND (SELECT count(*) FROM ins) >= 0 FOR UPDATE)
-            , acc AS (
-                SELECT c.*, b."value" + row_number() OVER (ORDER BY c."ord") AS "seq"
-                FROM candidates c JOIN ins ON ins."eventId" = c."eventId" CROSS JOIN base b)
-            , \(inserts.joined(separator: "\n, "))
-            , counter AS (UPDATE "novaCounter" SET "value" = (SELECT "value" FROM base) + (SELECT count(*) FROM acc) WHERE "name" = 'ingestSeq')
-            , stats AS (
-                INSERT INTO "laneStats"
-                SELECT "scopeId", (\(laneNames))["lane" + 1], count(*), min("canonicalTruthTime"), max("canonicalTruthTime"),
-                       min("sourceTruthTime"), max("sourceTruthTime")
-                FROM acc GROUP BY "scopeId", "lane"
-                \(statsConflict))
-            \(instance.map { instance in """
-                , notified AS MATERIALIZED (SELECT pg_notify('\(commitChannel)', '\(instance):' || max("seq")::text) FROM acc HAVING count(*) > 0)
-                SELECT array_agg("ord" ORDER BY "ord"), min("seq") FROM acc WHERE (SELECT count(*) FROM notified) >= 0
-                """ } ?? #"SELECT array_agg("ord" ORDER BY "ord"), min("seq") FROM acc"#)
-            """
-    }
-
-    /// The statement of ``appendIndexed``: each lane's arrays bound as for ``insertSQL`` (their
-    /// `ord` the event's rank among the new ones), then the number of events, then the
-    /// `laneStats` sums (``LaneStatsColumns``). It answers the first `ingestSeq` it gave.
-    static func indexedInsertSQL(lanes: [Lane], notifyAs instance: String?) -> String {
         var parameters = Parameters()
         var inserts = [String]()
         for lane in lanes {

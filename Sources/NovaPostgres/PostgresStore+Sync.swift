@@ -247,7 +247,8 @@ extension PostgresStore {
             return SyncApplyResult(.applied(before, accepted: 0, duplicates: 0))
         case .apply(let events):
             let appended = events.map(\.event)
-            let result = try await self.append(appended, on: conn, logger: logger, indexed: indexed)
+            guard let indexed else { throw StoreError(.internalError, "a sync batch to apply has no eventIndex entries inserted") }
+            let result = try await self.append(appended, new: indexed, on: conn, logger: logger)
             guard batch.kind == .outbox, let last = events.last else {
                 try await conn.query(
                     #"UPDATE "syncSites" SET "lastContactAt" = now() WHERE "siteId" = \#(batch.siteId) AND "storeId" = \#(batch.storeId)"#,
