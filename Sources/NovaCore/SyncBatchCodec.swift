@@ -39,6 +39,7 @@ public enum SyncBatchCodec {
     }
 
     public static func encode(_ batch: SyncBatch, version: Int = version) -> [UInt8] {
+        precondition(version == 1 || version == 2, "sync batch encoding: version 1 or 2")
         var out = [UInt8]()
         out.reserveCapacity(256 + batch.events.count * (version == 1 ? 400 : 200))
         out.append(contentsOf: #"{"nova":"syncBatch","version":\#(version),"kind":"\#(batch.kind.rawValue)","siteId":"#.utf8)
