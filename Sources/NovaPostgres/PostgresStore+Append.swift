@@ -171,15 +171,25 @@ extension PostgresStore {
     /// (``LaneStatsColumns``). It answers the first `ingestSeq` it gave.
     /// `notifyAs`: the instance to announce the commit for, or nil to stay silent.
     static func insertSQL(lanes: [Lane], notifyAs instance: String?) -> String {
-        var parameters = Parameters()
+        var n = 0
+        func parameter(_ type: String) -> String {
+            n += 1
+            return "$\(n)::\(type)"
+        }
+        func quoted(_ names: [String]) -> String { names.map { "\"\($0)\"" }.joined(separator: ", ") }
         var inserts = [String]()
         for lane in lanes {
             let t = LaneSQL(lane)
+            let ownTypes = lane.fieldNames.map { name in name == "sequence" ? "int8" : name == "bytes" ? "bytea" : "text" }
+            let arrays = (["int4", "text", "timestamptz", "timestamptz", "bytea"] + ownTypes).map { parameter($0 + "[]") }
             let values = (["b.\"value\" + 1 + t.\"ord\""] + t.columns.map { "t.\"\($0)\"" }).joined(separator: ", ")
-            inserts.append(#"l\#(lane.rank) AS (INSERT INTO "\#(t.table)" (\#(insertColumns(t))) SELECT \#(values) FROM base b CROSS JOIN \#(laneInput(lane, &parameters)))"#)
+            inserts.append("""
+                l\(lane.rank) AS (INSERT INTO "\(t.table)" (\(quoted(["ingestSeq"] + t.columns))) SELECT \(values)
+                    FROM base b CROSS JOIN unnest(\(arrays.joined(separator: ", "))) AS t(\(quoted(["ord"] + t.columns))))
+                """)
         }
-        let count = parameters.next("int8", array: false)
-        let stats = ["text", "text", "int8", "timestamptz", "timestamptz", "timestamptz", "timestamptz"].map { parameters.next($0) }
+        let count = parameter("int8")
+        let stats = ["text", "text", "int8", "timestamptz", "timestamptz", "timestamptz", "timestamptz"].map { parameter($0 + "[]") }
         return """
             WITH base AS (SELECT "value" FROM "novaCounter" WHERE "name" = 'ingestSeq' FOR UPDATE)
             , \(inserts.joined(separator: "\n, "))
@@ -190,28 +200,6 @@ extension PostgresStore {
                 SELECT "value" + 1 FROM base WHERE (SELECT count(*) FROM notified) >= 0
                 """ } ?? #"SELECT "value" + 1 FROM base"#)
             """
-    }
-
-    /// Numbers the statements' parameters in the order they are bound.
-    struct Parameters {
-        var n = 0
-
-        mutating func next(_ type: String, array: Bool = true) -> String {
-            n += 1
-            return "$\(n)::\(type)\(array ? "[]" : "")"
-        }
-    }
-
-    /// A lane's bound arrays as a row source `t("ord", columns…)` (``LaneColumns/bind(into:)``).
-    private static func laneInput(_ lane: Lane, _ parameters: inout Parameters) -> String {
-        let ownTypes = lane.fieldNames.map { name in name == "sequence" ? "int8" : name == "bytes" ? "bytea" : "text" }
-        let arrays = (["int4", "text", "timestamptz", "timestamptz", "bytea"] + ownTypes).map { parameters.next($0) }
-        let names = (["ord"] + LaneSQL(lane).columns).map { "\"\($0)\"" }.joined(separator: ", ")
-        return "unnest(\(arrays.joined(separator: ", "))) AS t(\(names))"
-    }
-
-    private static func insertColumns(_ t: LaneSQL) -> String {
-        (["ingestSeq"] + t.columns).map { "\"\($0)\"" }.joined(separator: ", ")
     }
 
     private static let statsConflict = """

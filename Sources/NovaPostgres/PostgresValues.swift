@@ -62,13 +62,6 @@ extension PostgresCell {
         return Array(b.readableBytesView)
     }
 
-    /// A one-dimensional `int4[]` without NULLs.
-    func int32Array() throws(StoreError) -> [Int32] {
-        var values = [Int32]()
-        try forEachElement(of: .int4, width: 4) { values.append($0.readInteger(as: Int32.self)!) }
-        return values
-    }
-
     /// A one-dimensional `bytea[]` of ids, without NULLs.
     func eventIdArray() throws(StoreError) -> [EventID] {
         var values = [EventID]()
