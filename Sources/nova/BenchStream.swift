@@ -123,49 +123,16 @@ struct BenchStream: AsyncParsableCommand {
         let ready = Shared(0)
         let clients = clients
         let clientResults = Task {
-            try await withThrowingTaskGroup(of: ([ContinuousClock.Instant?], Int, String?).self) { group in
+            try await withThrowingTaskGroup(of: BenchLiveClient.Outcome.self) { group in
                 for _ in 0..<clients {
                     group.addTask {
-                        let result = Shared<([ContinuousClock.Instant?], Int, String?)>(([], 0, "the stream closed before anything arrived"))
-                        try await WebSocketClient.connect(
-                            url: "ws://127.0.0.1:\(port)/v1/stream?scope=\(DeviceFrames.scope)&mode=live", configuration: .init(maxFrameSize: 1 << 20), logger: toolLogger()
-                        ) { inbound, _, _ in
-                            var complete = [ContinuousClock.Instant?](repeating: nil, count: batches)
-                            var perBatch = [Int](repeating: 0, count: batches)
-                            var seen = [Bool](repeating: false, count: total)
-                            var received = 0
-                            var failure: String?
-                            defer { result.withLock { $0 = (complete, received, failure ?? (received == total ? nil : "received \(received) of \(total) events")) } }
-                            for try await frame in inbound {
-                                let now = ContinuousClock.now
-                                let (isEvent, index) = frame.data.withUnsafeReadableBytes { raw in
-                                    FrameScan.starts(raw, with: FrameScan.event) ? (true, FrameScan.frameIndex(raw, devices: devices)) : (false, nil)
-                                }
-                                if !isEvent {
-                                    if frame.data.withUnsafeReadableBytes({ FrameScan.starts($0, with: FrameScan.caughtUp) }) { ready.withLock { $0 += 1 } }
-                                    continue
-                                }
-                                guard let k = index, k < total else {
-                                    failure = failure ?? "an event that the benchmark did not send"
-                                    continue
-                                }
-                                if seen[k] {
-                                    failure = failure ?? "event \(k) delivered twice"
-                                    continue
-                                }
-                                seen[k] = true
-                                received += 1
-                                let b = k / batch
-                                perBatch[b] += 1
-                                if perBatch[b] == min(batch, total - b * batch) { complete[b] = now }
-                                if received == total { return }
-                            }
-                        }
-                        return result.withLock { $0 }
+                        try await BenchLiveClient.run(
+                            port: port, path: "/v1/stream?scope=\(DeviceFrames.scope)&mode=live", total: total, batch: batch, devices: devices
+                        ) { ready.withLock { $0 += 1 } }
                     }
                 }
-                var all = [([ContinuousClock.Instant?], Int, String?)]()
-                for try await r in group { all.append(r) }
+                var all = [BenchLiveClient.Outcome]()
+                for try await outcome in group { all.append(outcome) }
                 return all
             }
         }
@@ -179,7 +146,7 @@ struct BenchStream: AsyncParsableCommand {
         }
         var errors = postErrors
         try await http.shutdown()
-        let results = try await withThrowingTaskGroup(of: [([ContinuousClock.Instant?], Int, String?)]?.self) { group in
+        let results = try await withThrowingTaskGroup(of: [BenchLiveClient.Outcome]?.self) { group in
             group.addTask { try await clientResults.value }
             group.addTask {
                 try await Task.sleep(for: .seconds(60))
@@ -198,9 +165,9 @@ struct BenchStream: AsyncParsableCommand {
         }
         let ackTimes = acks.withLock { $0 }
         var delivery = [Double]()
-        for (complete, _, failure) in results {
-            if let failure { errors.append(failure) }
-            for (b, done) in complete.enumerated() {
+        for outcome in results {
+            if let failure = outcome.failure { errors.append(failure) }
+            for (b, done) in outcome.complete.enumerated() {
                 guard let done, let acked = ackTimes[b] else { continue }
                 delivery.append(max(0, (done - acked).seconds))
             }
@@ -237,7 +204,7 @@ struct BenchStream: AsyncParsableCommand {
                 if count % 10 == 0, failure == nil {
                     if count >= expected.count {
                         failure = "more events than were loaded"
-                    } else if !frame.data.withUnsafeReadableBytes({ FrameScan.find($0, Array(#""eventId":"\#(expected[count].eventId.hex)""#.utf8)) != nil }) {
+                    } else if !frame.data.withUnsafeReadableBytes({ FrameScan.find($0, Array(#""eventId":"\#(expected[count].eventId.hex)""#.utf8), anchor: 6) != nil }) {
                         failure = "event \(count) is not the expected one (contract order broken)"
                     }
                 }
@@ -267,46 +234,53 @@ struct BenchStream: AsyncParsableCommand {
 /// Byte-level reading of stream frames for the benchmark's clients. They read every frame of up to
 /// 20 streams on the same two cores as the server, so they must cost little beside it: generic
 /// `firstRange(of:)` on a `ByteBufferView` and an array per marker per frame made the clients
-/// take most of the machine (perf: about 84% of all samples during LIVE, the server about 10%).
+/// take most of the machine (perf: about 84% of all samples during LIVE, the server about 10%),
+/// and later a `memcmp` at every quote of a message still took a tenth of it.
 enum FrameScan {
     static let caughtUp = Array(#"{"type":"caughtUp""#.utf8)
     static let event = Array(#"{"type":"event""#.utf8)
     static let end = Array(#"{"type":"end"}"#.utf8)
     static let device = Array(#""connectionId":"dev-"#.utf8)
-    static let sequence = Array(#""sequence":"#.utf8)
+    /// What follows the device number in a raw event (`Event.writeJSON`'s field order).
+    static let sequence = Array(#"","sequence":"#.utf8)
 
-    static func starts(_ raw: UnsafeRawBufferPointer, with prefix: [UInt8]) -> Bool {
-        guard raw.count >= prefix.count, let base = raw.baseAddress else { return false }
-        return prefix.withUnsafeBytes { memcmp($0.baseAddress!, base, prefix.count) == 0 }
+    static func starts(_ raw: UnsafeRawBufferPointer, with prefix: [UInt8], at offset: Int = 0) -> Bool {
+        guard offset >= 0, raw.count - offset >= prefix.count, let base = raw.baseAddress else { return false }
+        return prefix.withUnsafeBytes { memcmp($0.baseAddress!, base + offset, prefix.count) == 0 }
     }
 
-    /// The offset just after the first occurrence of `needle`.
-    static func find(_ raw: UnsafeRawBufferPointer, _ needle: [UInt8]) -> Int? {
-        guard let base = raw.baseAddress, let first = needle.first, raw.count >= needle.count else { return nil }
-        return needle.withUnsafeBytes { n in
-            var i = 0
-            while i <= raw.count - n.count {
-                if raw[i] == first, memcmp(base + i, n.baseAddress!, n.count) == 0 { return i + n.count }
-                i += 1
-            }
-            return nil
+    /// The offset just after the first occurrence of `needle`. Candidates are found by the
+    /// needle's byte at `anchor` with `memchr`; an anchor that is rare in messages (the `I` of a
+    /// key ending in `Id`, say) leaves few to compare.
+    static func find(_ raw: UnsafeRawBufferPointer, _ needle: [UInt8], anchor: Int) -> Int? {
+        guard let base = raw.baseAddress, raw.count >= needle.count else { return nil }
+        let byte = Int32(needle[anchor])
+        var from = 0
+        while from <= raw.count - needle.count {
+            guard let hit = memchr(base + from + anchor, byte, raw.count - needle.count - from + 1) else { return nil }
+            let at = base.distance(to: UnsafeRawPointer(hit)) - anchor
+            if starts(raw, with: needle, at: at) { return at + needle.count }
+            from = at + 1
         }
+        return nil
     }
 
-    static func number(after marker: [UInt8], in raw: UnsafeRawBufferPointer) -> Int? {
-        guard var i = find(raw, marker) else { return nil }
+    /// The decimal number at `offset`, and the offset after it.
+    static func number(_ raw: UnsafeRawBufferPointer, at offset: Int) -> (value: Int, end: Int)? {
+        var i = offset
         var value = 0
-        let start = i
         while i < raw.count, raw[i] >= 48, raw[i] <= 57 {
             value = value * 10 + Int(raw[i] - 48)
             i += 1
         }
-        return i > start ? value : nil
+        return i > offset ? (value, i) : nil
     }
 
     /// The index of a `DeviceFrames` event from its message: `sequence × devices + device`.
     static func frameIndex(_ raw: UnsafeRawBufferPointer, devices: Int) -> Int? {
-        guard let device = number(after: FrameScan.device, in: raw), let tick = number(after: FrameScan.sequence, in: raw) else { return nil }
+        guard let at = find(raw, device, anchor: 11), let (device, end) = number(raw, at: at),
+              starts(raw, with: sequence, at: end), let (tick, _) = number(raw, at: end + sequence.count)
+        else { return nil }
         return tick * devices + device
     }
 }
