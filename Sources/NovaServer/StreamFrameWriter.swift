@@ -6,7 +6,8 @@ import NIOWebSocket
 /// api.md asks for one frame per event, and hummingbird-websocket's writer takes one frame per
 /// call: an async hand-off, an event-loop task, an encoder pass and a pending-write entry per
 /// event. Here frames are encoded into one buffer and handed to the channel in one write per
-/// batch. Server frames are unmasked and `/v1/stream` negotiates no extension, so the encoding is
+/// batch; runs that ``CommitFeed`` framed once for every whole-scope stream join the batch as
+/// they are, without a copy per client. Server frames are unmasked and `/v1/stream` negotiates no extension, so the encoding is
 /// the two-to-ten-byte header and the payload. The write goes out from the encoder's own context,
 /// so whatever lies below it (TLS) still applies, and frames the WebSocket handler writes itself
 /// (pongs, its close) fall between batches, never inside one.
@@ -19,6 +20,9 @@ import NIOWebSocket
 struct StreamFrameWriter {
     private let encoder: NIOLoopBound<ChannelHandlerContext>
     private var pending = ByteBuffer()
+    /// Buffers that go ahead of `pending`: framed runs, sent as they are (no copy per client).
+    private var queued: [ByteBuffer] = []
+    private var queuedBytes = 0
     private var inFlight: EventLoopFuture<Void>?
 
     /// A batch is sent when it reaches this size; smaller ones on ``flush()``.
@@ -31,29 +35,50 @@ struct StreamFrameWriter {
         }.get()
     }
 
-    var isEmpty: Bool { pending.readableBytes == 0 }
+    var isEmpty: Bool { queued.isEmpty && pending.readableBytes == 0 }
+    private var isFull: Bool { queuedBytes + pending.readableBytes >= Self.batchBytes }
 
     /// Adds one text frame; sends the batch when it is full.
     mutating func append(_ payload: ByteBuffer) async throws {
-        header(payload.readableBytes)
+        Self.header(payload.readableBytes, into: &pending)
         pending.writeImmutableBuffer(payload)
-        if pending.readableBytes >= Self.batchBytes { try await flush() }
+        if isFull { try await flush() }
     }
 
     mutating func append(_ payload: [UInt8]) async throws {
-        header(payload.count)
+        Self.header(payload.count, into: &pending)
         pending.writeBytes(payload)
-        if pending.readableBytes >= Self.batchBytes { try await flush() }
+        if isFull { try await flush() }
+    }
+
+    /// Adds frames that are already framed (``CommitFeed``'s runs), without copying them.
+    mutating func append(framed: ByteBuffer) async throws {
+        if pending.readableBytes > 0 {
+            queued.append(pending)
+            pending = ByteBuffer()
+        }
+        queued.append(framed)
+        queuedBytes += framed.readableBytes
+        if isFull { try await flush() }
     }
 
     /// Sends what is pending, once the batch before it has been written.
     mutating func flush() async throws {
         guard !isEmpty else { return }
         if let inFlight { try await inFlight.get() }
-        let batch = pending
-        pending = ByteBufferAllocator().buffer(capacity: batch.readableBytes)
+        var batch = queued
+        if pending.readableBytes > 0 {
+            batch.append(pending)
+            pending = ByteBufferAllocator().buffer(capacity: pending.readableBytes)
+        }
+        queued.removeAll(keepingCapacity: true)
+        queuedBytes = 0
         let encoder = encoder
-        inFlight = encoder.eventLoop.flatSubmit { encoder.value.writeAndFlush(NIOAny(batch)) }
+        // Written in order, so the last one's completion is the batch's.
+        inFlight = encoder.eventLoop.flatSubmit {
+            for buffer in batch.dropLast() { encoder.value.write(NIOAny(buffer), promise: nil) }
+            return encoder.value.writeAndFlush(NIOAny(batch[batch.count - 1]))
+        }
     }
 
     /// Sends what is pending and waits until all of it was written.
@@ -64,16 +89,16 @@ struct StreamFrameWriter {
     }
 
     /// FIN and the text opcode, then the payload length (RFC 6455, 5.2).
-    private mutating func header(_ length: Int) {
-        pending.writeInteger(UInt8(0x81))
+    static func header(_ length: Int, into buffer: inout ByteBuffer) {
+        buffer.writeInteger(UInt8(0x81))
         if length < 126 {
-            pending.writeInteger(UInt8(length))
+            buffer.writeInteger(UInt8(length))
         } else if length <= Int(UInt16.max) {
-            pending.writeInteger(UInt8(126))
-            pending.writeInteger(UInt16(length))
+            buffer.writeInteger(UInt8(126))
+            buffer.writeInteger(UInt16(length))
         } else {
-            pending.writeInteger(UInt8(127))
-            pending.writeInteger(UInt64(length))
+            buffer.writeInteger(UInt8(127))
+            buffer.writeInteger(UInt64(length))
         }
     }
 }

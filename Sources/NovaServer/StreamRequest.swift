@@ -53,6 +53,9 @@ struct StreamRequest: Sendable {
         return value
     }
 
+    /// Every lane, no filter: the stream takes every event of its scope (``CommitFeed``'s frames).
+    var takesWholeScope: Bool { filters.isEmpty && Lane.allCases.allSatisfy(lanes.contains) }
+
     /// Whether a committed event belongs to this stream (scope, lanes, filters; not time).
     func selects(_ event: Event) -> Bool {
         guard event.scopeId == scopeId, lanes.contains(event.lane) else { return false }

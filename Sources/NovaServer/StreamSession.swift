@@ -255,14 +255,26 @@ struct StreamSession {
 
     /// Sends what was committed after `position`, or waits for it.
     mutating func live(after position: Int64) async throws {
-        switch await feed.read(after: position, max: Self.pageSize) {
+        let wholeScope = request.takesWholeScope ? request.scopeId : nil
+        switch await feed.read(after: position, max: wholeScope == nil ? Self.pageSize : Self.fastPageSize, wholeScope: wholeScope) {
+        case .frames(let framed):
+            catchingUp = false
+            for buffer in framed.buffers { try await frames.append(framed: buffer) }
+            if framed.events > 0 {
+                lastSent = .now
+                metrics.streamEventsSent.increment(by: Int64(framed.events))
+                metrics.streamLag.record(ContinuousClock.now - framed.at)
+            }
+            phase = .live(position: framed.position)
         case .entries(let entries):
             catchingUp = false
             var sent = 0
             for entry in entries where request.selects(entry.event) {
-                try await send(entry.message!)
+                try await frames.append(entry.message!)
                 sent += 1
             }
+            // The clock once per page, not per event.
+            if sent > 0 { lastSent = .now }
             metrics.streamEventsSent.increment(by: Int64(sent))
             if let last = entries.last {
                 metrics.streamLag.record(ContinuousClock.now - last.at)

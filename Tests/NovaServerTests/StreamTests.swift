@@ -1,6 +1,7 @@
 import Foundation
 import HummingbirdTesting
 import HummingbirdWSClient
+import NIOCore
 import NIOWebSocket
 import NovaCore
 import NovaServer
@@ -216,6 +217,90 @@ import Testing
                 #expect(took < .seconds(40), "speed change ignored: \(took)")
             }
         }
+    }
+
+    /// The feed's framed runs, which whole-scope LIVE streams send as they are, hold exactly the
+    /// `event` messages of their scope after any position: across runs split by scope, by batch
+    /// and by size, from framing's first read on, and not before it.
+    @Test func framedRunsHoldTheScopesMessagesAfterEveryPosition() async throws {
+        let (store, cleanup) = try await Backend.sqlite.makeStore()
+        do {
+            try await checkFramedRuns(store)
+        } catch {
+            await cleanup()
+            throw error
+        }
+        await cleanup()
+    }
+
+    private func checkFramedRuns(_ store: any EventStore) async throws {
+        let feed = CommitFeed(store: store, capacity: 20_000, logger: quietLogger)
+        try await feed.start()
+        var seq: Int64 = 0
+        var committed = [(seq: Int64, event: Event)]()
+        func publish(_ events: [Event]) async {
+            let seqs = events.indices.map { seq + 1 + Int64($0) }
+            seq += Int64(events.count)
+            committed += zip(seqs, events).map { ($0, $1) }
+            await feed.published(events, seqs: seqs)
+        }
+        // Before any whole-scope read there are no runs: such a stream is served entry by entry.
+        await publish(Self.frames(300, scope: "a", connection: "early"))
+        guard case .entries = await feed.read(after: 0, max: 4_096, wholeScope: "a") else {
+            Issue.record("frames before framing began")
+            return
+        }
+        let framingFrom = seq
+        for b in 0..<5 {
+            let start = Timestamp(microseconds: Self.t0.microseconds + Int64(b) * 10_000_000)
+            var batch = Self.frames(1_500, scope: "a", from: start, connection: "a\(b)") + Self.frames(40, scope: "b", from: start, connection: "b\(b)")
+            for k in 0..<30 { batch.append(Self.frames(1, scope: k % 2 == 0 ? "a" : "b", from: start, connection: "m\(b)-\(k)")[0]) }
+            await publish(batch)
+        }
+        let expectedAll = committed.filter { $0.event.scopeId == "a" }.map { row in
+            var out = Array(#"{"type":"event","event":"#.utf8)
+            row.event.writeJSON(into: &out)
+            return (seq: row.seq, message: String(decoding: out + [UInt8(ascii: "}")], as: UTF8.self))
+        }
+        // Run edges (1,024 events at most; a batch's 1,500 then 40 of the other scope), then more.
+        let edges = [0, 1, 1_023, 1_024, 1_025, 1_499, 1_500, 1_540, 1_541].map { framingFrom + Int64($0) }
+        for from in edges + Array(stride(from: framingFrom + 1_600, to: seq, by: 331)) + [seq - 1] {
+            var position = from
+            var messages = [String]()
+            while case .frames(let framed) = await feed.read(after: position, max: 4_096, wholeScope: "a") {
+                for buffer in framed.buffers { messages += try Self.textFrames(buffer) }
+                position = framed.position
+            }
+            let expected = expectedAll.filter { $0.seq > from }.map(\.message)
+            #expect(position == seq, "from \(from)")
+            // Compared whole, reported by counts (the messages themselves would flood the log).
+            let same = messages == expected
+            #expect(same, "from \(from): \(messages.count) frames, \(expected.count) expected")
+        }
+        // A stream of the other scope skips the first scope's runs and gets its own.
+        var position = framingFrom
+        var count = 0
+        while case .frames(let framed) = await feed.read(after: position, max: 100, wholeScope: "b") {
+            for buffer in framed.buffers { count += try Self.textFrames(buffer).count }
+            position = framed.position
+        }
+        #expect(count == 5 * 55)
+    }
+
+    /// The payloads of unmasked text frames, back to back (RFC 6455, 5.2).
+    static func textFrames(_ buffer: ByteBuffer) throws -> [String] {
+        var b = buffer
+        var out = [String]()
+        struct Cut: Error {}
+        while b.readableBytes > 0 {
+            guard let head = b.readInteger(as: UInt8.self), var length = b.readInteger(as: UInt8.self).map(Int.init) else { throw Cut() }
+            #expect(head == 0x81)
+            if length == 126 { length = Int(b.readInteger(as: UInt16.self) ?? 0) }
+            if length == 127 { length = Int(b.readInteger(as: UInt64.self) ?? 0) }
+            guard let text = b.readString(length: length) else { throw Cut() }
+            out.append(text)
+        }
+        return out
     }
 
     @Test(arguments: Backend.allCases)
