@@ -1,7 +1,6 @@
 import ArgumentParser
 import AsyncHTTPClient
 import Foundation
-import HummingbirdWSClient
 import NIOCore
 import NIOHTTP1
 import NovaCore
@@ -123,15 +122,15 @@ struct BenchStream: AsyncParsableCommand {
         let ready = Shared(0)
         let clients = clients
         let clientResults = Task {
-            try await withThrowingTaskGroup(of: BenchLiveClient.Outcome.self) { group in
+            try await withThrowingTaskGroup(of: BenchStreamClient.LiveCounter.Outcome.self) { group in
                 for _ in 0..<clients {
                     group.addTask {
-                        try await BenchLiveClient.run(
-                            port: port, path: "/v1/stream?scope=\(DeviceFrames.scope)&mode=live", total: total, batch: batch, devices: devices
-                        ) { ready.withLock { $0 += 1 } }
+                        try await BenchStreamClient.run(port: port, path: "/v1/stream?scope=\(DeviceFrames.scope)&mode=live") {
+                            BenchStreamClient.LiveCounter(total: total, batch: batch, devices: devices) { ready.withLock { $0 += 1 } }
+                        }
                     }
                 }
-                var all = [BenchLiveClient.Outcome]()
+                var all = [BenchStreamClient.LiveCounter.Outcome]()
                 for try await outcome in group { all.append(outcome) }
                 return all
             }
@@ -146,7 +145,7 @@ struct BenchStream: AsyncParsableCommand {
         }
         var errors = postErrors
         try await http.shutdown()
-        let results = try await withThrowingTaskGroup(of: [BenchLiveClient.Outcome]?.self) { group in
+        let results = try await withThrowingTaskGroup(of: [BenchStreamClient.LiveCounter.Outcome]?.self) { group in
             group.addTask { try await clientResults.value }
             group.addTask {
                 try await Task.sleep(for: .seconds(60))
@@ -187,34 +186,13 @@ struct BenchStream: AsyncParsableCommand {
     private func measureRewind(base: String, from: Timestamp, to: Timestamp, expected: [Event]) async throws -> (figure: BenchFigure, errors: [String]) {
         let port = Int(base.split(separator: ":").last!)!
         let progress = Progress("REWIND", total: expected.count)
-        let outcome = Shared<(Int, Bool, String?)>((0, false, nil))
+        let ids = expected.map(\.eventId)
         let started = ContinuousClock.now
-        try await WebSocketClient.connect(
-            url: "ws://127.0.0.1:\(port)/v1/stream?scope=\(DeviceFrames.scope)&mode=rewind&from=\(from.rfc3339)&to=\(to.rfc3339)&speed=0",
-            configuration: .init(maxFrameSize: 1 << 20), logger: toolLogger()
-        ) { inbound, _, _ in
-            var count = 0
-            var failure: String?
-            for try await frame in inbound {
-                if frame.data.withUnsafeReadableBytes({ FrameScan.starts($0, with: FrameScan.end) }) {
-                    outcome.withLock { $0 = (count, true, failure) }
-                    return
-                }
-                guard frame.data.withUnsafeReadableBytes({ FrameScan.starts($0, with: FrameScan.event) }) else { continue }
-                if count % 10 == 0, failure == nil {
-                    if count >= expected.count {
-                        failure = "more events than were loaded"
-                    } else if !frame.data.withUnsafeReadableBytes({ FrameScan.find($0, Array(#""eventId":"\#(expected[count].eventId.hex)""#.utf8), anchor: 6) != nil }) {
-                        failure = "event \(count) is not the expected one (contract order broken)"
-                    }
-                }
-                count += 1
-                if count % 10_000 == 0 { progress.update(count) }
-            }
-            outcome.withLock { $0 = (count, false, failure) }
-        }
+        let outcome = try await BenchStreamClient.run(
+            port: port, path: "/v1/stream?scope=\(DeviceFrames.scope)&mode=rewind&from=\(from.rfc3339)&to=\(to.rfc3339)&speed=0"
+        ) { BenchStreamClient.RewindChecker(expected: ids, progress: progress) }
         let elapsed = ContinuousClock.now - started
-        let (count, ended, failure) = outcome.withLock { $0 }
+        let (count, ended, failure) = (outcome.count, outcome.ended, outcome.failure)
         var errors = [String]()
         if let failure { errors.append(failure) }
         if !ended { errors.append("the rewind did not end with `end`") }
