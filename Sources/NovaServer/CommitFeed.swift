@@ -154,6 +154,8 @@ public actor CommitFeed {
             let mid = (low + high) / 2
             if runs[mid].seqs.last! <= after { low = mid + 1 } else { high = mid }
         }
+        // The runs end at the head while there are any; this only guards that invariant.
+        guard low < runs.count else { return nil }
         var out = Frames(position: after, at: runs[low].at)
         for k in low..<runs.count {
             if out.events >= max { break }
