@@ -54,7 +54,14 @@ struct BenchStream: AsyncParsableCommand {
         // LIVE, on an empty store.
         var child = try await RecorderChild(directory: work, database: childDatabase)
         try await child.waitUntilReady()
-        let live = try await measureLive(base: child.base)
+        let live: (delivery: BenchFigure, ack: BenchFigure, events: Int, errors: [String], note: String)
+        do {
+            live = try await measureLive(base: child.base)
+        } catch {
+            // The child must not outlive a benchmark that gives up.
+            await child.stop()
+            throw error
+        }
         errors += live.errors
         if live.errors.isEmpty {
             checks.append("LIVE: each of \(clients) clients received all \(live.events) events once (counted per event)")
@@ -120,13 +127,23 @@ struct BenchStream: AsyncParsableCommand {
         let port = Int(base.split(separator: ":").last!)!
         let acks = Shared([ContinuousClock.Instant?](repeating: nil, count: batches))
         let ready = Shared(0)
+        // A client that ends before the ingest starts (refused, or over the server's
+        // maxStreamsPerToken) would otherwise leave the wait below waiting for it forever.
+        let early = Shared<String?>(nil)
         let clients = clients
         let clientResults = Task {
             try await withThrowingTaskGroup(of: BenchStreamClient.LiveCounter.Outcome.self) { group in
                 for _ in 0..<clients {
                     group.addTask {
-                        try await BenchStreamClient.run(port: port, path: "/v1/stream?scope=\(DeviceFrames.scope)&mode=live") {
-                            BenchStreamClient.LiveCounter(total: total, batch: batch, devices: devices) { ready.withLock { $0 += 1 } }
+                        do {
+                            let outcome = try await BenchStreamClient.run(port: port, path: "/v1/stream?scope=\(DeviceFrames.scope)&mode=live") {
+                                BenchStreamClient.LiveCounter(total: total, batch: batch, devices: devices) { ready.withLock { $0 += 1 } }
+                            }
+                            if let failure = outcome.failure { early.withLock { $0 = $0 ?? failure } }
+                            return outcome
+                        } catch {
+                            early.withLock { $0 = $0 ?? "\(error)" }
+                            throw error
                         }
                     }
                 }
@@ -135,7 +152,13 @@ struct BenchStream: AsyncParsableCommand {
                 return all
             }
         }
-        while ready.withLock({ $0 }) < clients { try await Task.sleep(for: .milliseconds(20)) }
+        while ready.withLock({ $0 }) < clients {
+            if let failure = early.withLock({ $0 }) {
+                clientResults.cancel()
+                throw CLIError("LIVE: a WebSocket client ended before the ingest began: \(failure)")
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
 
         // Paced posting: batch b is due at start + b × batch / rate, from a few concurrent writers.
         let http = HTTPClient(eventLoopGroupProvider: .singleton)
@@ -218,6 +241,7 @@ enum FrameScan {
     static let caughtUp = Array(#"{"type":"caughtUp""#.utf8)
     static let event = Array(#"{"type":"event""#.utf8)
     static let end = Array(#"{"type":"end"}"#.utf8)
+    static let error = Array(#"{"type":"error""#.utf8)
     static let device = Array(#""connectionId":"dev-"#.utf8)
     /// What follows the device number in a raw event (`Event.writeJSON`'s field order).
     static let sequence = Array(#"","sequence":"#.utf8)

@@ -153,6 +153,10 @@ enum BenchStreamClient {
         func read(_ frame: UnsafeRawBufferPointer) -> Bool {
             guard FrameScan.starts(frame, with: FrameScan.event) else {
                 if FrameScan.starts(frame, with: FrameScan.caughtUp) { caughtUp() }
+                if FrameScan.starts(frame, with: FrameScan.error) {
+                    failure = failure ?? "the server sent \(String(decoding: frame, as: UTF8.self))"
+                    return true
+                }
                 return false
             }
             guard let k = FrameScan.frameIndex(frame, devices: devices), k < total else {
