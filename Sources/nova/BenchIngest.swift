@@ -41,8 +41,7 @@ struct BenchIngest: AsyncParsableCommand {
 
     func run() async throws {
         try options.checkBuild()
-        let work = FileManager.default.temporaryDirectory.appendingPathComponent("nova-bench-\(UUID().uuidString.prefix(8))").path
-        try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+        let work = try benchWorkDirectory()
         defer { try? FileManager.default.removeItem(atPath: work) }
 
         FileHandle.standardError.write(Data("generating \(events) events of \(devices) devices...\n".utf8))

@@ -29,8 +29,7 @@ struct BenchMigrate: AsyncParsableCommand {
     func run() async throws {
         try options.checkBuild()
         guard events > 0, batchSize > 0 else { throw ValidationError("--events, --batch-size: positive") }
-        let work = FileManager.default.temporaryDirectory.appendingPathComponent("nova-bench-\(UUID().uuidString.prefix(8))").path
-        try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+        let work = try benchWorkDirectory()
         defer { try? FileManager.default.removeItem(atPath: work) }
         let logger = toolLogger()
         var errors = [String]()
@@ -105,12 +104,7 @@ struct BenchMigrate: AsyncParsableCommand {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: tool.hasPrefix("/") ? tool : "/usr/bin/env")
         process.arguments = tool.hasPrefix("/") ? arguments : [tool] + arguments
-        var environment = ProcessInfo.processInfo.environment
-        if let password {
-            environment["PGPASSWORD"] = password
-            environment["NOVA_DB_PASSWORD"] = password
-        }
-        process.environment = environment
+        process.environment = BenchLifetime.childEnvironment(password.map { ["PGPASSWORD": $0, "NOVA_DB_PASSWORD": $0] } ?? [:])
         let out = Pipe()
         process.standardOutput = out
         process.standardError = FileHandle.standardError

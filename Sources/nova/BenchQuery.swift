@@ -51,8 +51,7 @@ struct BenchQuery: AsyncParsableCommand {
             guard let f = Double(part), f > 0, f < 1 else { throw ValidationError("--loads: fractions between 0 and 1 (exclusive), comma separated") }
             return f
         }
-        let work = FileManager.default.temporaryDirectory.appendingPathComponent("nova-bench-\(UUID().uuidString.prefix(8))").path
-        try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+        let work = try benchWorkDirectory()
         defer { try? FileManager.default.removeItem(atPath: work) }
         let logger = toolLogger()
         let layout = Layout(events: events, devices: devices, span: Int64(hours) * 3_600_000_000)
@@ -68,49 +67,49 @@ struct BenchQuery: AsyncParsableCommand {
 
         var httpConfig = HTTPClient.Configuration()
         httpConfig.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: clients)
-        let http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: httpConfig)
         var groups = [BenchGroup]()
         var errors = [String]()
         var checked = 0
         let base = child.base
-        for w in windowSeconds {
-            let window = Int64(w) * 1_000_000
-            let novaQuery: @Sendable (LaneRead) async throws -> ByteBuffer = { read in
-                let url = "\(base)/v1/events?scope=\(DeviceFrames.scope)&from=\(read.from.rfc3339)&to=\(read.to.rfc3339)&lane=raw&limit=\(read.limit)"
-                let response = try await http.execute(HTTPClientRequest(url: url), timeout: .seconds(60))
-                let body = try await response.body.collect(upTo: 1 << 30)
-                guard response.status == .ok else { throw CLIError("HTTP \(response.status.code): \(String(buffer: body).prefix(200))") }
-                return body
-            }
-            var capacity: Double?
-            for load in [nil] + loadFractions.map(Optional.init) {
-                let rate = load.flatMap { f in capacity.map { $0 * f } }
-                if load != nil, (rate ?? 0) < 1 { break }  // no capacity to take a fraction of
-                let pace = rate.map { String(format: ", %.0f queries/s offered (%.0f%% of capacity)", $0, load! * 100) } ?? ", as fast as they can"
-                let group = "\(w)-second windows over \(events) events, \(clients) clients\(pace)"
-                FileHandle.standardError.write(Data("\(group): \(seconds) s through the HTTP API, then \(seconds) s through the bare driver...\n".utf8))
-                let nova = try await measure("nova HTTP, \(clients) clients", window: window, layout: layout, rate: rate, query: novaQuery)
-                errors += nova.errors
-                checked += nova.figure.queries ?? 0
-                if load == nil { capacity = nova.figure.queriesPerSecond }
-                let bare: BenchFigure
-                if let database {
-                    let pg = PostgresBareQuery(location: database, connections: clients, logger: logger)
-                    bare = try await measure("baseline: same SQL, bare postgres-nio", window: window, layout: layout, rate: rate) { read in
-                        ByteBuffer(integer: Int64(try await pg.count(read)))
-                    }.figure
-                    pg.close()
-                } else {
-                    let sqlite = try SQLiteBareQuery(path: sqlitePath)
-                    bare = try await measure("baseline: same SQL, bare GRDB", window: window, layout: layout, rate: rate) { read in
-                        ByteBuffer(integer: Int64(try await sqlite.count(read)))
-                    }.figure
-                    try sqlite.close()
+        try await withHTTPClient(httpConfig) { http in
+            for w in windowSeconds {
+                let window = Int64(w) * 1_000_000
+                let novaQuery: @Sendable (LaneRead) async throws -> ByteBuffer = { read in
+                    let url = "\(base)/v1/events?scope=\(DeviceFrames.scope)&from=\(read.from.rfc3339)&to=\(read.to.rfc3339)&lane=raw&limit=\(read.limit)"
+                    let response = try await http.execute(HTTPClientRequest(url: url), timeout: .seconds(60))
+                    let body = try await response.body.collect(upTo: 1 << 30)
+                    guard response.status == .ok else { throw CLIError("HTTP \(response.status.code): \(String(buffer: body).prefix(200))") }
+                    return body
                 }
-                groups.append(BenchGroup(group, figure: nova.figure, baselines: [bare]))
+                var capacity: Double?
+                for load in [nil] + loadFractions.map(Optional.init) {
+                    let rate = load.flatMap { f in capacity.map { $0 * f } }
+                    if load != nil, (rate ?? 0) < 1 { break }  // no capacity to take a fraction of
+                    let pace = rate.map { String(format: ", %.0f queries/s offered (%.0f%% of capacity)", $0, load! * 100) } ?? ", as fast as they can"
+                    let group = "\(w)-second windows over \(events) events, \(clients) clients\(pace)"
+                    FileHandle.standardError.write(Data("\(group): \(seconds) s through the HTTP API, then \(seconds) s through the bare driver...\n".utf8))
+                    let nova = try await measure("nova HTTP, \(clients) clients", window: window, layout: layout, rate: rate, query: novaQuery)
+                    errors += nova.errors
+                    checked += nova.figure.queries ?? 0
+                    if load == nil { capacity = nova.figure.queriesPerSecond }
+                    let bare: BenchFigure
+                    if let database {
+                        let pg = PostgresBareQuery(location: database, connections: clients, logger: logger)
+                        bare = try await measure("baseline: same SQL, bare postgres-nio", window: window, layout: layout, rate: rate) { read in
+                            ByteBuffer(integer: Int64(try await pg.count(read)))
+                        }.figure
+                        pg.close()
+                    } else {
+                        let sqlite = try SQLiteBareQuery(path: sqlitePath)
+                        bare = try await measure("baseline: same SQL, bare GRDB", window: window, layout: layout, rate: rate) { read in
+                            ByteBuffer(integer: Int64(try await sqlite.count(read)))
+                        }.figure
+                        try sqlite.close()
+                    }
+                    groups.append(BenchGroup(group, figure: nova.figure, baselines: [bare]))
+                }
             }
         }
-        try await http.shutdown()
         let rss = peakRSS(pid: child.pid)
         await child.stop()
         let report = BenchReport(

@@ -38,8 +38,7 @@ struct BenchStream: AsyncParsableCommand {
     func run() async throws {
         try options.checkBuild()
         guard rate > 0, seconds > 0, clients > 0, batch > 0, events > 0 else { throw ValidationError("--rate, --seconds, --clients, --batch, --events: positive") }
-        let work = FileManager.default.temporaryDirectory.appendingPathComponent("nova-bench-\(UUID().uuidString.prefix(8))").path
-        try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+        let work = try benchWorkDirectory()
         defer { try? FileManager.default.removeItem(atPath: work) }
         let logger = toolLogger()
         let benchStore = try await BenchStore(store, directory: work, logger: logger)
@@ -161,13 +160,13 @@ struct BenchStream: AsyncParsableCommand {
         }
 
         // Paced posting: batch b is due at start + b × batch / rate, from a few concurrent writers.
-        let http = HTTPClient(eventLoopGroupProvider: .singleton)
         let progress = Progress("LIVE ingest", total: total)
-        let (ackSamples, postErrors, ingestWall) = try await postPaced(bodies, to: base, batch: batch, rate: rate, progress: progress, http: http) { b, acked in
-            acks.withLock { $0[b] = acked }
+        let (ackSamples, postErrors, ingestWall) = try await withHTTPClient { http in
+            try await postPaced(bodies, to: base, batch: batch, rate: rate, progress: progress, http: http) { b, acked in
+                acks.withLock { $0[b] = acked }
+            }
         }
         var errors = postErrors
-        try await http.shutdown()
         let results = try await withThrowingTaskGroup(of: [BenchStreamClient.LiveCounter.Outcome]?.self) { group in
             group.addTask { try await clientResults.value }
             group.addTask {

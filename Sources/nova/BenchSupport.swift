@@ -176,6 +176,36 @@ func peakRSS(pid: Int32) -> Int? {
     return kb * 1024
 }
 
+/// A fresh temporary directory for a benchmark's files, removed should a signal stop it (the
+/// caller's `defer` removes it otherwise).
+func benchWorkDirectory() throws -> String {
+    let work = FileManager.default.temporaryDirectory.appendingPathComponent("nova-bench-\(UUID().uuidString.prefix(8))").path
+    try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+    BenchLifetime.onSignal {
+        // The benchmark's own `defer` may be removing it at the same moment (it runs on and fails
+        // once its database is gone); where the two collide one fails half-way, so retry.
+        for _ in 0..<5 where FileManager.default.fileExists(atPath: work) {
+            try? FileManager.default.removeItem(atPath: work)
+            usleep(50_000)
+        }
+    }
+    return work
+}
+
+/// An HTTP client for `body`, shut down after it whether it returns or throws (AsyncHTTPClient
+/// traps on a client released unshut in debug builds, which turned a benchmark's error into a crash).
+func withHTTPClient<T>(_ configuration: HTTPClient.Configuration = .init(), _ body: (HTTPClient) async throws -> T) async throws -> T {
+    let http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+    do {
+        let result = try await body(http)
+        try await http.shutdown()
+        return result
+    } catch {
+        try? await http.shutdown()
+        throw error
+    }
+}
+
 /// The path of this executable, to start a recorder child process of the same build.
 func currentExecutable() -> String {
     (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
@@ -199,6 +229,7 @@ final class RecorderChild {
         FileManager.default.createFile(atPath: out, contents: nil)
         process.executableURL = URL(fileURLWithPath: currentExecutable())
         process.arguments = [database == nil || record ? "record" : "serve", "--config", config, "--log-level", "warning"]
+        process.environment = BenchLifetime.childEnvironment()
         process.standardOutput = FileHandle(forWritingAtPath: out)
         try process.run()
         let deadline = ContinuousClock.now + .seconds(60)
@@ -261,14 +292,19 @@ final class BenchStore {
         } else {
             guard case .postgres(let location) = try StoreLocator(store) else { throw ValidationError("--store: sqlite or a postgres:// locator") }
             server = location
-            database = try await PostgresBaselines.createDatabase(on: location, logger: logger)
+            let created = try await PostgresBaselines.createDatabase(on: location, logger: logger)
+            database = created
+            BenchLifetime.onSignal { Self.drop(created, server: location, logger: logger) }
         }
     }
 
     /// Drops the temporary database (from a `defer`, hence blocking).
     func drop() {
         guard let server, let database else { return }
-        let logger = logger
+        Self.drop(database, server: server, logger: logger)
+    }
+
+    private static func drop(_ database: PostgresLocation, server: PostgresLocation, logger: Logger) {
         let done = DispatchSemaphore(value: 0)
         Task {
             await PostgresBaselines.dropDatabase(database, server: server, logger: logger)

@@ -38,7 +38,7 @@ struct BenchSync: AsyncParsableCommand {
         try options.checkBuild()
         guard events > 0, batchSize > 0, rate > 0, seconds > 0 else { throw ValidationError("--events, --batch-size, --rate, --seconds: positive") }
         guard ["gzip", "none"].contains(compression) else { throw ValidationError("--compression: gzip or none") }
-        let work = FileManager.default.temporaryDirectory.appendingPathComponent("nova-bench-\(UUID().uuidString.prefix(8))").path
+        let work = try benchWorkDirectory()
         defer { try? FileManager.default.removeItem(atPath: work) }
         let logger = toolLogger()
         func dir(_ name: String) throws -> String {
@@ -189,6 +189,7 @@ struct BenchSync: AsyncParsableCommand {
         let verify = Process()
         verify.executableURL = URL(fileURLWithPath: currentExecutable())
         verify.arguments = ["verify", edge, hub, "--scope", scope]
+        verify.environment = BenchLifetime.childEnvironment()
         let out = Pipe()
         verify.standardOutput = out
         verify.standardError = FileHandle.nullDevice

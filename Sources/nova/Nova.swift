@@ -13,6 +13,11 @@ struct Nova: AsyncParsableCommand {
             BenchCommand.self,
         ]
     )
+
+    static func main() async {
+        BenchLifetime.exitWithParentIfAsked()
+        await main(nil)
+    }
 }
 
 /// A failure the user can act on; ArgumentParser prints it as `Error: <message>` and exits 1.

@@ -274,4 +274,59 @@ actor AckedIds {
         let refused = try await NovaProcess.run(["bench", "ingest", "--events", "10"], directory: dir)
         #expect(refused.status != 0 && refused.stderr.contains("release"), "a debug build refuses without --allow-debug")
     }
+
+    /// Ctrl-C or a timeout's SIGTERM used to leave the benchmark's `nova serve` running and its
+    /// temporary database on the server; SIGKILL still leaves the database, but not the process.
+    @Test func aBenchmarkStoppedBySignalLeavesNoProcessDatabaseOrFiles() async throws {
+        let (locator, password) = try TestPostgres.server()
+        for signal in [SIGTERM, SIGINT, SIGKILL] {
+            let dir = try TemporaryDirectory("nova-bench-signal")
+            defer { dir.remove() }
+            let bench = try NovaProcess(
+                ["bench", "query", "--store", locator, "--events", "2000", "--seconds", "120", "--clients", "2", "--allow-debug"],
+                directory: dir, environment: ["NOVA_DB_PASSWORD": password, "TMPDIR": dir.path])
+            try await waitFor("the benchmark querying its recorder", timeout: .seconds(120)) {
+                bench.stderr.contains("through the HTTP API") || !bench.process.isRunning
+            }
+            let pid = bench.process.processIdentifier
+            let children = Self.children(of: pid)
+            let work = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasPrefix("nova-bench-") }
+            #expect(children.count == 1 && work.count == 1, "one recorder child and one work directory: \(children) \(work) \(bench.stderr)")
+            let config = try String(contentsOfFile: "\(dir.path)/\(work.first ?? "")/config.json", encoding: .utf8)
+            let database = try #require(config.firstMatch(of: /"database": "(nova_bench_[0-9a-f]+)"/)?.1).description
+            #expect(try await TestPostgres.databaseExists(database))
+
+            bench.kill(signal)
+            let status = try await bench.wait(timeout: .seconds(60))
+            try await waitFor("the recorder child to stop with its parent", timeout: .seconds(20)) {
+                children.allSatisfy { !Self.isAlive($0) }
+            }
+            if signal == SIGKILL {
+                // Nothing runs on SIGKILL: the database and files stay; the child still went.
+                await TestPostgres.dropDatabase(database)
+                continue
+            }
+            #expect(status == 128 + signal, "exits as the signal would have it: \(bench.stderr)")
+            #expect(bench.stderr.contains("removing its temporary database and files"), "\(bench.stderr)")
+            #expect(try await !TestPostgres.databaseExists(database), "the temporary database is dropped")
+            #expect(!FileManager.default.fileExists(atPath: "\(dir.path)/\(work.first ?? "")"), "the work directory is removed")
+        }
+    }
+
+    static func children(of parent: Int32) -> [Int32] {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        return entries.compactMap(Int32.init).filter { pid in
+            // /proc/PID/stat: "pid (comm) state ppid ...", comm may hold spaces and parentheses.
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { return false }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            return fields.count > 1 && Int32(fields[1]) == parent
+        }
+    }
+
+    /// Running, not ended (a zombie waiting for its reaper counts as ended).
+    static func isAlive(_ pid: Int32) -> Bool {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else { return false }
+        return stat[stat.index(after: close)...].split(separator: " ").first != "Z"
+    }
 }
