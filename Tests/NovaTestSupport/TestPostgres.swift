@@ -106,12 +106,6 @@ public enum TestPostgres {
         }
     }
 
-    public static func databaseExists(_ name: String) async throws -> Bool {
-        try await admin { client in
-            try await client.query("SELECT count(*) FROM pg_database WHERE datname = \(name)", logger: quietLogger).collect().first?.decode(Int.self) == 1
-        }
-    }
-
     /// Runs `body` on one direct connection to the test server's `postgres` database.
     public static func admin<T: Sendable>(_ body: @Sendable (PostgresConnection) async throws -> T) async throws -> T {
         let (locator, password) = try server()
