@@ -321,8 +321,9 @@ import Testing
                             do {
                                 _ = try await stream.wait(forType: "caughtUp")
                             } catch {
-                                // Seen once per few full runs on a slow machine (PostgreSQL): say what the client got.
-                                print("twentyLiveClients, client \(k) (\(backend)): no caughtUp: \(error); first messages: \(stream.messages.prefix(3).map(\.json))")
+                                // The test fails on the wait for all 20 below, which drops this error; seen
+                                // in most full runs on a slow machine (PostgreSQL), so say what the client got.
+                                print("twentyLiveClients, client \(k) (\(backend)): no caughtUp: \(error)")
                                 throw error
                             }
                             if slow { stream.stall(true) }
