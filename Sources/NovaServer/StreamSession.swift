@@ -129,8 +129,11 @@ struct StreamSession {
     private mutating func loop() async throws {
         if case .live(let position) = phase {
             // A LIVE stream is at the present from its first moment; saying so tells the client
-            // from when on it misses nothing.
+            // from when on it misses nothing. Sent at once: the first step may wait for commits
+            // (up to a quarter second idle, far longer on a loaded machine, where clients that
+            // waited for it were seen to give up).
             try await send(Self.caughtUp(position))
+            try await frames.flush()
         }
         while true {
             if try await applyControl() == .stop { return }

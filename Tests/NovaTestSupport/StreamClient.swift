@@ -11,17 +11,53 @@ import Synchronization
 /// sends, with its arrival time, while a script sends commands and waits for what it expects.
 public final class StreamConnection: Sendable {
     public struct Message: Sendable {
-        public var json: JSONValue
-        public var at: ContinuousClock.Instant
+        public let text: String
+        public let at: ContinuousClock.Instant
         public let type: String
         /// The event's id, for `event` messages.
         public let eventId: String?
 
-        init(json: JSONValue, at: ContinuousClock.Instant) {
-            self.json = json
+        /// Parsed when asked for, not on arrival: twenty clients parsing every one of thousands of
+        /// events kept the test process's threads (two, on a two-core machine) busy enough to
+        /// delay the very server under test by seconds.
+        public var json: JSONValue { (try? JSONParser.parse(text)) ?? .string(text) }
+
+        init(text: String, at: ContinuousClock.Instant) {
+            self.text = text
             self.at = at
-            type = json["type"]?.stringValue ?? ""
-            eventId = json["event"]?["eventId"]?.stringValue
+            // The server writes `type` first and an event's `eventId` as a plain string; anything
+            // else is parsed.
+            if let type = Self.stringValue(of: "type", in: text, atStart: true) {
+                self.type = type
+                eventId = type == "event" ? (Self.stringValue(of: "eventId", in: text, atStart: false) ?? Self.parsedEventId(text)) : nil
+            } else {
+                let json = (try? JSONParser.parse(text)) ?? .string(text)
+                type = json["type"]?.stringValue ?? ""
+                eventId = json["event"]?["eventId"]?.stringValue
+            }
+        }
+
+        static func parsedEventId(_ text: String) -> String? {
+            (try? JSONParser.parse(text))?["event"]?["eventId"]?.stringValue
+        }
+
+        /// The value of `"name":"…"` when it holds no escape; at the very start of the object, or
+        /// anywhere in it.
+        static func stringValue(of name: String, in text: String, atStart: Bool) -> String? {
+            let key = Array(((atStart ? "{\"" : "\"") + name + "\":\"").utf8)
+            let bytes = Array(text.utf8)
+            var start: Int?
+            if atStart {
+                if bytes.starts(with: key) { start = key.count }
+            } else if bytes.count >= key.count {
+                for i in 0...(bytes.count - key.count) where bytes[i] == key[0] && bytes[i..<(i + key.count)].elementsEqual(key) {
+                    start = i + key.count
+                    break
+                }
+            }
+            guard let start, let end = bytes[start...].firstIndex(of: UInt8(ascii: "\"")) else { return nil }
+            guard !bytes[start..<end].contains(UInt8(ascii: "\\")) else { return nil }
+            return String(decoding: bytes[start..<end], as: UTF8.self)
         }
     }
 
@@ -75,7 +111,7 @@ public final class StreamConnection: Sendable {
             if seen >= n { return messages }
             let failure = closed ? "stream closed before" : ContinuousClock.now > deadline ? "timed out waiting for" : nil
             if let failure {
-                let tail = messages.suffix(3).map { String(describing: $0.json).prefix(300) }
+                let tail = messages.suffix(3).map { $0.text.prefix(300) }
                 throw StreamTestError("\(failure) \(what); got \(seen) of them, \(messages.count) messages in all, ending with: \(tail)", messagesSeen: messages.count)
             }
             try await Task.sleep(for: .milliseconds(10))
@@ -89,7 +125,7 @@ public final class StreamConnection: Sendable {
     }
 
     func record(_ text: String) {
-        let message = Message(json: (try? JSONParser.parse(text)) ?? .string(text), at: .now)
+        let message = Message(text: text, at: .now)
         state.withLock { s in
             s.messages.append(message)
             s.typeCounts[message.type, default: 0] += 1
