@@ -34,8 +34,14 @@ enum BenchLifetime {
     /// (a graceful stop for `nova serve` and `nova record`) once its parent is gone, which shows
     /// as a new parent pid. A variable inherited from further up (the parent is not the pid it
     /// names) is ignored.
+    ///
+    /// Such a child also starts with SIGINT and SIGTERM at their default actions: it inherits the
+    /// benchmark's, which ignores them (its handlers take them), and would then outlive its SIGTERM
+    /// wherever it installs no handler of its own (`nova verify`, `nova migrate`) or has not yet.
     static func exitWithParentIfAsked() {
         guard let value = ProcessInfo.processInfo.environment[parentVariable], let parent = pid_t(value), getppid() == parent else { return }
+        signal(SIGINT, SIG_DFL)
+        signal(SIGTERM, SIG_DFL)
         Thread.detachNewThread {
             while getppid() == parent { usleep(200_000) }
             kill(getpid(), SIGTERM)

@@ -151,10 +151,15 @@ struct BenchStream: AsyncParsableCommand {
                 return all
             }
         }
+        let readyBy = ContinuousClock.now + .seconds(60)
         while ready.withLock({ $0 }) < clients {
             if let failure = early.withLock({ $0 }) {
                 clientResults.cancel()
                 throw CLIError("LIVE: a WebSocket client ended before the ingest began: \(failure)")
+            }
+            if ContinuousClock.now > readyBy {
+                clientResults.cancel()
+                throw CLIError("LIVE: \(clients - ready.withLock { $0 }) of \(clients) WebSocket clients got no caughtUp within 60 s")
             }
             try await Task.sleep(for: .milliseconds(20))
         }

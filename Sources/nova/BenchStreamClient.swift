@@ -40,10 +40,15 @@ enum BenchStreamClient {
                     }
                     let head = HTTPRequestHead(
                         version: .http1_1, method: .GET, uri: path, headers: ["Host": "127.0.0.1:\(port)", "Content-Length": "0"])
-                    return try channel.pipeline.syncOperations.configureUpgradableHTTPClientPipeline(
-                        configuration: .init(upgradeConfiguration: .init(upgradeRequestHead: head, upgraders: [upgrader]) { channel in
+                    var configuration = NIOUpgradableHTTPClientPipelineConfiguration(
+                        upgradeConfiguration: .init(upgradeRequestHead: head, upgraders: [upgrader]) { channel in
                             channel.eventLoop.makeCompletedFuture { false }
-                        }))
+                        })
+                    // Frames that arrive in the same read as the 101 response (a LIVE stream's
+                    // `caughtUp` comes at once) go on to the frame decoder; NIO's default drops
+                    // them, which left the benchmark waiting for a `caughtUp` it had received.
+                    configuration.leftOverBytesStrategy = .forwardBytes
+                    return try channel.pipeline.syncOperations.configureUpgradableHTTPClientPipeline(configuration: configuration)
                 }
             }
             guard try await upgraded.get() else { throw CLIError("the server refused the WebSocket upgrade of \(path)") }

@@ -259,12 +259,21 @@ final class RecorderChild {
         throw CLIError("the recorder at \(base) did not become ready; see \(directory)/recorder.out")
     }
 
-    /// SIGTERM, then waits; says so on stderr when the recorder took long or did not exit cleanly
-    /// (a benchmark's figures stand, but a slow or crashing shutdown is a fault to look into).
-    func stop() async {
+    /// SIGTERM, then waits, for `patience` at most and then SIGKILL (a benchmark must end even if a
+    /// recorder's shutdown hangs); says so on stderr when the recorder took long or did not exit
+    /// cleanly (a benchmark's figures stand, but a slow or crashing shutdown is a fault to look into).
+    func stop(patience: Duration = .seconds(60)) async {
         let started = ContinuousClock.now
         process.terminate()
-        while process.isRunning { try? await Task.sleep(for: .milliseconds(10)) }
+        while process.isRunning {
+            if ContinuousClock.now - started > patience {
+                kill(process.processIdentifier, SIGKILL)
+                FileHandle.standardError.write(Data("warning: nova \(process.arguments?.first ?? "recorder") at \(base) did not stop within \(Int(patience.seconds)) s of SIGTERM; killed (see \(directory)/recorder.out)\n".utf8))
+                while process.isRunning { try? await Task.sleep(for: .milliseconds(10)) }
+                return
+            }
+            try? await Task.sleep(for: .milliseconds(10))
+        }
         let took = ContinuousClock.now - started
         let role = process.arguments?.first ?? "recorder"
         if process.terminationReason == .uncaughtSignal || process.terminationStatus != 0 || took > .seconds(5) {

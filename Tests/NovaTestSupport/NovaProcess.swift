@@ -66,7 +66,8 @@ public final class NovaProcess: @unchecked Sendable {
         while process.isRunning {
             guard ContinuousClock.now < deadline else {
                 kill()
-                throw ProcessError("nova did not exit within \(timeout)")
+                // What it printed last says where it hung.
+                throw ProcessError("nova \(process.arguments?.prefix(2).joined(separator: " ") ?? "") did not exit within \(timeout); its output ended with: \(stdout.suffix(1_500)) | stderr: \(stderr.suffix(1_500))")
             }
             try await Task.sleep(for: .milliseconds(10))
         }
