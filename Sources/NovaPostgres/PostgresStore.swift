@@ -187,43 +187,48 @@ public final class PostgresStore: EventStore, Service, Sendable {
         let acquired = Flag()
         let timedOut = Flag()
         let client = client
+        // The operation resumes the caller itself (one task per query, not a second one waiting
+        // on the first); `outcome` takes whichever comes first, the answer or the bound below.
+        let outcome = Resumed<T>()
         let operation = Task {
-            try await client.withConnection { conn in
-                acquired.set()
-                return try await body(conn)
+            do {
+                outcome.resume(.success(try await client.withConnection { conn in
+                    acquired.set()
+                    return try await body(conn)
+                }))
+            } catch {
+                outcome.resume(.failure(error))
             }
         }
+        // A query in flight when the server died was seen never to complete (the connection
+        // gone, the await left hanging), which hung `nova migrate` and sync applies. So the
+        // operation as a whole is bounded too: past the server's own statement timeout plus the
+        // connection timeout it is abandoned, and the caller gets `.unavailable`. The bound is
+        // armed by the lease timer, on the event loop, so a query schedules one timer from off
+        // the loop (each such schedule wakes the loop), not two.
         let loop = MultiThreadedEventLoopGroup.singleton.any()
+        let server = location
+        let limit = location.pool.connectionTimeout + location.pool.commandTimeout
+        let bound = LaterTimer()
         let timer = loop.scheduleTask(in: .seconds(Int64(location.pool.connectionTimeout))) {
             if !acquired.isSet {
                 timedOut.set()
                 operation.cancel()
+                return
             }
+            bound.arm(loop.scheduleTask(in: .seconds(Int64(limit - server.pool.connectionTimeout))) {
+                operation.cancel()
+                outcome.resume(.failure(StoreError(.unavailable, "\(server): no answer from the server within \(limit) s (it is down or overloaded)")))
+            })
         }
-        defer { timer.cancel() }
-        // A query in flight when the server died was seen never to complete (the connection
-        // gone, the await left hanging), which hung `nova migrate` and sync applies. So the
-        // operation as a whole is bounded too: past the server's own statement timeout plus the
-        // connection timeout it is abandoned, and the caller gets `.unavailable`.
-        let limit = location.pool.connectionTimeout + location.pool.commandTimeout
-        let server = location
-        let outcome = Resumed<T>()
-        let bound = loop.scheduleTask(in: .seconds(Int64(limit))) {
-            operation.cancel()
-            outcome.resume(.failure(StoreError(.unavailable, "\(server): no answer from the server within \(limit) s (it is down or overloaded)")))
+        defer {
+            timer.cancel()
+            bound.cancel()
         }
-        defer { bound.cancel() }
         do {
             return try await withTaskCancellationHandler {
                 try await withCheckedThrowingContinuation { continuation in
                     outcome.set(continuation)
-                    Task {
-                        do {
-                            outcome.resume(.success(try await operation.value))
-                        } catch {
-                            outcome.resume(.failure(error))
-                        }
-                    }
                 }
             } onCancel: {
                 operation.cancel()
@@ -363,6 +368,26 @@ final class Resumed<T: Sendable>: Sendable {
             return c
         }
         continuation?.resume(with: result)
+    }
+}
+
+/// A timer armed by another timer, which its owner may cancel before or after it is armed.
+final class LaterTimer: Sendable {
+    private let state = Mutex<(timer: Scheduled<Void>?, cancelled: Bool)>((nil, false))
+
+    func arm(_ timer: Scheduled<Void>) {
+        let cancelled = state.withLock { s in
+            if !s.cancelled { s.timer = timer }
+            return s.cancelled
+        }
+        if cancelled { timer.cancel() }
+    }
+
+    func cancel() {
+        state.withLock { s in
+            s.cancelled = true
+            return s.timer.take()
+        }?.cancel()
     }
 }
 
