@@ -59,9 +59,9 @@ extension PostgresStore {
             return try await connection { conn in
                 var rows = [CommittedEvent]()
                 for try await row in try await conn.query(query, logger: logger) {
-                    var cells = Array(row)
-                    let seq = try cells.removeFirst().int64()
-                    rows.append(CommittedEvent(seq: seq, event: try Self.decode(cells, lane: lane)))
+                    var cells = row.makeIterator()
+                    let seq = try Self.nextCell(&cells).int64()
+                    rows.append(CommittedEvent(seq: seq, event: try Self.decode(&cells, lane: lane)))
                 }
                 return rows
             }
@@ -101,33 +101,39 @@ extension PostgresStore {
     /// A row of `LaneSQL.columns` back into an event.
     static func decode(_ row: PostgresRow, lane: Lane) throws -> Event {
         var cells = row.makeIterator()
-        var c = [PostgresCell]()
-        c.reserveCapacity(8)
-        while let cell = cells.next() { c.append(cell) }
-        return try decode(c, lane: lane)
+        return try decode(&cells, lane: lane)
     }
 
-    static func decode(_ c: [PostgresCell], lane: Lane) throws -> Event {
+    /// The next `LaneSQL.columns` of a row, cell by cell: reads are the hub's hottest path, and
+    /// gathering a row's cells into an array first cost an allocation per event.
+    static func decode(_ cells: inout PostgresRow.Iterator, lane: Lane) throws -> Event {
+        let scopeId = try nextCell(&cells).string()
+        let sourceTruthTime = try nextCell(&cells).timestamp()
+        let canonicalTruthTime = try nextCell(&cells).timestamp()
+        let eventId = try nextCell(&cells).eventId()
         let fields: LaneFields
         switch lane {
         case .raw:
-            fields = .raw(connectionId: try c[4].string(), sequence: try c[5].int64(), bytes: try c[6].byteArray())
+            fields = .raw(connectionId: try nextCell(&cells).string(), sequence: try nextCell(&cells).int64(), bytes: try nextCell(&cells).byteArray())
         case .parsed:
             fields = .parsed(
-                streamId: try c[4].string(), streamType: try c[5].string(), schemaVersion: try c[6].string(),
-                payload: CanonicalPayload(canonicalUTF8: try c[7].byteArray()))
+                streamId: try nextCell(&cells).string(), streamType: try nextCell(&cells).string(), schemaVersion: try nextCell(&cells).string(),
+                payload: CanonicalPayload(canonicalUTF8: try nextCell(&cells).byteArray()))
         case .ui:
-            fields = .ui(viewId: try c[4].string(), payload: CanonicalPayload(canonicalUTF8: try c[5].byteArray()))
+            fields = .ui(viewId: try nextCell(&cells).string(), payload: CanonicalPayload(canonicalUTF8: try nextCell(&cells).byteArray()))
         case .command:
             fields = .command(
-                targetId: try c[4].string(), commandType: try c[5].string(), requestedBy: try c[6].string(),
-                payload: CanonicalPayload(canonicalUTF8: try c[7].byteArray()))
+                targetId: try nextCell(&cells).string(), commandType: try nextCell(&cells).string(), requestedBy: try nextCell(&cells).string(),
+                payload: CanonicalPayload(canonicalUTF8: try nextCell(&cells).byteArray()))
         case .metadata:
-            fields = .metadata(metadataType: try c[4].string(), payload: CanonicalPayload(canonicalUTF8: try c[5].byteArray()))
+            fields = .metadata(metadataType: try nextCell(&cells).string(), payload: CanonicalPayload(canonicalUTF8: try nextCell(&cells).byteArray()))
         }
-        return Event(
-            scopeId: try c[0].string(), sourceTruthTime: try c[1].timestamp(), canonicalTruthTime: try c[2].timestamp(),
-            eventId: try c[3].eventId(), fields: fields)
+        return Event(scopeId: scopeId, sourceTruthTime: sourceTruthTime, canonicalTruthTime: canonicalTruthTime, eventId: eventId, fields: fields)
+    }
+
+    static func nextCell(_ cells: inout PostgresRow.Iterator) throws(StoreError) -> PostgresCell {
+        guard let cell = cells.next() else { throw StoreError(.internalError, "a row has fewer columns than the lane's read") }
+        return cell
     }
 
     /// PostgreSQL's plan for an ordered lane read (`EXPLAIN`, text format), one line per node.
