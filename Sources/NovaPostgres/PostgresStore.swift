@@ -214,8 +214,8 @@ public final class PostgresStore: EventStore, Service, Sendable {
             if !acquired.isSet {
                 timedOut.set()
                 operation.cancel()
-                return
             }
+            // Armed either way: a cancelled lease that never returns is bounded as well.
             bound.arm(loop.scheduleTask(in: .seconds(Int64(limit - server.pool.connectionTimeout))) {
                 operation.cancel()
                 outcome.resume(.failure(StoreError(.unavailable, "\(server): no answer from the server within \(limit) s (it is down or overloaded)")))
