@@ -314,6 +314,8 @@ import Testing
             let perBatch = 200
             let ready = TestCounter()
             let fastDone = TestCounter()
+            let ingested = TestCounter()
+            let ingestMillis = TestCounter()
             let results = try await withThrowingTaskGroup(of: (slow: Bool, ids: [String], done: ContinuousClock.Instant).self) { group in
                 for k in 0..<20 {
                     let slow = k == 0
@@ -336,15 +338,20 @@ import Testing
                                 stream.stall(false)
                             }
                             do {
+                                // Delivery is bounded from the last commit, not from the start of
+                                // the ingest, which shares the loaded test process: in a CI run a
+                                // fast client timed out with 3,118 events and held all 4,000, in
+                                // commit order, a moment later.
+                                try await waitFor("the ingest to finish", timeout: .seconds(90)) { ingested.value == 1 }
                                 try await stream.wait(forEvents: batches * perBatch, timeout: .seconds(60))
                             } catch {
                                 // Late or lost? Say whether what arrived is the commit order's prefix.
-                                let expected = (try? await Self.committedIds(store, scope: "load")) ?? []
                                 let got = stream.eventIds
+                                let expected = (try? await Self.committedIds(store, scope: "load")) ?? []
                                 let firstDifference = zip(got, expected).enumerated().first { $0.element.0 != $0.element.1 }?.offset
                                 let received = Set(got)
                                 let missing = expected.indices.filter { !received.contains(expected[$0]) }
-                                print("twentyLiveClients, client \(k) (\(backend), slow: \(slow)): \(got.count) of \(expected.count) events, first difference at \(firstDifference.map(String.init) ?? "none"), missing positions \(missing.first ?? -1)...\(missing.last ?? -1) (\(missing.count))")
+                                print("twentyLiveClients, client \(k) (\(backend), slow: \(slow)): \(error); \(got.count) of \(expected.count) events, first difference at \(firstDifference.map(String.init) ?? "none"), missing positions \(missing.first ?? -1)...\(missing.last ?? -1) (\(missing.count)), ingest took \(ingestMillis.value) ms (0: unfinished), \(stream.eventIds.count) held after the check")
                                 throw error
                             }
                             let doneAt = ContinuousClock.now
@@ -361,6 +368,7 @@ import Testing
                 try await waitFor("20 LIVE clients caught up", timeout: .seconds(60)) { ready.value == 20 }
                 // Two concurrent writers, so commit order is not simply posting order; other
                 // scopes' events are interleaved and must not be delivered.
+                let ingestStart = ContinuousClock.now
                 try await withThrowingTaskGroup(of: Void.self) { writers in
                     for w in 0..<2 {
                         writers.addTask {
@@ -373,6 +381,10 @@ import Testing
                     }
                     try await writers.waitForAll()
                 }
+                ingestMillis.set(Int(ingestStart.duration(to: .now) / .milliseconds(1)))
+                // For reading a failure of this test in a full run: how long the writers took.
+                print("twentyLiveClients (\(backend)): ingest of \(batches) batches took \(ingestMillis.value) ms")
+                ingested.set(1)
                 var all = [(slow: Bool, ids: [String], done: ContinuousClock.Instant)]()
                 for try await r in group { all.append(r) }
                 return all
