@@ -43,6 +43,7 @@ import Testing
             offset += 1_000_000
             let received = TestCounter()
             let repeated = TestCounter()
+            let stop = TestCounter()
             try await withThrowingTaskGroup(of: Void.self) { group in
                 // Ingest: batches of 100 until the recorder dies; only acknowledged ones count.
                 group.addTask {
@@ -54,21 +55,30 @@ import Testing
                         k += 100
                     }
                 }
-                // A LIVE client reading everything as it commits.
+                // A LIVE client reading everything as it commits. It ends when the connection
+                // does, or when told to, never by cancellation: a cancelled WebSocket client
+                // skips its close timeout (swift-websocket sleeps for it in a task that inherits
+                // the cancellation) and then waits for inbound data it no longer reads, which
+                // froze a whole test run here with the socket to the killed recorder in
+                // CLOSE_WAIT and no task left to run.
                 group.addTask {
                     _ = try? await withStream(port: edgePort, query: "scope=kill&mode=live") { stream in
-                        while true {
-                            try await Task.sleep(for: .milliseconds(50))
+                        func count() {
                             let ids = stream.eventIds
                             received.set(ids.count)
                             repeated.set(ids.count - Set(ids).count)
                         }
+                        while stop.value == 0, !stream.closedByServer {
+                            try await Task.sleep(for: .milliseconds(50))
+                            count()
+                        }
+                        count()
                     }
                 }
                 try await Task.sleep(for: killAfter)
                 edge.kill()
                 _ = try await edge.wait()
-                group.cancelAll()
+                stop.set(1)
                 try await group.waitForAll()
             }
             streamed += received.value
