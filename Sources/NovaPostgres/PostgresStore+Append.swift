@@ -127,7 +127,7 @@ extension PostgresStore {
             WITH ins AS (
                 INSERT INTO "eventIndex" ("sourceTruthTime", "eventId", "lane")
                 SELECT "sourceTruthTime", "eventId", "lane"::int2
-                FROM unnest($1::int4[], $2::timestamptz[], $3::bytea[]) AS t("lane", "sourceTruthTime", "eventId")
+                FROM \(Self.rows(of: ["$1::int4[]", "$2::timestamptz[]", "$3::bytea[]"], as: ["lane", "sourceTruthTime", "eventId"]))
                 ORDER BY "sourceTruthTime", "eventId"
                 ON CONFLICT DO NOTHING RETURNING "eventId")
             SELECT count(*), CASE WHEN count(*) < $4 THEN array_agg("eventId") END FROM ins
@@ -185,7 +185,7 @@ extension PostgresStore {
             let values = (["b.\"value\" + 1 + t.\"ord\""] + t.columns.map { "t.\"\($0)\"" }).joined(separator: ", ")
             inserts.append("""
                 l\(lane.rank) AS (INSERT INTO "\(t.table)" (\(quoted(["ingestSeq"] + t.columns))) SELECT \(values)
-                    FROM base b CROSS JOIN unnest(\(arrays.joined(separator: ", "))) AS t(\(quoted(["ord"] + t.columns))))
+                    FROM base b CROSS JOIN \(rows(of: arrays, as: ["ord"] + t.columns)))
                 """)
         }
         let count = parameter("int8")
@@ -200,6 +200,15 @@ extension PostgresStore {
                 SELECT "value" + 1 FROM base WHERE (SELECT count(*) FROM notified) >= 0
                 """ } ?? #"SELECT "value" + 1 FROM base"#)
             """
+    }
+
+    /// The rows of parallel arrays (of one length), as `t`: `unnest` in a select list, which
+    /// PostgreSQL streams (ProjectSet), not `unnest(a, b, …)` in `FROM`, which it first copies
+    /// whole into a tuple store. Measured on 300,000 raw frames in batches of 5,000 into a table
+    /// with the lane's indexes: 3,180-3,280 ms → 2,530-2,590 ms; into `eventIndex`: 1,800-1,920
+    /// → 1,680-1,810 ms.
+    static func rows(of arrays: [String], as names: [String]) -> String {
+        "(SELECT \(zip(arrays, names).map { "unnest(\($0)) AS \"\($1)\"" }.joined(separator: ", "))) AS t"
     }
 
     private static let statsConflict = """
