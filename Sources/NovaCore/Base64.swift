@@ -10,6 +10,14 @@ public enum Base64 {
         return table
     }()
 
+    /// The URL and filename safe alphabet (RFC 4648 section 5), for tokens such as cursors.
+    private static let urlAlphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
+    private static let urlValues: [UInt8] = {
+        var table = [UInt8](repeating: 0xFF, count: 256)
+        for (k, c) in urlAlphabet.enumerated() { table[Int(c)] = UInt8(k) }
+        return table
+    }()
+
     public static func encode(_ bytes: [UInt8]) -> String {
         var out = [UInt8]()
         encode(bytes, into: &out)
@@ -18,6 +26,26 @@ public enum Base64 {
 
     /// Appends the encoding of `bytes` to `out`.
     public static func encode(_ bytes: [UInt8], into out: inout [UInt8]) {
+        encode(bytes, into: &out, alphabet: alphabet)
+    }
+
+    /// `bytes` in the URL-safe alphabet without padding.
+    public static func encodeURL(_ bytes: [UInt8]) -> String {
+        var out = [UInt8]()
+        encode(bytes, into: &out, alphabet: urlAlphabet)
+        while out.last == UInt8(ascii: "=") { out.removeLast() }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// The decoded bytes of unpadded URL-safe base64, or nil for anything else.
+    public static func decodeURL(_ text: String) -> [UInt8]? {
+        var padded = Array(text.utf8)
+        guard padded.count % 4 != 1, !padded.contains(UInt8(ascii: "=")) else { return nil }
+        padded += repeatElement(UInt8(ascii: "="), count: (4 - padded.count % 4) % 4)
+        return padded.withUnsafeBufferPointer { decode($0, values: urlValues) }
+    }
+
+    private static func encode(_ bytes: [UInt8], into out: inout [UInt8], alphabet: [UInt8]) {
         out.reserveCapacity(out.count + (bytes.count + 2) / 3 * 4)
         var k = 0
         while k + 3 <= bytes.count {
@@ -45,6 +73,10 @@ public enum Base64 {
     }
 
     public static func decode(_ s: UnsafeBufferPointer<UInt8>) -> [UInt8]? {
+        decode(s, values: values)
+    }
+
+    private static func decode(_ s: UnsafeBufferPointer<UInt8>, values: [UInt8]) -> [UInt8]? {
         guard s.count % 4 == 0 else { return nil }
         if s.isEmpty { return [] }
         var padding = 0

@@ -1,5 +1,4 @@
 import Crypto
-import Foundation
 
 /// Keyset page cursors, opaque to clients.
 ///
@@ -26,19 +25,13 @@ public enum Cursor {
         body.append(contentsOf: key.eventId.bytes)
         body.appendString(key.connectionId)
         body.append(contentsOf: checksum(body))
-        return Data(body).base64EncodedString()
-            .replacingOccurrences(of: "+", with: "-")
-            .replacingOccurrences(of: "/", with: "_")
-            .replacingOccurrences(of: "=", with: "")
+        return Base64.encodeURL(body)
     }
 
     public static func decode(_ text: String, for query: EventQuery) throws(DecodingError) -> OrderingKey {
         let invalid = DecodingError(rule: "not a cursor issued by this API (garbled or forged)")
         guard text.utf8.count <= 1024, text.utf8.allSatisfy({ isBase64URL($0) }) else { throw invalid }
-        var b64 = text.replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
-        b64 += String(repeating: "=", count: (4 - b64.utf8.count % 4) % 4)
-        guard let data = Data(base64Encoded: b64) else { throw invalid }
-        let bytes = [UInt8](data)
+        guard let bytes = Base64.decodeURL(text) else { throw invalid }
         // version 1 + fingerprint 8 + time 8 + lane 1 + sequence 8 + id 32 + length 4 + checksum 8
         guard bytes.count >= 70, bytes[0] == version else { throw invalid }
         let body = Array(bytes[..<(bytes.count - 8)])
