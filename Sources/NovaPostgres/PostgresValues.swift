@@ -62,28 +62,6 @@ extension PostgresCell {
         return Array(b.readableBytesView)
     }
 
-    /// A one-dimensional `bytea[]` of ids, without NULLs.
-    func eventIdArray() throws(StoreError) -> [EventID] {
-        var values = [EventID]()
-        try forEachElement(of: .bytea, width: 32) { b in values.append(b.withUnsafeReadableBytes { EventID(bytes: $0)! }) }
-        return values
-    }
-
-    /// Walks an array's binary form (header: dimensions, NULL flag, element type, then length and
-    /// lower bound per dimension; then length-prefixed values), each value `width` bytes.
-    private func forEachElement(of type: PostgresDataType, width: Int32, _ body: (inout ByteBuffer) -> Void) throws(StoreError) {
-        guard var b = bytes, let dims = b.readInteger(as: Int32.self), b.readInteger(as: Int32.self) != nil,
-              b.readInteger(as: UInt32.self) == type.rawValue
-        else { throw StoreError(.internalError, "column \(columnName) is not an array of \(type)") }
-        guard dims == 1, let count = b.readInteger(as: Int32.self), b.readInteger(as: Int32.self) != nil else { return }
-        for _ in 0..<count {
-            guard b.readInteger(as: Int32.self) == width, var value = b.readSlice(length: Int(width)) else {
-                throw StoreError(.internalError, "column \(columnName) holds a NULL or a value that is not \(width) bytes of \(type)")
-            }
-            body(&value)
-        }
-    }
-
     func eventId() throws(StoreError) -> EventID {
         guard let b = bytes, b.readableBytes == 32 else { throw StoreError(.internalError, "column \(columnName) is not a 32-byte id") }
         return b.withUnsafeReadableBytes { EventID(bytes: $0)! }
