@@ -308,6 +308,24 @@ import Testing
         return out
     }
 
+    /// `batches` batches of `perBatch` frames of scope `load`, one second apart, posted by two
+    /// concurrent writers, so that commit order is not simply posting order; each batch also
+    /// holds 5 frames of scope `other`, which streams of `load` must not deliver.
+    static func ingestFromTwoWriters(_ client: some TestClientProtocol, batches: Int, perBatch: Int) async throws {
+        try await withThrowingTaskGroup(of: Void.self) { writers in
+            for w in 0..<2 {
+                writers.addTask {
+                    for b in stride(from: w, to: batches, by: 2) {
+                        let start = Timestamp(microseconds: t0.microseconds + Int64(b) * 1_000_000)
+                        try await client.ingest(frames(perBatch, scope: "load", from: start, stepMillis: 1, connection: "w\(w)")
+                            + frames(5, scope: "other", from: start, connection: "x\(b)"))
+                    }
+                }
+            }
+            try await writers.waitForAll()
+        }
+    }
+
     /// The backends one after the other: both at once, beside the rest of the suite, loaded a
     /// two-core machine's test process enough to delay each server step by seconds.
     @Test(.serialized, arguments: Backend.allCases)
@@ -370,21 +388,8 @@ import Testing
                 }
                 // Bounded: a client that failed before it was ready must fail the test, not hang it.
                 try await waitFor("20 LIVE clients caught up", timeout: .seconds(60)) { ready.value == 20 }
-                // Two concurrent writers, so commit order is not simply posting order; other
-                // scopes' events are interleaved and must not be delivered.
                 let ingestStart = ContinuousClock.now
-                try await withThrowingTaskGroup(of: Void.self) { writers in
-                    for w in 0..<2 {
-                        writers.addTask {
-                            for b in stride(from: w, to: batches, by: 2) {
-                                let start = Timestamp(microseconds: Self.t0.microseconds + Int64(b) * 1_000_000)
-                                try await client.ingest(Self.frames(perBatch, scope: "load", from: start, stepMillis: 1, connection: "w\(w)")
-                                    + Self.frames(5, scope: "other", from: start, connection: "x\(b)"))
-                            }
-                        }
-                    }
-                    try await writers.waitForAll()
-                }
+                try await Self.ingestFromTwoWriters(client, batches: batches, perBatch: perBatch)
                 ingestMillis.set(max(1, Int(ingestStart.duration(to: .now) / .milliseconds(1))))
                 // For reading a failure of this test in a full run: how long the writers took.
                 print("twentyLiveClients (\(backend)): ingest of \(batches) batches took \(ingestMillis.value) ms")
@@ -412,20 +417,8 @@ import Testing
                 try await stream.wait(forType: "caughtUp")
                 try await stream.send(#"{"type":"pause"}"#)
                 try await stream.wait(forType: "heartbeat")
-                // Two writers, so that commit order is not posting order, with another scope's
-                // events between; six batches of 100 pass a tail of 100.
-                try await withThrowingTaskGroup(of: Void.self) { writers in
-                    for w in 0..<2 {
-                        writers.addTask {
-                            for b in stride(from: w, to: 6, by: 2) {
-                                let start = Timestamp(microseconds: Self.t0.microseconds + Int64(b) * 1_000_000)
-                                try await client.ingest(Self.frames(100, scope: "load", from: start, stepMillis: 1, connection: "w\(w)")
-                                    + Self.frames(5, scope: "other", from: start, connection: "x\(b)"))
-                            }
-                        }
-                    }
-                    try await writers.waitForAll()
-                }
+                // Six batches of 100 pass a tail of 100.
+                try await Self.ingestFromTwoWriters(client, batches: 6, perBatch: 100)
                 try await stream.send(#"{"type":"resume"}"#)
                 try await stream.wait(forEvents: 600)
                 // Back on the tail: a commit after the catch-up arrives too, once.
