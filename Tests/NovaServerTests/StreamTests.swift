@@ -249,7 +249,9 @@ import Testing
             committed += zip(seqs, events).map { ($0, $1) }
             await feed.published(events, seqs: seqs)
         }
-        // Before any whole-scope read there are no runs: such a stream is served entry by entry.
+        // A stream arrives (a feed nobody uses keeps no tail), before any whole-scope read:
+        // there are no runs, and such a stream is served entry by entry.
+        _ = await feed.read(after: 0, max: 4_096)
         await publish(Self.frames(300, scope: "a", connection: "early"))
         guard case .entries = await feed.read(after: 0, max: 4_096, wholeScope: "a") else {
             Issue.record("frames before framing began")
@@ -290,6 +292,62 @@ import Testing
             position = framed.position
         }
         #expect(count == 5 * 55)
+    }
+
+    /// A feed nobody reads drops its tail and only follows the head; the next stream gets no
+    /// entry across the commits it skipped (it reads them from the store), and the tail then
+    /// continues from the head.
+    @Test func anIdleFeedFollowsTheHeadAndNeverSkipsACommit() async throws {
+        let (store, cleanup) = try await Backend.sqlite.makeStore()
+        let feed = CommitFeed(store: store, capacity: 20_000, idleAfter: .milliseconds(200), logger: quietLogger)
+        try await feed.start()
+        func publish(_ seqs: ClosedRange<Int64>, _ connection: String) async {
+            await feed.published(Self.frames(seqs.count, scope: "a", connection: connection), seqs: Array(seqs))
+        }
+        // Nobody has used it yet: idle from the start.
+        await publish(1...100, "zero")
+        guard case .upToDate = await feed.read(after: 100, max: 4_096), case .behind = await feed.read(after: 0, max: 4_096) else {
+            Issue.record("a feed nobody used holds a tail")
+            await cleanup()
+            return
+        }
+        await publish(101...200, "first")
+        guard case .entries(let first) = await feed.read(after: 100, max: 4_096) else {
+            Issue.record("a feed in use does not hold its tail")
+            await cleanup()
+            return
+        }
+        #expect(first.map(\.seq) == Array(101...200))
+        try await Task.sleep(for: .milliseconds(400))
+        // Idle: batches (here out of commit order) only move the head.
+        await publish(301...400, "third")
+        await publish(201...300, "second")
+        #expect(await feed.head == 400)
+        for after: Int64 in [0, 100, 200, 250, 399] {
+            guard case .behind = await feed.read(after: after, max: 4_096) else {
+                Issue.record("after \(after): the idle feed's skipped commits must be read from the store")
+                continue
+            }
+        }
+        guard case .upToDate = await feed.read(after: 400, max: 4_096) else {
+            Issue.record("a stream at the head is not up to date")
+            await cleanup()
+            return
+        }
+        // In use again: the tail continues from the head.
+        await publish(401...450, "fourth")
+        guard case .entries(let fourth) = await feed.read(after: 400, max: 4_096) else {
+            Issue.record("the feed in use again does not hold its tail")
+            await cleanup()
+            return
+        }
+        #expect(fourth.map(\.seq) == Array(401...450))
+        guard case .behind = await feed.read(after: 399, max: 4_096) else {
+            Issue.record("the tail begins at the head it followed while idle")
+            await cleanup()
+            return
+        }
+        await cleanup()
     }
 
     /// The payloads of unmasked text frames, back to back (RFC 6455, 5.2).
