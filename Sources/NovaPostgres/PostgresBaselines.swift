@@ -147,6 +147,19 @@ public final class PostgresBareQuery: Sendable {
 }
 
 extension PostgresBaselines {
+    /// The server's version and the store's mode, for a benchmark's report (nil when the
+    /// database holds no NOVA store).
+    public static func describe(_ location: PostgresLocation, logger: Logger) async -> String? {
+        try? await withClient(location, logger: logger) { client in
+            let rows = try await client.query("""
+                SELECT current_setting('server_version'), (SELECT "value" FROM "novaStore" WHERE "key" = 'mode'),
+                    (SELECT extversion FROM pg_extension WHERE extname = 'timescaledb')
+                """).collect()
+            guard let (version, mode, timescale) = try rows.first?.decode((String, String?, String?).self), let mode else { return nil }
+            return "PostgreSQL \(version), \(mode) mode" + (timescale.map { " (TimescaleDB \($0))" } ?? "")
+        }
+    }
+
     /// `VACUUM (ANALYZE)` the database after a bulk load, so that measurements do not race
     /// autovacuum and both sides of a comparison see the same settled tables.
     public static func settle(_ location: PostgresLocation, logger: Logger) async throws {

@@ -55,11 +55,14 @@ struct BenchMigrate: AsyncParsableCommand {
         let verifyStarted = ContinuousClock.now
         let verify = try runChild(["verify", "sqlite:\(source.sqlitePath)", locator])
         let verifySeconds = (ContinuousClock.now - verifyStarted).seconds
-        if verify.status != 0 { errors.append("nova verify found differences: \(verify.output.suffix(500))") }
-        // What a comparison costs (dual mode compares what is new every `dual.verifyEvery`, and sweeps `verifyWindow` every `sweepEvery`).
-        checks.append(String(
-            format: "nova verify: the target equals the source (count and XOR of ids per 1-minute bucket); it read both stores in %.1f s, %.0f events/s",
-            verifySeconds, Double(events) / max(verifySeconds, 0.001)))
+        if verify.status != 0 {
+            errors.append("nova verify found differences: \(verify.output.suffix(500))")
+        } else {
+            // What a comparison costs (dual mode compares what is new every `dual.verifyEvery`, and sweeps `verifyWindow` every `sweepEvery`).
+            checks.append(String(
+                format: "nova verify: the target equals the source (count and XOR of ids per 1-minute bucket); it read both stores in %.1f s, %.0f events/s",
+                verifySeconds, Double(events) / max(verifySeconds, 0.001)))
+        }
 
         // Baseline: the same rows, one psql \copy into an indexed table.
         let base = try await BenchStore(store, directory: work, logger: logger)
@@ -87,7 +90,7 @@ struct BenchMigrate: AsyncParsableCommand {
         if copy.status != 0 { errors.append("psql \\copy failed: \(copy.output.suffix(300))") }
 
         let report = BenchReport(
-            benchmark: "migrate", groups: [BenchGroup("backfill of \(events) raw frames, SQLite → PostgreSQL", figure: figure, baselines: [baseline])],
+            benchmark: "migrate", store: await target.describe(), groups: [BenchGroup("backfill of \(events) raw frames, SQLite → PostgreSQL", figure: figure, baselines: [baseline])],
             peakRSSBytes: rss, checks: checks, errors: errors)
         report.printTable()
         if let json = options.json { try report.write(to: json) }

@@ -113,7 +113,7 @@ struct BenchQuery: AsyncParsableCommand {
         let rss = peakRSS(pid: child.pid)
         await child.stop()
         let report = BenchReport(
-            benchmark: database == nil ? "query" : "query-postgres", groups: groups, peakRSSBytes: rss,
+            benchmark: database == nil ? "query" : "query-postgres", store: await benchStore.describe(), groups: groups, peakRSSBytes: rss,
             checks: ["\(checked) HTTP answers checked for their count, every tenth also for contract order"], errors: errors)
         report.printTable()
         if let json = options.json { try report.write(to: json) }

@@ -80,7 +80,7 @@ struct BenchStream: AsyncParsableCommand {
         let to = Timestamp(microseconds: generated[events - 1].canonicalTruthTime.microseconds + 1)
         let rewind = try await measureRewind(base: child.base, from: from, to: to, expected: generated)
         errors += rewind.errors
-        checks.append("REWIND: \(events) events counted, every tenth id checked against the contract order, then `end`")
+        if rewind.errors.isEmpty { checks.append("REWIND: \(events) events counted, every tenth id checked against the contract order, then `end`") }
         rss = max(rss ?? 0, peakRSS(pid: child.pid) ?? 0)
         await child.stop()
         let bare: BenchFigure
@@ -104,7 +104,7 @@ struct BenchStream: AsyncParsableCommand {
         groups.append(BenchGroup("REWIND at speed 0 of \(events) events to one WebSocket client", figure: rewind.figure, baselines: [bare]))
 
         let report = BenchReport(
-            benchmark: database == nil ? "stream" : "stream-postgres", groups: groups, peakRSSBytes: rss, checks: checks, errors: errors)
+            benchmark: database == nil ? "stream" : "stream-postgres", store: await benchStore.describe(), groups: groups, peakRSSBytes: rss, checks: checks, errors: errors)
         report.printTable()
         if let json = options.json { try report.write(to: json) }
         if !errors.isEmpty { throw ExitCode(1) }

@@ -96,11 +96,14 @@ struct BenchReport: Codable {
     var machine: BenchMachine
     var groups: [BenchGroup]
     var peakRSSBytes: Int?
+    /// The measured store: for PostgreSQL its server version and the store's mode.
+    var store: String?
     var checks: [String]
     var errors: [String]
 
-    init(benchmark: String, machine: BenchMachine = .current(), groups: [BenchGroup], peakRSSBytes: Int?, checks: [String], errors: [String]) {
+    init(benchmark: String, machine: BenchMachine = .current(), store: String? = nil, groups: [BenchGroup], peakRSSBytes: Int?, checks: [String], errors: [String]) {
         self.benchmark = benchmark
+        self.store = store
         self.date = Timestamp.now().rfc3339
         self.command = (["nova"] + CommandLine.arguments.dropFirst()).joined(separator: " ")
         self.machine = machine
@@ -121,6 +124,7 @@ struct BenchReport: Codable {
             "  \(f.name.padding(toLength: 62, withPad: " ", startingAt: 0)) \(f.summary)"
         }
         print("\n\(benchmark) benchmark, \(machine.cores) cores, \(machine.memoryBytes >> 30) GiB, \(machine.build) build")
+        if let store { print(" store: \(store)") }
         for group in groups {
             print(" \(group.name):")
             print(row(group.figure))
@@ -305,6 +309,12 @@ final class BenchStore {
             database = created
             BenchLifetime.onSignal { Self.drop(created, server: location, logger: logger) }
         }
+    }
+
+    /// What the report names as the store: SQLite, or PostgreSQL's version and the store's mode.
+    func describe() async -> String {
+        guard let database else { return "SQLite" }
+        return await PostgresBaselines.describe(database, logger: logger) ?? "PostgreSQL (no NOVA store in \(database.database))"
     }
 
     /// Drops the temporary database (from a `defer`, hence blocking).

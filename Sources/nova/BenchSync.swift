@@ -74,8 +74,9 @@ struct BenchSync: AsyncParsableCommand {
         }
         let catchUp = BenchFigure.throughput("nova sync: backlog shipped edge → hub, until acknowledged", events: Int(acked), time: ContinuousClock.now - started)
         rss = peakRSS(pid: edge.pid)
-        errors += try await Self.compare(edge: edge.base, hub: hub.base, scope: DeviceFrames.scope)
-        checks.append("CATCH-UP: the hub's bucket digests equal the edge's (count and XOR of ids per minute)")
+        let catchUpDifferences = try await Self.compare(edge: edge.base, hub: hub.base, scope: DeviceFrames.scope)
+        errors += catchUpDifferences
+        if catchUpDifferences.isEmpty { checks.append("CATCH-UP: the hub's bucket digests equal the edge's (count and XOR of ids per minute)") }
         await edge.stop()
 
         // Baseline: the same amount posted to a fresh hub's own ingest, one batch at a time.
@@ -109,13 +110,14 @@ struct BenchSync: AsyncParsableCommand {
         errors += lagErrors
         checks.append(note)
         rss = max(rss ?? 0, peakRSS(pid: lagEdge.pid) ?? 0)
-        errors += try await Self.compare(edge: lagEdge.base, hub: hub.base, scope: "bench-lag")
-        checks.append("LAG: after the run the hub's bucket digests equal the edge's")
+        let lagDifferences = try await Self.compare(edge: lagEdge.base, hub: hub.base, scope: "bench-lag")
+        errors += lagDifferences
+        if lagDifferences.isEmpty { checks.append("LAG: after the run the hub's bucket digests equal the edge's") }
         await lagEdge.stop()
         await hub.stop()
 
         let report = BenchReport(
-            benchmark: hubStore.database == nil ? "sync" : "sync-postgres",
+            benchmark: hubStore.database == nil ? "sync" : "sync-postgres", store: "hub: \(await hubStore.describe())",
             groups: [
                 BenchGroup("CATCH-UP of a \(events)-event backlog, batches of \(batchSize), \(compression == "gzip" ? "gzipped" : "uncompressed"), over loopback", figure: catchUp, baselines: [baseline]),
                 BenchGroup("LAG at \(rate) events/s for \(seconds) s", figure: lag, baselines: [ack]),

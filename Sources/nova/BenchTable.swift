@@ -30,7 +30,7 @@ struct BenchTable: ParsableCommand {
             } catch {
                 throw CLIError("\(file): not a nova bench report: \(error)")
             }
-            let machine = "\(report.machine.cores) cores, \(report.machine.memoryBytes >> 30) GiB, \(report.machine.build)"
+            let machine = "\(report.machine.cores) cores, \(report.machine.memoryBytes >> 30) GiB, \(report.machine.build)" + (report.store.map { ", \($0)" } ?? "")
             for group in report.groups {
                 for (baseline, ratio) in zip(group.baselines, group.ratios) {
                     let measure = group.figure.p95Ms != nil ? "p95 nova/baseline" : "nova/baseline"
