@@ -102,12 +102,11 @@ public actor CommitFeed {
     /// in a catch-up (perf) keeping 131,072 events that nobody read. Idle, it only follows the
     /// head.
     private var lastUse: ContinuousClock.Instant?
-    let idleAfter: Duration
+    static let idleAfter = Duration.seconds(10)
 
-    public init(store: any EventStore, capacity: Int = 131_072, idleAfter: Duration = .seconds(10), logger: Logger) {
+    public init(store: any EventStore, capacity: Int = 131_072, logger: Logger) {
         self.store = store
         self.capacity = capacity
-        self.idleAfter = idleAfter
         self.logger = logger
         ring.reserveCapacity(capacity)
     }
@@ -328,7 +327,13 @@ public actor CommitFeed {
     }
 
     /// No stream has used the feed for ``idleAfter``.
-    private var isIdle: Bool { waiters.isEmpty && lastUse.map { ContinuousClock.now - $0 > idleAfter } ?? true }
+    private var isIdle: Bool { waiters.isEmpty && lastUse.map { ContinuousClock.now - $0 > Self.idleAfter } ?? true }
+
+    /// As if ``idleAfter`` had passed since the last use: tests make the feed idle this way
+    /// rather than by sleeping, which a loaded machine could stretch across the active parts.
+    @_spi(Testing) public func forgetUse() {
+        lastUse = nil
+    }
 
     /// While idle: drops the tail and moves the head to `seq`. The ring never holds a gap this
     /// way: the next stream finds it empty, reads the store up to the head (`.behind`), and
