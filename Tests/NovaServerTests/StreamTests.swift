@@ -304,49 +304,34 @@ import Testing
         func publish(_ seqs: ClosedRange<Int64>, _ connection: String) async {
             await feed.published(Self.frames(seqs.count, scope: "a", connection: connection), seqs: Array(seqs))
         }
+        /// What a read answered, with the seqs of its entries: comparable in one `#expect`.
+        func read(after: Int64) async -> String {
+            switch await feed.read(after: after, max: 4_096) {
+            case .entries(let entries): "entries \(entries.first?.seq ?? 0)...\(entries.last?.seq ?? 0) (\(entries.count))"
+            case .frames: "frames"
+            case .behind: "behind"
+            case .upToDate: "upToDate"
+            }
+        }
         // Nobody has used it yet: idle from the start.
         await publish(1...100, "zero")
-        guard case .upToDate = await feed.read(after: 100, max: 4_096), case .behind = await feed.read(after: 0, max: 4_096) else {
-            Issue.record("a feed nobody used holds a tail")
-            await cleanup()
-            return
-        }
+        #expect(await read(after: 100) == "upToDate")
+        #expect(await read(after: 0) == "behind", "a feed nobody used holds a tail")
         await publish(101...200, "first")
-        guard case .entries(let first) = await feed.read(after: 100, max: 4_096) else {
-            Issue.record("a feed in use does not hold its tail")
-            await cleanup()
-            return
-        }
-        #expect(first.map(\.seq) == Array(101...200))
+        #expect(await read(after: 100) == "entries 101...200 (100)", "a feed in use holds its tail")
         await feed.forgetUse()
         // Idle: batches (here out of commit order) only move the head.
         await publish(301...400, "third")
         await publish(201...300, "second")
         #expect(await feed.head == 400)
         for after: Int64 in [0, 100, 200, 250, 399] {
-            guard case .behind = await feed.read(after: after, max: 4_096) else {
-                Issue.record("after \(after): the idle feed's skipped commits must be read from the store")
-                continue
-            }
+            #expect(await read(after: after) == "behind", "after \(after): the idle feed's skipped commits are read from the store")
         }
-        guard case .upToDate = await feed.read(after: 400, max: 4_096) else {
-            Issue.record("a stream at the head is not up to date")
-            await cleanup()
-            return
-        }
+        #expect(await read(after: 400) == "upToDate")
         // In use again: the tail continues from the head.
         await publish(401...450, "fourth")
-        guard case .entries(let fourth) = await feed.read(after: 400, max: 4_096) else {
-            Issue.record("the feed in use again does not hold its tail")
-            await cleanup()
-            return
-        }
-        #expect(fourth.map(\.seq) == Array(401...450))
-        guard case .behind = await feed.read(after: 399, max: 4_096) else {
-            Issue.record("the tail begins at the head it followed while idle")
-            await cleanup()
-            return
-        }
+        #expect(await read(after: 400) == "entries 401...450 (50)", "the feed in use again holds its tail")
+        #expect(await read(after: 399) == "behind", "the tail begins at the head it followed while idle")
         await cleanup()
     }
 
