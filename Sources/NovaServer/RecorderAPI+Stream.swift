@@ -40,7 +40,7 @@ extension RecorderAPI {
         let metrics = metrics
         let handOverDistance = handOverDistance
         let channel = context.requestContext.channel
-        try await withThrowingTaskGroup(of: Void.self) { group in
+        await withTaskGroup(of: Void.self) { group in
             group.addTask {
                 do {
                     for try await message in inbound.messages(maxSize: maxMessage) {
