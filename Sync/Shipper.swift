@@ -28,6 +28,8 @@ public final class Shipper: Service, Sendable {
         /// `sync.maxConcurrentBatches` at once (8 by default), so two edges catching up at once
         /// still fit.
         public var window = 3
+        /// The most bytes of events in one batch (`sync.maxBatchBytes`).
+        public var maxBatchBytes = 8 << 20
 
         public init(siteId: String, batchSize: Int, maxBackoff: Duration) {
             self.siteId = siteId
@@ -82,7 +84,7 @@ public final class Shipper: Service, Sendable {
     }
 
     private func loop() async {
-        var machine = ShipperMachine(maxBackoff: settings.maxBackoff)
+        var machine = ShipperMachine(maxBackoff: settings.maxBackoff, maxBatchBytes: settings.maxBatchBytes)
         var action = machine.start()
         var lastContact = ContinuousClock.now - settings.heartbeat
         var lastGauges = ContinuousClock.now - .seconds(1)
@@ -129,21 +131,23 @@ public final class Shipper: Service, Sendable {
                     } else {
                         for stale in followers { try await record(await stale.answer(), of: stale) }
                         followers = []
-                        guard let batch = try await prepare(after: after) else {
+                        guard let batch = try await prepare(after: after, maxBytes: machine.batchBytes) else {
                             action = machine.next(lastSeq: after, heartbeatDue: heartbeatDue)
                             continue
                         }
                         current = send(batch)
                     }
                     var tail = followers.last?.batch ?? current.batch
-                    while followers.count < settings.window - 1, tail.head > tail.lastSeq, let next = try? await prepare(after: tail.lastSeq) {
+                    while followers.count < settings.window - 1, tail.head > tail.lastSeq, let next = try? await prepare(after: tail.lastSeq, maxBytes: machine.batchBytes) {
                         followers.append(send(next))
                         tail = next
                     }
                     let outcome = await current.answer()
                     lastContact = .now
                     try await record(outcome, of: current)
-                    action = machine.shipped(outcome, lastSeq: Swift.max(current.batch.head, followers.last?.batch.head ?? 0), random: .random(in: 0..<1))
+                    action = machine.shipped(
+                        outcome, lastSeq: Swift.max(current.batch.head, followers.last?.batch.head ?? 0), random: .random(in: 0..<1),
+                        sent: (current.batch.count, current.batch.bytes))
                     note(machine, outcome: outcome)
                     var inStep = false
                     if case .acknowledged(let w) = outcome { inStep = w.ackedSeq == current.batch.lastSeq }
@@ -204,6 +208,8 @@ public final class Shipper: Service, Sendable {
         var lastSeq: Int64
         var head: Int64
         var count: Int
+        /// The batch's encoded bytes (before compression).
+        var bytes: Int
         var pendingFrom: Timestamp?
         var encoded: SyncClient.Encoded
     }
@@ -238,16 +244,20 @@ public final class Shipper: Service, Sendable {
         if let from = batch.pendingFrom { metrics.lag.set(Swift.max(0, Double(Timestamp.now().microseconds - from.microseconds) / 1e6)) }
     }
 
-    /// Reads the batch after `after` and encodes it; nil when nothing is stored after it.
-    private func prepare(after: Int64) async throws -> Prepared? {
+    /// Reads the batch after `after` (at most `maxBytes` of events, or one event) and encodes it;
+    /// nil when nothing is stored after it.
+    private func prepare(after: Int64, maxBytes: Int) async throws -> Prepared? {
         let outbox = try await store.outboxState()
-        let events = try await store.committed(after: after, limit: settings.batchSize)
+        var events = try await store.committed(after: after, limit: settings.batchSize)
+        events.removeLast(events.count - SyncBatchCodec.fitting(events, maxBytes: maxBytes))
         guard let last = events.last else { return nil }
         let head = Swift.max(outbox.lastSeq, last.seq)
         let batch = SyncBatch(
             siteId: settings.siteId, storeId: outbox.storeId, firstSeq: after + 1, lastSeq: last.seq,
             pending: try await pendingFrom(after: last.seq, head: head), outboxSize: head - last.seq, events: events)
-        return Prepared(after: after, lastSeq: last.seq, head: head, count: events.count, pendingFrom: batch.pendingFrom, encoded: client.encode(batch))
+        let encoded = client.encode(batch)
+        return Prepared(
+            after: after, lastSeq: last.seq, head: head, count: events.count, bytes: encoded.uncompressedBytes, pendingFrom: batch.pendingFrom, encoded: encoded)
     }
 
     /// The smallest canonical time still unacknowledged after a batch ending at `last` (sync.md),
@@ -267,6 +277,13 @@ public final class Shipper: Service, Sendable {
         switch outcome {
         case .acknowledged: break
         case .gap(let w): logger.warning("sync: the hub is behind the batch sent (409); resuming from its watermark", metadata: ["ackedSeq": "\(w.ackedSeq)"])
+        case .tooLarge where machine.failures == 0:
+            logger.warning("sync: \(machine.lastError ?? "the hub refused a batch as too large"); set sync.maxBatchBytes below the hub's server.maxBodyBytes")
+        case .refused, .tooLarge:
+            // Not an outage: nothing ships until an operator acts, so every attempt says so.
+            logger.error("sync: the hub refused the request; retrying at the longest back-off", metadata: [
+                "error": "\(machine.lastError ?? "\(outcome)")", "backoff": "\(machine.backoff)",
+            ])
         default: note(machine, failure: machine.lastError ?? "\(outcome)")
         }
     }

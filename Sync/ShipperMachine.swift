@@ -34,6 +34,8 @@ public struct ShipperMachine: Sendable {
         case overloaded(retryAfter: Duration?)
         /// No answer: connection refused or reset, timeout, or a server error.
         case unreachable(String)
+        /// The hub refused the batch as too large (413): nothing was applied.
+        case tooLarge(String)
         /// The hub refused the request (a 4xx other than 409): a token or configuration fault
         /// that an operator must fix; retried at the longest back-off meanwhile.
         case refused(String)
@@ -50,10 +52,15 @@ public struct ShipperMachine: Sendable {
     public private(set) var upstreamReachable = false
     /// The back-off being waited, zero when none.
     public private(set) var backoff: Duration = .zero
+    /// The most bytes a batch's events may take: `sync.maxBatchBytes`, halved below the size of
+    /// each batch the hub refuses as too large, so that a hub with a lower body limit than the
+    /// edge assumed still gets everything, in smaller batches.
+    public private(set) var batchBytes: Int
 
-    public init(maxBackoff: Duration = .seconds(30), baseBackoff: Duration = .milliseconds(250)) {
+    public init(maxBackoff: Duration = .seconds(30), baseBackoff: Duration = .milliseconds(250), maxBatchBytes: Int = 8 << 20) {
         self.maxBackoff = maxBackoff
         self.baseBackoff = baseBackoff
+        self.batchBytes = maxBatchBytes
     }
 
     public mutating func start() -> Action {
@@ -83,8 +90,9 @@ public struct ShipperMachine: Sendable {
         return heartbeatDue ? .heartbeat(ackedSeq: acked) : .idle(after: acked)
     }
 
-    /// What a shipment came to; `random` in [0, 1) spreads back-offs (jitter).
-    public mutating func shipped(_ outcome: Outcome, lastSeq: Int64, random: Double) -> Action {
+    /// What a shipment came to; `random` in [0, 1) spreads back-offs (jitter). `sent`: the
+    /// batch's events and their bytes (nil for a heartbeat).
+    public mutating func shipped(_ outcome: Outcome, lastSeq: Int64, random: Double, sent: (events: Int, bytes: Int)? = nil) -> Action {
         switch outcome {
         case .acknowledged(let w):
             upstreamReachable = true
@@ -102,6 +110,17 @@ public struct ShipperMachine: Sendable {
         case .unreachable(let message):
             upstreamReachable = false
             return failed(message, random: random)
+        case .tooLarge(let message):
+            upstreamReachable = true
+            if let sent, sent.events > 1 {
+                // Nothing was applied; the same events go again, in smaller batches, at once.
+                batchBytes = Swift.max(1, Swift.min(batchBytes, sent.bytes) / 2)
+                lastError = "the hub refused a batch of \(sent.events) events (\(sent.bytes) bytes) as too large (413); batches now carry at most \(batchBytes) bytes"
+                ackedSeq = nil
+                return .fetchWatermark
+            }
+            failures = Swift.max(failures, 62)
+            return failed("\(message); a single event is over the hub's limit: raise server.maxBodyBytes at the hub", random: random)
         case .refused(let message):
             upstreamReachable = true
             failures = Swift.max(failures, 62)

@@ -85,16 +85,19 @@ public struct SyncClient: Sendable {
     public struct Encoded: Sendable {
         var body: ByteBuffer
         var headers: HTTPHeaders
+        /// The encoding's size before compression, which the hub's body limit also bounds.
+        var uncompressedBytes: Int
     }
 
     public func encode(_ batch: SyncBatch) -> Encoded {
         var body = ByteBuffer(bytes: SyncBatchCodec.encode(batch))
+        let uncompressedBytes = body.readableBytes
         var headers: HTTPHeaders = ["Content-Type": SyncBatchCodec.contentType]
         if gzip, let compressed = try? body.compress(with: .gzip(configuration: .init(compressionLevel: .fastestCompression))) {
             body = compressed
             headers.add(name: "Content-Encoding", value: "gzip")
         }
-        return Encoded(body: body, headers: headers)
+        return Encoded(body: body, headers: headers, uncompressedBytes: uncompressedBytes)
     }
 
     /// Sends a batch (or heartbeat) and says what came of it.
@@ -109,6 +112,7 @@ public struct SyncClient: Sendable {
             switch status {
             case 200: return .acknowledged(try Self.parseWatermark(answer))
             case 409: return .gap(try Self.parseWatermark(answer))
+            case 413: return .tooLarge(failure(status, answer).message)
             case 503: return .overloaded(retryAfter: retryAfter)
             case 500...: return .unreachable(failure(status, answer).message)
             default: return .refused(failure(status, answer).message)

@@ -112,10 +112,14 @@ extension SyncClient {
 public struct Repair: Sendable {
     public var siteId: String
     public var batchSize: Int
+    /// The most bytes of events per batch (`sync.maxBatchBytes`), so large events still fit the
+    /// receiver's body limit.
+    public var maxBatchBytes: Int
 
-    public init(siteId: String, batchSize: Int) {
+    public init(siteId: String, batchSize: Int, maxBatchBytes: Int = 8 << 20) {
         self.siteId = siteId
         self.batchSize = batchSize
+        self.maxBatchBytes = maxBatchBytes
     }
 
     /// Returns how many events were re-sent; `deliver` applies one batch or throws.
@@ -126,12 +130,14 @@ public struct Repair: Sendable {
         let storeId = try await edge.outboxState().storeId
         var sent = 0
         var pending = [CommittedEvent]()
+        var pendingBytes = 0
         func flush() async throws {
             guard !pending.isEmpty else { return }
             let batch = SyncBatch(kind: .repair, siteId: siteId, storeId: storeId, firstSeq: 0, lastSeq: 0, pendingFrom: nil, outboxSize: 0, events: pending)
             try await deliver(batch)
             sent += pending.count
             pending.removeAll(keepingCapacity: true)
+            pendingBytes = 0
         }
         let total = results.reduce(0) { $0 + $1.differences.filter { $0.left > 0 }.count }
         var done = 0
@@ -142,8 +148,13 @@ public struct Repair: Sendable {
                 var query = EventQuery(scopeId: result.scopeId, range: range, timebase: timebase, lanes: [difference.lane], limit: batchSize)
                 while true {
                     let page = try await edge.page(query)
-                    pending += page.events.map { CommittedEvent(seq: 0, event: $0) }
-                    if pending.count >= batchSize { try await flush() }
+                    for event in page.events {
+                        let bytes = SyncBatchCodec.recordBytes(event)
+                        if !pending.isEmpty, pendingBytes + bytes > maxBatchBytes { try await flush() }
+                        pending.append(CommittedEvent(seq: 0, event: event))
+                        pendingBytes += bytes
+                        if pending.count >= batchSize { try await flush() }
+                    }
                     guard let next = page.next else { break }
                     query.after = next
                 }

@@ -162,6 +162,9 @@ public struct NovaConfiguration: Sendable, Equatable {
         /// The environment variable that holds this site's sync token.
         public var tokenEnv = "NOVA_SYNC_TOKEN"
         public var batchSize = 5000
+        /// The most bytes of events one batch carries (before compression), so that large
+        /// events still fit the hub's `server.maxBodyBytes` (64 MiB by default).
+        public var maxBatchBytes = 8 << 20
         /// Whether the shipper gzips batches (`gzip`) or sends them as they are (`none`).
         public var compression = "gzip"
         /// The longest the shipper waits between attempts while the hub fails or refuses.
@@ -340,6 +343,7 @@ extension NovaConfiguration {
             config.sync.upstream = try s.string("upstream", default: config.sync.upstream, nonEmpty: true)
             config.sync.tokenEnv = try s.string("token_env", default: config.sync.tokenEnv, nonEmpty: true)
             config.sync.batchSize = try s.int("batchSize", default: config.sync.batchSize, in: 1...100_000)
+            config.sync.maxBatchBytes = try s.int("maxBatchBytes", default: config.sync.maxBatchBytes, in: (64 << 10)...(1 << 34))
             config.sync.compression = try s.string("compression", default: config.sync.compression, nonEmpty: true)
             guard ["gzip", "none"].contains(config.sync.compression) else {
                 throw ConfigurationError(key: "sync.compression", rule: "must be \"gzip\" or \"none\"")
@@ -396,7 +400,7 @@ extension NovaConfiguration {
                       "tls": \(server.tls.map { "{ \"certificate\": \(s($0.certificate)), \"key\": \(s($0.key)) }" } ?? "null") },
           "sync": {
             "enabled": \(sync.enabled), "upstream": \(s(sync.upstream)), "token_env": \(s(sync.tokenEnv)), "batchSize": \(sync.batchSize),
-            "compression": \(s(sync.compression)), "maxBackoffSeconds": \(sync.maxBackoffSeconds), "maxConcurrentBatches": \(sync.maxConcurrentBatches),
+            "maxBatchBytes": \(sync.maxBatchBytes), "compression": \(s(sync.compression)), "maxBackoffSeconds": \(sync.maxBackoffSeconds), "maxConcurrentBatches": \(sync.maxConcurrentBatches),
             "caFile": \(sync.caFile.map(s) ?? "null")
           },
           "limits": { "maxStringBytes": \(limits.maxStringBytes), "maxFrameBytes": \(limits.maxFrameBytes), "maxPayloadBytes": \(limits.maxPayloadBytes) }

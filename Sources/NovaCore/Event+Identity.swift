@@ -37,6 +37,22 @@ extension Event {
         }
     }
 
+    /// The length of this event's pre-image, without writing it (a sync batch's size is bounded
+    /// before it is encoded).
+    public var preimageLength: Int {
+        func string(_ s: String) -> Int { 4 + s.utf8.count }
+        let common = string(Event.preimageTag) + string(fields.lane.rawValue) + string(scopeId) + 8
+        switch fields {
+        case .raw(let connectionId, _, let bytes): return common + string(connectionId) + 8 + 4 + bytes.count
+        case .parsed(let streamId, let streamType, let schemaVersion, let payload):
+            return common + string(streamId) + string(streamType) + string(schemaVersion) + 4 + payload.utf8.count
+        case .ui(let viewId, let payload): return common + string(viewId) + 4 + payload.utf8.count
+        case .command(let targetId, let commandType, let requestedBy, let payload):
+            return common + string(targetId) + string(commandType) + string(requestedBy) + 4 + payload.utf8.count
+        case .metadata(let metadataType, let payload): return common + string(metadataType) + 4 + payload.utf8.count
+        }
+    }
+
     /// The pre-image's first field, which versions it.
     public static let preimageTag = "nova.event.v1"
 

@@ -38,6 +38,22 @@ public enum SyncBatchCodec {
         }
     }
 
+    /// How many of `events`, from the first, fit in a version 2 batch of at most `maxBytes` (its
+    /// header aside); at least one, which is sent however large it is.
+    public static func fitting(_ events: [CommittedEvent], maxBytes: Int) -> Int {
+        var total = 0
+        for (k, committed) in events.enumerated() {
+            total += recordBytes(committed.event)
+            if total > maxBytes { return Swift.max(1, k) }
+        }
+        return events.count
+    }
+
+    /// An event's record in a version 2 batch: seq, canonical time, id, length, pre-image.
+    public static func recordBytes(_ event: Event) -> Int {
+        8 + 8 + 32 + 4 + event.preimageLength
+    }
+
     public static func encode(_ batch: SyncBatch, version: Int = version) -> [UInt8] {
         precondition(version == 1 || version == 2, "sync batch encoding: version 1 or 2")
         var out = [UInt8]()

@@ -33,6 +33,8 @@ extension RecorderAPI {
         case "gzip":
             do {
                 body = try body.decompress(with: .gzip(), maxSize: maxBytes)
+            } catch let error as CompressNIOError where error == .bufferOverflow {
+                throw APIError(.contentTooLarge, "body: exceeds the limit of \(maxBytes) bytes (server.maxBodyBytes) once decompressed; nothing applied")
             } catch {
                 throw APIError(.badRequest, "body: not valid gzip data or over \(maxBytes) bytes once decompressed; nothing applied")
             }

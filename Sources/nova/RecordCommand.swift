@@ -128,7 +128,8 @@ func makeShipper(
     if token == nil {
         logger.warning("sync: no token in the environment; the hub must run with auth off", metadata: ["token_env": "\(config.sync.tokenEnv)"])
     }
-    let settings = Shipper.Settings(siteId: config.core.siteId, batchSize: config.sync.batchSize, maxBackoff: .seconds(config.sync.maxBackoffSeconds))
+    var settings = Shipper.Settings(siteId: config.core.siteId, batchSize: config.sync.batchSize, maxBackoff: .seconds(config.sync.maxBackoffSeconds))
+    settings.maxBatchBytes = config.sync.maxBatchBytes
     let client = SyncClient(upstream: config.sync.upstream, token: token, gzip: config.sync.compression == "gzip", http: try SyncClient.http(trusting: config.sync.caFile))
     logger.info("sync: shipping to the hub", metadata: ["upstream": "\(config.sync.upstream)", "siteId": "\(config.core.siteId)", "batchSize": "\(config.sync.batchSize)"])
     return Shipper(store: store, client: client, settings: settings, inFlight: inFlight, registry: registry, logger: logger)

@@ -87,7 +87,7 @@ struct SyncRepairCommand: AsyncParsableCommand {
                 return
             }
             print("found \(differing) differing buckets; re-shipping the edge's events of them")
-            let repair = Repair(siteId: config.core.siteId, batchSize: config.sync.batchSize)
+            let repair = Repair(siteId: config.core.siteId, batchSize: config.sync.batchSize, maxBatchBytes: config.sync.maxBatchBytes)
             let sent = try await repair.run(
                 before, edge: store, timebase: verification.timebase, bucketMicros: verification.bucketMicros,
                 deliver: { batch in

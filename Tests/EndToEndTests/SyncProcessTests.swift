@@ -129,6 +129,31 @@ import Testing
         #expect(applied.sorted() == [1_000, 1_000], "\(sites)")
     }
 
+    @Test func largeEventsReachAHubWithASmallBodyLimitInSmallerBatches() async throws {
+        // 30 frames of 200,000 random bytes (6 MB, incompressible): one batch by count, which the
+        // hub, limited to 1,000,000-byte bodies, refuses as too large until the edge sends halves.
+        let rig = try await SyncRig(hubServer: #", "maxBodyBytes": 1000000"#)
+        defer { rig.cleanup() }
+        try await rig.startHub()
+        let edge = try rig.edge("edge-a", site: "site-a", batchSize: 5_000)
+        try await edge.start()
+        var lines = ""
+        var ids = [String]()
+        for k in 0..<30 {
+            let time = Timestamp(microseconds: 1_780_000_000_000_000 + Int64(k) * 1_000)
+            let event = Event(
+                scopeId: "big", sourceTruthTime: time, canonicalTruthTime: time,
+                fields: .raw(connectionId: "dev", sequence: Int64(k), bytes: (0..<200_000).map { _ in UInt8.random(in: 0...255) }))
+            lines += event.json + "\n"
+            ids.append(event.eventId.hex)
+        }
+        #expect(try await HTTP.post("\(edge.base)/v1/events", ndjson: lines).status == 200)
+        try await edge.waitUntilDrained(hub: rig.hubURL)
+        #expect(try await HTTP.allEventIds(rig.hubURL, scope: "big").sorted() == ids.sorted())
+        let log = edge.process?.stderr ?? ""
+        #expect(log.contains("too large (413)"), "the edge says why it shrank its batches: \(log.suffix(2000))")
+    }
+
     @Test func verifyFindsALostHubRowAndRepairRestoresIt() async throws {
         let rig = try await SyncRig()
         defer { rig.cleanup() }
@@ -220,7 +245,8 @@ final class SyncRig: @unchecked Sendable {
 
     var hubURL: String { "http://127.0.0.1:\(hubPort)" }
 
-    init(hubExtra: String = "") async throws {
+    /// `hubServer`: more keys of the hub's `server`, e.g. `, "maxBodyBytes": 1000000`.
+    init(hubExtra: String = "", hubServer: String = "") async throws {
         dir = try TemporaryDirectory("nova-sync")
         location = try await TestPostgres.createDatabase()
         hubPort = try freePort()
@@ -229,7 +255,7 @@ final class SyncRig: @unchecked Sendable {
             {"core": {"siteId": "hub"}, "database": {"type": "timescaledb", "timescaledb": {"host": "\#(location.host)", "port": \#(location.port),
               "database": "\#(location.database)", "user": "\#(location.user)", "pool": {"connectionTimeout": 2},
               "hypertable": {"retentionAfter": "1000 years"}}},
-             "server": {"port": \#(hubPort)}\#(hubExtra)}
+             "server": {"port": \#(hubPort)\#(hubServer)}\#(hubExtra)}
             """#.utf8).write(to: URL(fileURLWithPath: hubConfig))
     }
 

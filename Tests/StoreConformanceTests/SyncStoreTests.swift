@@ -286,6 +286,24 @@ import Testing
         #expect(Self.fault(Array("garbage\n".utf8), version: version).contains("header: invalid JSON"))
     }
 
+    /// The shipper bounds a batch's bytes before encoding it, from each event's record size.
+    @Test func recordSizesAreExactAndBoundBatches() throws {
+        let events = Self.events(seed: 9)
+        #expect(Set(events.map(\.event.lane)) == Set(Lane.allCases))
+        let batch = SyncBatch(siteId: "site-a", storeId: "u-1", firstSeq: 9, lastSeq: events.last!.seq, pendingFrom: nil, outboxSize: 3, events: events)
+        let bytes = SyncBatchCodec.encode(batch)
+        let header = bytes.firstIndex(of: UInt8(ascii: "\n"))! + 1
+        #expect(events.reduce(0) { $0 + SyncBatchCodec.recordBytes($1.event) } == bytes.count - header)
+        for committed in events {
+            #expect(committed.event.preimageLength == Event.preimage(scopeId: committed.event.scopeId, sourceTruthTime: committed.event.sourceTruthTime, fields: committed.event.fields).count)
+        }
+        let firstTwo = SyncBatchCodec.recordBytes(events[0].event) + SyncBatchCodec.recordBytes(events[1].event)
+        #expect(SyncBatchCodec.fitting(events, maxBytes: firstTwo) == 2)
+        #expect(SyncBatchCodec.fitting(events, maxBytes: firstTwo - 1) == 1)
+        #expect(SyncBatchCodec.fitting(events, maxBytes: 1) == 1, "one event goes however large")
+        #expect(SyncBatchCodec.fitting(events, maxBytes: .max) == events.count)
+    }
+
     @Test func ndjsonFaultsAreNamed() throws {
         let events = Self.events(seed: 9)
         let batch = SyncBatch(siteId: "site-a", storeId: "u-1", firstSeq: 9, lastSeq: events.last!.seq, pendingFrom: nil, outboxSize: 3, events: events)

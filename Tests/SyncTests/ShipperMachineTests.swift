@@ -75,6 +75,25 @@ import Testing
         #expect(m.lastError == "403: this token ships for site b")
     }
 
+    @Test func aBatchTooLargeForTheHubGoesAgainAtOnceInHalvesDownToOneEvent() {
+        var m = ShipperMachine(maxBackoff: .seconds(30), maxBatchBytes: 8_000_000)
+        _ = m.start()
+        _ = m.watermark(SyncWatermark(ackedSeq: 0, lastEventId: nil), lastSeq: 40, idAtWatermark: nil, heartbeatDue: false)
+        // Under the configured cap, yet over the hub's limit: half of what was sent, no back-off.
+        #expect(m.shipped(.tooLarge("413: body too large"), lastSeq: 40, random: 0, sent: (events: 40, bytes: 6_000_000)) == .fetchWatermark)
+        #expect(m.batchBytes == 3_000_000)
+        #expect(m.failures == 0)
+        #expect(m.lastError?.contains("too large (413)") == true)
+        #expect(m.watermark(SyncWatermark(ackedSeq: 0, lastEventId: nil), lastSeq: 40, idAtWatermark: nil, heartbeatDue: false) == .ship(after: 0))
+        #expect(m.shipped(.tooLarge("413"), lastSeq: 40, random: 0, sent: (events: 20, bytes: 3_000_000)) == .fetchWatermark)
+        #expect(m.batchBytes == 1_500_000)
+        // One event over the hub's limit: halving cannot help; an operator must raise the limit.
+        _ = m.watermark(SyncWatermark(ackedSeq: 0, lastEventId: nil), lastSeq: 40, idAtWatermark: nil, heartbeatDue: false)
+        #expect(m.shipped(.tooLarge("413"), lastSeq: 40, random: 1, sent: (events: 1, bytes: 1_200_000)) == .sleep(.seconds(30)))
+        #expect(m.batchBytes == 1_500_000)
+        #expect(m.lastError?.contains("server.maxBodyBytes") == true)
+    }
+
     @Test func aStoreThatIsNotTheOneTheHubAcknowledgedIsRenewed() {
         var m = ShipperMachine()
         _ = m.start()
