@@ -50,6 +50,9 @@ public final class Shipper: Service, Sendable {
     struct Snapshot {
         var machine = ShipperMachine()
         var lastAckAt: Timestamp?
+        /// The latest `pendingFrom` the hub acknowledged: it is complete up to there, so the lag
+        /// is the time since, and keeps growing while the link is down.
+        var completeThrough: Timestamp?
     }
 
     /// `inFlight`: the ingest requests of the recorder this shipper ships for.
@@ -165,9 +168,7 @@ public final class Shipper: Service, Sendable {
                         pending: pending, outboxSize: 0, events: [])
                     let outcome = await client.ship(batch)
                     lastContact = .now
-                    if case .acknowledged = outcome, let claim {
-                        metrics.lag.set(Swift.max(0, Double(Timestamp.now().microseconds - claim.microseconds) / 1e6))
-                    }
+                    if case .acknowledged = outcome, let claim { acknowledged(through: claim) }
                     action = machine.shipped(outcome, lastSeq: try await store.lastCommittedSeq(), random: .random(in: 0..<1))
                     note(machine, outcome: outcome)
                 case .idle:
@@ -241,7 +242,17 @@ public final class Shipper: Service, Sendable {
         metrics.batches.increment()
         metrics.events.increment(by: Int64(batch.count))
         metrics.shipDuration.record(ContinuousClock.now - sent.started)
-        if let from = batch.pendingFrom { metrics.lag.set(Swift.max(0, Double(Timestamp.now().microseconds - from.microseconds) / 1e6)) }
+        if let from = batch.pendingFrom { acknowledged(through: from) }
+    }
+
+    private func acknowledged(through claim: Timestamp) {
+        state.withLock { $0.completeThrough = claim }
+        updateLag()
+    }
+
+    private func updateLag() {
+        guard let claim = state.withLock({ $0.completeThrough }) else { return }
+        metrics.lag.set(Swift.max(0, Double(Timestamp.now().microseconds - claim.microseconds) / 1e6))
     }
 
     /// Reads the batch after `after` (at most `maxBytes` of events, or one event) and encodes it;
@@ -297,6 +308,7 @@ public final class Shipper: Service, Sendable {
     }
 
     private func updateGauges(_ machine: ShipperMachine) async {
+        updateLag()
         guard let status = try? await status() else { return }
         metrics.pending.set(Double(status.pendingEvents))
         metrics.oldestPendingAge.set(status.oldestPendingAgeSeconds ?? 0)
@@ -320,7 +332,7 @@ struct ShipperMetrics: Sendable {
         oldestPendingAge = registry.makeGauge(
             name: "nova_sync_oldest_pending_age_seconds", help: "Edge: age of the canonical time of the oldest unacknowledged event.")
         reachable = registry.makeGauge(name: "nova_sync_upstream_reachable", help: "Edge: 1 when the hub answered the last request.")
-        lag = registry.makeGauge(name: "nova_sync_lag_seconds", help: "Edge: now minus the pendingFrom of the last acknowledged batch.")
+        lag = registry.makeGauge(name: "nova_sync_lag_seconds", help: "Edge: now minus the pendingFrom of the last acknowledged batch (the hub's completeThrough for this site), refreshed every second.")
         batches = registry.makeCounter(name: "nova_sync_shipped_batches_total", help: "Edge: batches the hub acknowledged.")
         events = registry.makeCounter(name: "nova_sync_shipped_events_total", help: "Edge: events in batches the hub acknowledged.")
         retries = registry.makeCounter(name: "nova_sync_retries_total", help: "Edge: back-offs after a failed or refused shipment.")

@@ -68,7 +68,7 @@ public final class NovaMetrics: Sendable {
             eventsApplied: registry.makeCounter(name: "nova_sync_applied_events_total", labels: site, help: "Hub: events stored from sync batches, per site."),
             pendingEvents: registry.makeGauge(name: "nova_sync_site_pending_events", labels: site, help: "Hub: events the site's outbox held at its last batch."),
             lagSeconds: registry.makeGauge(
-                name: "nova_sync_site_lag_seconds", labels: site, help: "Hub: now minus the completeThrough the site reported with its last batch."))
+                name: "nova_sync_site_lag_seconds", labels: site, help: "Hub: now minus the site's completeThrough (its store heard from last), as of the scrape."))
     }
 
     /// Prometheus text exposition of every series in the registry.

@@ -111,6 +111,21 @@ extension RecorderAPI {
         return jsonResponse(prefix + #""ackedSeq":\#(w.ackedSeq),"lastEventId":\#(last)\#(extra)}"#, status: status)
     }
 
+    /// Each site's lag and pending events as of now, for a scrape: set only when batches arrive,
+    /// they would stand still through an outage, when they matter most. A site's current store
+    /// is the one heard from last (a replaced box's old store stays listed, frozen).
+    func refreshSiteGauges() async {
+        guard let sites = try? await store.syncSites() else { return }
+        let now = Timestamp.now()
+        var latest = [String: SyncSite]()
+        for s in sites where latest[s.siteId].map({ s.lastContactAt > $0.lastContactAt }) ?? true { latest[s.siteId] = s }
+        for (siteId, s) in latest {
+            let gauges = metrics.syncSite(siteId)
+            gauges.pendingEvents.set(Double(s.pendingEvents))
+            if let through = s.completeThrough { gauges.lagSeconds.set(Swift.max(0, Double(now.microseconds - through.microseconds) / 1e6)) }
+        }
+    }
+
     /// `GET /v1/sync/sites` (hub): every site's watermarks and lag (sync.md, Observability).
     func syncSites(_ request: Request) async throws -> Response {
         try QueryParameters(request.uri).finish()

@@ -35,6 +35,10 @@ public struct RecorderAPI: Sendable {
     public let inFlight: InFlightIngest
     /// The edge's shipper state for `GET /v1/sync/status`; nil where sync is off.
     let syncStatus: (@Sendable () async throws -> SyncStatusReport)?
+    /// Whether this is a hub (`nova serve`), which takes sync batches, or an edge (`nova record`),
+    /// which ships them and must not take another's: what it took would be shipped on under its
+    /// own `siteId`.
+    public let isHub: Bool
 
     /// `feedCapacity`: how many recent commits LIVE streams are served from memory; a client
     /// further behind reads the store and encodes for itself, which at 20 clients costs enough to
@@ -45,7 +49,7 @@ public struct RecorderAPI: Sendable {
     public init(
         store: any EventStore, configuration: NovaConfiguration, metrics: NovaMetrics = NovaMetrics(), logger: Logger = Logger(label: "nova.server"),
         feedCapacity: Int = 131_072, handOverDistance: Int = 4_096, syncStatus: (@Sendable () async throws -> SyncStatusReport)? = nil,
-        inFlight: InFlightIngest = InFlightIngest()
+        inFlight: InFlightIngest = InFlightIngest(), isHub: Bool = true
     ) {
         self.store = store
         self.configuration = configuration
@@ -57,6 +61,7 @@ public struct RecorderAPI: Sendable {
         self.syncAdmission = SyncAdmission(limit: configuration.sync.maxConcurrentBatches)
         self.syncStatus = syncStatus
         self.inFlight = inFlight
+        self.isHub = isHub
     }
 
     /// The HTTP server with WebSocket upgrades for `/v1/stream`, and the stream feed's upkeep;
@@ -106,6 +111,11 @@ public struct RecorderAPI: Sendable {
         return configuration
     }
 
+    /// The hub's sync routes answer 404 on an edge, saying where they are served.
+    func hubOnly() throws {
+        guard isHub else { throw APIError(.notFound, "sync: batches, watermarks and sites are served by a hub (nova serve), not by an edge recorder (nova record)") }
+    }
+
     public func router() -> Router<NovaRequestContext> {
         let router = Router(context: NovaRequestContext.self)
         router.add(middleware: MetricsMiddleware())
@@ -114,9 +124,9 @@ public struct RecorderAPI: Sendable {
         router.post("/v1/events") { request, _ in try await ingest(request) }
         router.get("/v1/events") { request, _ in try await query(request) }
         router.get("/v1/stats") { request, _ in try await stats(request) }
-        router.post("/v1/sync/batches") { request, context in try await receiveSyncBatch(request, context: context) }
-        router.get("/v1/sync/watermark") { request, context in try await syncWatermark(request, context: context) }
-        router.get("/v1/sync/sites") { request, _ in try await syncSites(request) }
+        router.post("/v1/sync/batches") { request, context in try hubOnly(); return try await receiveSyncBatch(request, context: context) }
+        router.get("/v1/sync/watermark") { request, context in try hubOnly(); return try await syncWatermark(request, context: context) }
+        router.get("/v1/sync/sites") { request, _ in try hubOnly(); return try await syncSites(request) }
         router.get("/v1/sync/status") { request, _ in try await syncStatus(request) }
         router.get("/v1/digests") { request, _ in try await digests(request) }
         router.ws("/v1/stream") { _, _ in
@@ -127,7 +137,8 @@ public struct RecorderAPI: Sendable {
         router.get("/healthz") { _, _ in jsonResponse(#"{"status":"ok"}"#) }
         router.get("/readyz") { _, _ in try await ready() }
         router.get("/metrics") { _, _ in
-            Response(
+            if isHub { await refreshSiteGauges() }
+            return Response(
                 status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                 body: ResponseBody(byteBuffer: ByteBuffer(bytes: metrics.exposition())))
         }

@@ -256,8 +256,11 @@ struct StreamSession {
         return .next
     }
 
-    /// Sends what was committed after `position`, or waits for it.
+    /// Sends what was committed after `position`, or waits for it. A stream whose scope or lanes
+    /// see none of a busy store's commits reads on without ever being up to date, so its
+    /// heartbeat is checked before every step, not only while it waits.
     mutating func live(after position: Int64) async throws {
+        try await heartbeatIfIdle()
         let wholeScope = request.takesWholeScope ? request.scopeId : nil
         switch await feed.read(after: position, max: wholeScope == nil ? Self.pageSize : Self.fastPageSize, wholeScope: wholeScope) {
         case .frames(let framed):
@@ -305,7 +308,6 @@ struct StreamSession {
                 try await Task.sleep(for: .milliseconds(50))
             }
         case .upToDate:
-            try await heartbeatIfIdle()
             await feed.waitForCommits(after: position)
         }
     }

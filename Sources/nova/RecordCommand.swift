@@ -56,7 +56,7 @@ struct RecordCommand: AsyncParsableCommand {
             }
             services.append(SQLiteRetention(store: store, keep: keep, onlyAcknowledged: config.sync.enabled, shadowHolds: holds, interval: interval, logger: logger))
         }
-        try await serve(store: store, services: services, config: config, logger: logger, ships: config.sync.enabled, shadow: shadow)
+        try await serve(store: store, services: services, config: config, logger: logger, isHub: false, ships: config.sync.enabled, shadow: shadow)
     }
 }
 
@@ -76,7 +76,7 @@ func openSQLite(_ config: NovaConfiguration, logger: Logger) throws -> SQLiteSto
 /// with a `shadow` (dual mode), its ``ShadowWriter``, run between them (they stop after the
 /// server, before the stores).
 func serve(
-    store: any EventStore, services: [any Service], config: NovaConfiguration, logger: Logger, ships: Bool = false, shadow: (any EventStore)? = nil
+    store: any EventStore, services: [any Service], config: NovaConfiguration, logger: Logger, isHub: Bool, ships: Bool = false, shadow: (any EventStore)? = nil
 ) async throws {
     let registry = PrometheusCollectorRegistry()
     MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
@@ -88,7 +88,7 @@ func serve(
         shipper = s
         status = { try await s.status() }
     }
-    let api = RecorderAPI(store: store, configuration: config, metrics: NovaMetrics(registry: registry), logger: logger, syncStatus: status, inFlight: inFlight)
+    let api = RecorderAPI(store: store, configuration: config, metrics: NovaMetrics(registry: registry), logger: logger, syncStatus: status, inFlight: inFlight, isHub: isHub)
     let scheme = config.server.tls == nil ? "http" : "https"
     let app = try api.application(host: config.server.host, port: config.server.port) { channel in
         let port = channel.localAddress?.port ?? config.server.port

@@ -33,16 +33,16 @@ struct ServeCommand: AsyncParsableCommand {
         switch (config.database.type, config.database.dual.primary) {
         case (.timescaledb, _):
             let store = try postgres()
-            try await serve(store: store, services: [store], config: config, logger: logger)
+            try await serve(store: store, services: [store], config: config, logger: logger, isHub: true)
         case (.sqlite, _):
             let store = try openSQLite(config, logger: logger)
-            try await serve(store: store, services: [StoreService(store: store)], config: config, logger: logger)
+            try await serve(store: store, services: [StoreService(store: store)], config: config, logger: logger, isHub: true)
         case (.dual, .timescaledb):
             let (store, shadow) = (try postgres(), try openSQLite(config, logger: logger))
-            try await serve(store: store, services: [store, StoreService(store: shadow)], config: config, logger: logger, shadow: shadow)
+            try await serve(store: store, services: [store, StoreService(store: shadow)], config: config, logger: logger, isHub: true, shadow: shadow)
         case (.dual, _):
             let (store, shadow) = (try openSQLite(config, logger: logger), try postgres())
-            try await serve(store: store, services: [StoreService(store: store), shadow], config: config, logger: logger, shadow: shadow)
+            try await serve(store: store, services: [StoreService(store: store), shadow], config: config, logger: logger, isHub: true, shadow: shadow)
         }
     }
 }

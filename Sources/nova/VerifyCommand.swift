@@ -15,6 +15,7 @@ struct VerifyCommand: AsyncParsableCommand {
             Examples:
               nova verify sqlite:data/nova.db http://hub:8081 --scope site-a --bucket 1m
               nova verify sqlite:data/nova.db postgres://nova@db:5432/nova
+              EDGE_TOKEN=… HUB_TOKEN=… nova verify http://edge:8080 http://hub:8081 --left-token-env EDGE_TOKEN --right-token-env HUB_TOKEN
             Exit status: 0 when equal, 1 with the differing buckets listed, 2 or more on an error.
             """
     )
@@ -22,13 +23,21 @@ struct VerifyCommand: AsyncParsableCommand {
     @Argument(help: "The first store: a locator or a server URL.") var left: String
     @Argument(help: "The second store: a locator or a server URL.") var right: String
     @OptionGroup var selection: DigestSelection
+    @Option(help: "Environment variable holding the first server's token, where the two differ (default: --token-env).") var leftTokenEnv: String?
+    @Option(help: "Environment variable holding the second server's token (default: --token-env).") var rightTokenEnv: String?
+
+    /// An edge and a hub have different read tokens; one variable serves both when they do not.
+    func token(_ variable: String?) -> String? {
+        guard let variable else { return selection.token }
+        return ProcessInfo.processInfo.environment[variable].flatMap { $0.isEmpty ? nil : $0 }
+    }
 
     func run() async throws {
         let status = StatusLine()
         let results: [Verification.ScopeResult]
         do {
-            results = try await withSide(left, token: selection.token, caFile: selection.caFile) { a in
-                try await withSide(right, token: selection.token, caFile: selection.caFile) { b in
+            results = try await withSide(left, token: token(leftTokenEnv), caFile: selection.caFile) { a in
+                try await withSide(right, token: token(rightTokenEnv), caFile: selection.caFile) { b in
                     try await selection.verification.run(a, b) { status.update($0) }
                 }
             }

@@ -87,6 +87,15 @@ import Testing
             return
         }
         #expect(pending.double > 0, "events recorded during the cut wait in the outbox")
+        // The lag gauge grows through the cut (it is refreshed every second, not only on acks).
+        func lag() async throws -> Double? {
+            let exposition = try await HTTP.get("\(edge.base)/metrics").body
+            return exposition.split(separator: "\n").first { $0.hasPrefix("nova_sync_lag_seconds ") }.flatMap { Double($0.split(separator: " ")[1]) }
+        }
+        let lagBefore = try #require(try await lag())
+        try await Task.sleep(for: .milliseconds(2_500))
+        let lagAfter = try #require(try await lag())
+        #expect(lagAfter >= lagBefore + 1, "lag \(lagBefore) s, then \(lagAfter) s, 2.5 s later during the cut")
         #expect(await loader.acked.count > cutAt + 500, "the edge kept recording while cut off")
         #expect(await loader.failures == 0, "no ingest request failed during the cut")
         try await rig.startHub()
@@ -152,6 +161,9 @@ import Testing
         #expect(try await HTTP.allEventIds(rig.hubURL, scope: "big").sorted() == ids.sorted())
         let log = edge.process?.stderr ?? ""
         #expect(log.contains("too large (413)"), "the edge says why it shrank its batches: \(log.suffix(2000))")
+        // An edge takes no sync batches itself (it would ship them on as its own).
+        let refused = try await HTTP.get("\(edge.base)/v1/sync/sites")
+        #expect(refused.status == 404 && refused.body.contains("nova serve"), "\(refused.status) \(refused.body)")
     }
 
     @Test func verifyFindsALostHubRowAndRepairRestoresIt() async throws {
