@@ -36,7 +36,7 @@ public struct ShipperMachine: Sendable {
         case unreachable(String)
         /// The hub refused the batch as too large (413): nothing was applied.
         case tooLarge(String)
-        /// The hub refused the request (a 4xx other than 409): a token or configuration fault
+        /// The hub refused the request (a 4xx other than 409 and 413): a token or configuration fault
         /// that an operator must fix; retried at the longest back-off meanwhile.
         case refused(String)
     }
