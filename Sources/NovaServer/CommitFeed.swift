@@ -37,8 +37,9 @@ public actor CommitFeed {
         case entries([Entry])
         /// For a stream of a whole scope: its next commits as WebSocket frames, ready to send.
         case frames(Frames)
-        /// `after` is older than the ring: read the store.
-        case behind
+        /// `after` is older than the ring: read the store. `oldest`: when the ring's oldest entry
+        /// came in (nil while empty); a stream reading the store is at least that far behind.
+        case behind(oldest: ContinuousClock.Instant?)
         /// Nothing after `after` yet.
         case upToDate
     }
@@ -127,7 +128,7 @@ public actor CommitFeed {
             if let frames = frames(after: after, max: max, scope: wholeScope) { return .frames(frames) }
         }
         if after >= head { return .upToDate }
-        guard !ring.isEmpty, after >= ring[start].seq - 1 else { return .behind }
+        guard !ring.isEmpty, after >= ring[start].seq - 1 else { return .behind(oldest: ring.isEmpty ? nil : ring[start].at) }
         // The first entry after `after` (seqs rise along the ring; retention may leave gaps).
         var low = 0
         var high = ring.count

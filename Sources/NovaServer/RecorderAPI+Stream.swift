@@ -39,6 +39,7 @@ extension RecorderAPI {
         let feed = feed
         let metrics = metrics
         let handOverDistance = handOverDistance
+        let inFlight = inFlight
         let channel = context.requestContext.channel
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
@@ -73,7 +74,7 @@ extension RecorderAPI {
             do {
                 var session = try await StreamSession(
                     request: request, store: store, feed: feed, control: control, outbound: outbound,
-                    frames: try await StreamFrameWriter(channel: channel), metrics: metrics, handOverDistance: handOverDistance)
+                    frames: try await StreamFrameWriter(channel: channel), metrics: metrics, inFlight: inFlight, handOverDistance: handOverDistance)
                 try await session.run()
             } catch let failure as StreamFailure {
                 await failure.report(on: outbound)

@@ -63,13 +63,26 @@ struct StreamRequest: Sendable {
         return event.fields.filterValue == wanted
     }
 
+    /// Whether an event orders before `to` (always, without one): what a rewind with `to` that
+    /// runs on as LIVE still sends.
+    func endsAfter(_ event: Event) -> Bool {
+        guard let to else { return true }
+        return event.time(timebase) < to
+    }
+
+    /// Whether the rewind's `to` is behind the clock: its range may be read like a paged query.
+    var toHasPassed: Bool {
+        guard let to else { return false }
+        return Timestamp.now() >= to
+    }
+
     /// The rewind's ordered read from `from`, after `cursor`: of what was committed by `snapshot`
-    /// when the rewind hands over to LIVE; a bounded rewind (`to`) reads like a paged query.
-    func query(from: Timestamp, after cursor: OrderingKey?, snapshot: Int64, limit: Int) -> EventQuery {
+    /// while the rewind is to hand over to LIVE; without a snapshot, like a paged query.
+    func query(from: Timestamp, after cursor: OrderingKey?, snapshot: Int64?, limit: Int) -> EventQuery {
         let end = to ?? .endOfTime
         return EventQuery(
             scopeId: scopeId, range: Swift.min(from, end)..<end, timebase: timebase, lanes: lanes, filters: filters,
-            limit: limit, after: cursor, throughSeq: to == nil ? snapshot : nil)
+            limit: limit, after: cursor, throughSeq: snapshot)
     }
 }
 

@@ -55,11 +55,17 @@ final class StreamControl: Sendable {
 /// commits of it, the stream is at the present: `caughtUp`, then LIVE after the snapshot (so
 /// those commits come in commit order). Further behind, events committed since the snapshot
 /// that order at or before what was already sent (late arrivals) are sent at once, and the rest
-/// come through the ordered read of the new snapshot. A rewind with `to` reads like a paged query
-/// (no snapshot) and ends when its range is read.
+/// come through the ordered read of the new snapshot.
+///
+/// A rewind with `to` sends `end` once it has sent its range. When `to` is in the past, it reads
+/// the range like a paged query. When `to` is still ahead, the range is not complete yet: the
+/// rewind reads snapshots and runs on as LIVE (events before `to` only, no `caughtUp`, which the
+/// contract keeps for rewinds without `to`) until the clock has passed `to`, no ingest request
+/// received before `to` is still in flight, and every commit up to then has been sent.
 struct StreamSession {
     enum Phase {
-        case rewind(from: Timestamp, cursor: OrderingKey?, snapshot: Int64)
+        /// `snapshot` nil: a rewind whose `to` has passed, read like a paged query, then `end`.
+        case rewind(from: Timestamp, cursor: OrderingKey?, snapshot: Int64?)
         case live(position: Int64)
     }
 
@@ -76,12 +82,16 @@ struct StreamSession {
     /// Where the frames go: in batches, not one write each (see ``StreamFrameWriter``).
     var frames: StreamFrameWriter
     let metrics: NovaMetrics
+    let inFlight: InFlightIngest
     /// Commits since the snapshot below which a rewind hands over to LIVE.
     let handOverDistance: Int
     var speed: Double
     var phase: Phase
     var paused = false
     var catchingUp = false
+    /// A rewind with `to` that runs on as LIVE: the last commit it sends before `end`, fixed
+    /// once `to` has passed.
+    var endSeq: Int64?
     /// Pacing: the wall-clock instant at which the event time `time` is due.
     var anchor: (wall: ContinuousClock.Instant, time: Timestamp)?
     var lastSent = ContinuousClock.now
@@ -98,7 +108,7 @@ struct StreamSession {
 
     init(
         request: StreamRequest, store: any EventStore, feed: CommitFeed, control: StreamControl, outbound: WebSocketOutboundWriter, frames: StreamFrameWriter,
-        metrics: NovaMetrics, handOverDistance: Int
+        metrics: NovaMetrics, inFlight: InFlightIngest, handOverDistance: Int
     ) async throws(StoreError) {
         self.handOverDistance = handOverDistance
         self.request = request
@@ -108,9 +118,10 @@ struct StreamSession {
         self.outbound = outbound
         self.frames = frames
         self.metrics = metrics
+        self.inFlight = inFlight
         speed = request.speed
         let head = try await store.lastCommittedSeq()
-        phase = request.mode == .live ? .live(position: head) : .rewind(from: request.from, cursor: nil, snapshot: head)
+        phase = request.mode == .live ? .live(position: head) : .rewind(from: request.from, cursor: nil, snapshot: request.toHasPassed ? nil : head)
     }
 
     /// Streams until the client closes, the stream ends or fails. On return everything sent is
@@ -147,6 +158,10 @@ struct StreamSession {
             case .rewind(let from, let cursor, let snapshot):
                 step = try await rewind(from: from, cursor: cursor, snapshot: snapshot)
             case .live(let position):
+                if try await reachedEnd(at: position) {
+                    try await end()
+                    return
+                }
                 try await live(after: position)
                 step = .next
             }
@@ -176,16 +191,17 @@ struct StreamSession {
                 anchor = nil
             case .seek(let time):
                 let head = try await storeCall { try await store.lastCommittedSeq() }
-                phase = .rewind(from: time, cursor: nil, snapshot: head)
+                phase = .rewind(from: time, cursor: nil, snapshot: request.toHasPassed ? nil : head)
                 anchor = nil
                 catchingUp = false
+                endSeq = nil
             }
         }
         return .next
     }
 
     /// One page of the rewind, or the check at its end.
-    mutating func rewind(from: Timestamp, cursor: OrderingKey?, snapshot: Int64) async throws -> Step {
+    mutating func rewind(from: Timestamp, cursor: OrderingKey?, snapshot: Int64?) async throws -> Step {
         // Unpaced, larger pages: fewer round trips; a page is the most a client holds anyway.
         let query = request.query(from: from, after: cursor, snapshot: snapshot, limit: speed == 0 ? Self.fastPageSize : Self.pageSize)
         let page: EventPage
@@ -214,46 +230,71 @@ struct StreamSession {
         let cursor = sent > 0 ? page.events[sent - 1].orderingKey(request.timebase) : cursor
         phase = .rewind(from: from, cursor: cursor, snapshot: snapshot)
         if sent < page.events.count || page.next != nil { return .next }
-        if request.to != nil {
-            try await send(Array(#"{"type":"end"}"#.utf8))
-            // Flushed, not drained: the close frame follows `end` at once, as a client that
-            // stops reading at `end` expects (the batch is on the event loop first either way).
-            try await frames.flush()
-            try await outbound.close(.normalClosure, reason: nil)
+        guard let snapshot else {
+            try await end()
             return .stop
         }
         // At the snapshot's end. Close enough to the head (under continuous ingest it is never
         // exactly there), the commits since the snapshot follow as LIVE, in commit order.
         let head = try await storeCall { try await store.lastCommittedSeq() }
-        if head - snapshot <= Int64(handOverDistance) {
-            try await send(Self.caughtUp(snapshot))
+        let toHasPassed = request.toHasPassed && noIngestBeforeToInFlight
+        if !toHasPassed, head - snapshot <= Int64(handOverDistance) {
+            if request.to == nil { try await send(Self.caughtUp(snapshot)) }
             phase = .live(position: snapshot)
             return .next
         }
-        // Commits since the snapshot that order at or before the cursor would never be reached
-        // by the ordered read: send them now. The others come with the next snapshot's pages.
-        if let cursor {
-            var position = snapshot
-            while position < head {
-                let rows = try await committed(after: position)
-                if rows.isEmpty { break }
-                for row in rows where row.seq <= head && request.selects(row.event) {
-                    let event = row.event
-                    let time = event.time(request.timebase)
-                    if time >= from, time < (request.to ?? .endOfTime), event.orderingKey(request.timebase) <= cursor {
-                        if let message = row.message {
-                            try await send(message)
-                        } else {
-                            try await send(event: event)
-                        }
-                        metrics.streamEventsSent.increment()
-                    }
-                }
-                position = rows.last!.seq
-            }
-        }
-        phase = .rewind(from: from, cursor: cursor, snapshot: head)
+        try await sendLateArrivals(from: from, cursor: cursor, after: snapshot, through: head)
+        // Once `to` has passed, the rest of the range is read without a snapshot, then `end`.
+        phase = .rewind(from: from, cursor: cursor, snapshot: toHasPassed ? nil : head)
         return .next
+    }
+
+    /// Commits after `snapshot` up to `head` that order at or before the cursor would never be
+    /// reached by the ordered read: they are sent now. The others come with the next read.
+    mutating func sendLateArrivals(from: Timestamp, cursor: OrderingKey?, after snapshot: Int64, through head: Int64) async throws {
+        guard let cursor else { return }
+        var position = snapshot
+        while position < head {
+            let rows = try await committed(after: position)
+            guard let last = rows.last else { return }
+            for row in rows where row.seq <= head && request.selects(row.event) && request.endsAfter(row.event) {
+                let event = row.event
+                guard event.time(request.timebase) >= from, event.orderingKey(request.timebase) <= cursor else { continue }
+                if let message = row.message {
+                    try await send(message)
+                } else {
+                    try await send(event: event)
+                }
+                metrics.streamEventsSent.increment()
+            }
+            position = last.seq
+        }
+    }
+
+    /// Whether a rewind with `to` that runs on as LIVE has sent all it will: the clock has passed
+    /// `to`, no ingest request received before it is still in flight (its events may order
+    /// before `to`), and every commit up to the head at that moment is sent.
+    mutating func reachedEnd(at position: Int64) async throws -> Bool {
+        guard request.to != nil else { return false }
+        if endSeq == nil, request.toHasPassed, noIngestBeforeToInFlight {
+            endSeq = try await storeCall { try await store.lastCommittedSeq() }
+        }
+        guard let endSeq else { return false }
+        return position >= endSeq
+    }
+
+    var noIngestBeforeToInFlight: Bool {
+        guard let to = request.to, let oldest = inFlight.oldest else { return true }
+        return oldest >= to
+    }
+
+    /// `end`, then a normal close.
+    mutating func end() async throws {
+        try await send(Array(#"{"type":"end"}"#.utf8))
+        // Flushed, not drained: the close frame follows `end` at once, as a client that stops
+        // reading at `end` expects (the batch is on the event loop first either way).
+        try await frames.flush()
+        try await outbound.close(.normalClosure, reason: nil)
     }
 
     /// Sends what was committed after `position`, or waits for it. A stream whose scope or lanes
@@ -261,7 +302,7 @@ struct StreamSession {
     /// heartbeat is checked before every step, not only while it waits.
     mutating func live(after position: Int64) async throws {
         try await heartbeatIfIdle()
-        let wholeScope = request.takesWholeScope ? request.scopeId : nil
+        let wholeScope = request.takesWholeScope && request.to == nil ? request.scopeId : nil
         switch await feed.read(after: position, max: wholeScope == nil ? Self.pageSize : Self.fastPageSize, wholeScope: wholeScope) {
         case .frames(let framed):
             catchingUp = false
@@ -275,7 +316,7 @@ struct StreamSession {
         case .entries(let entries):
             catchingUp = false
             var sent = 0
-            for entry in entries where request.selects(entry.event) {
+            for entry in entries where request.selects(entry.event) && request.endsAfter(entry.event) {
                 try await frames.append(entry.message!)
                 sent += 1
             }
@@ -286,7 +327,7 @@ struct StreamSession {
                 metrics.streamLag.record(ContinuousClock.now - last.at)
                 phase = .live(position: last.seq)
             }
-        case .behind:
+        case .behind(let oldest):
             if !catchingUp {
                 catchingUp = true
                 metrics.streamCatchUps.increment()
@@ -296,12 +337,14 @@ struct StreamSession {
             // 4,096 caught them up (bench stream at 50,000 events/s, alternating binaries).
             let rows = try await storeCall { try await store.committed(after: position, limit: Self.fastPageSize) }
             var sent = 0
-            for row in rows where request.selects(row.event) {
+            for row in rows where request.selects(row.event) && request.endsAfter(row.event) {
                 try await send(event: row.event)
                 sent += 1
             }
             metrics.streamEventsSent.increment(by: Int64(sent))
             if let last = rows.last {
+                // Its commit time is not kept in the store; it is older than the feed's oldest.
+                if sent > 0, let oldest { metrics.streamLag.record(ContinuousClock.now - oldest) }
                 phase = .live(position: last.seq)
             } else {
                 // Nothing readable yet past a position the feed has left behind: do not spin.

@@ -162,6 +162,33 @@ import Testing
         }
     }
 
+    /// A rewind whose `to` is still ahead has not reached it at the head: it runs on as LIVE
+    /// (events before `to` only, no `caughtUp`) and ends once the clock has passed `to`.
+    @Test(arguments: Backend.allCases)
+    func aRewindToTheFutureRunsOnLiveUntilToThenEnds(backend: Backend) async throws {
+        try await withRecorder(backend) { client, _, _ in
+            let now = Timestamp.now()
+            let clockAtNow = ContinuousClock.now
+            let past = Self.frames(5, from: Timestamp(microseconds: now.microseconds - 5_000_000), connection: "past")
+            try await client.ingest(past)
+            let port = try #require(client.port)
+            let to = Timestamp(microseconds: now.microseconds + 3_000_000)
+            let close = try await withStream(port: port, query: "scope=s&mode=rewind&from=\(Timestamp(microseconds: now.microseconds - 60_000_000))&to=\(to)&speed=0") { stream in
+                try await stream.wait(forEvents: 5)
+                let during = Self.frames(3, from: Timestamp(microseconds: now.microseconds + 1_000_000), connection: "during")
+                let beyond = Self.frames(2, from: Timestamp(microseconds: to.microseconds + 1_000_000), connection: "beyond")
+                try await client.ingest(during + beyond)
+                let messages = try await stream.wait(forType: "end", timeout: .seconds(60))
+                #expect(messages.compactMap(\.eventId) == Self.ids(past + during), "the range's events, and only those")
+                #expect(!messages.contains { $0.type == "caughtUp" }, "caughtUp is for rewinds without to")
+                let ended = try #require(messages.last)
+                // Two clocks: a little slack.
+                #expect(ended.at - clockAtNow >= .milliseconds(2_950), "end came before to: \(ended.at - clockAtNow) after opening")
+            }
+            #expect(close?.closeCode == .normalClosure)
+        }
+    }
+
     @Test(arguments: Backend.allCases)
     func pauseResumeSpeedAndSeekKeepOrderAndCompleteness(backend: Backend) async throws {
         try await withRecorder(backend) { client, _, _ in
