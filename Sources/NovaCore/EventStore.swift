@@ -63,6 +63,13 @@ public protocol EventStore: Sendable {
     /// Every (siteId, storeId) that has shipped here, by site then last contact.
     func syncSites() async throws(StoreError) -> [SyncSite]
 
+    /// Forgets a site's watermarks (every store it shipped from), not its events: for a site
+    /// retired for good, whose last `completeThrough` would otherwise hold back every answer's
+    /// completeness forever. A site still shipping comes back by itself: its next batch gets a
+    /// gap at 0, and it re-sends what it still holds (deduped). Returns how many stores were
+    /// forgotten.
+    func forgetSyncSite(_ siteId: String) async throws(StoreError) -> Int
+
     /// Count and time span per scope and lane, and the store's size.
     func stats() async throws(StoreError) -> StoreStats
 

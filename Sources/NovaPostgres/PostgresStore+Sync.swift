@@ -310,6 +310,23 @@ extension PostgresStore {
         }
     }
 
+    public func forgetSyncSite(_ siteId: String) async throws(StoreError) -> Int {
+        _ = try ensureReady()
+        do {
+            let logger = logger
+            return try await connection { conn in
+                try await conn.withTransaction(logger: logger) { conn in
+                    try await conn.query(#"DELETE FROM "syncSiteScopes" WHERE "siteId" = \#(siteId)"#, logger: logger)
+                    var forgotten = 0
+                    for try await _ in try await conn.query(#"DELETE FROM "syncSites" WHERE "siteId" = \#(siteId) RETURNING 1"#, logger: logger) { forgotten += 1 }
+                    return forgotten
+                }
+            }
+        } catch {
+            throw mapError(error)
+        }
+    }
+
     public func syncSites() async throws(StoreError) -> [SyncSite] {
         _ = try ensureReady()
         do {

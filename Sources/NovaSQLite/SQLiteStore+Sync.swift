@@ -171,6 +171,18 @@ extension SQLiteStore {
         }
     }
 
+    public func forgetSyncSite(_ siteId: String) async throws(StoreError) -> Int {
+        do {
+            return try await pool.write { db in
+                try db.execute(sql: "DELETE FROM syncSiteScopes WHERE siteId = ?", arguments: [siteId])
+                try db.execute(sql: "DELETE FROM syncSites WHERE siteId = ?", arguments: [siteId])
+                return db.changesCount
+            }
+        } catch {
+            throw Self.storeError(error, path: path)
+        }
+    }
+
     public func syncSites() async throws(StoreError) -> [SyncSite] {
         do {
             return try await pool.read { db in

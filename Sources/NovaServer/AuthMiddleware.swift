@@ -28,6 +28,7 @@ struct AuthMiddleware: RouterMiddleware {
         case (.post, "/v1/events"): .ingest
         case (_, "/metrics"), (_, "/healthz"), (_, "/readyz"): nil
         case (.post, "/v1/sync/batches"), (.get, "/v1/sync/watermark"): .sync
+        case (.delete, _): .admin
         default: .read
         }
     }

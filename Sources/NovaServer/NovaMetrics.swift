@@ -1,4 +1,5 @@
 import Prometheus
+import Synchronization
 
 /// The server's own Prometheus series. They live in a registry the server is given (not the
 /// process-global metrics system), so each server, in a test or in `nova`, reports its own.
@@ -18,6 +19,8 @@ public final class NovaMetrics: Sendable {
     let streamLag: DurationHistogram
     let syncBatchesRefused: Counter
     let syncOverloaded: Counter
+    /// The sites with series here, so that a forgotten site's leave the scrape.
+    private let sites = Mutex<Set<String>>([])
 
     static let latencyBuckets: [Duration] = [
         .microseconds(250), .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10),
@@ -62,6 +65,28 @@ public final class NovaMetrics: Sendable {
     }
 
     func syncSite(_ siteId: String) -> SiteSeries {
+        sites.withLock { _ = $0.insert(siteId) }
+        return series(siteId)
+    }
+
+    /// Drops the series of every site not in `kept` (forgotten ones, perhaps by another process
+    /// on the same store).
+    func keepSyncSites(_ kept: Set<String>) {
+        let gone = sites.withLock { sites in
+            let gone = sites.subtracting(kept)
+            sites.subtract(gone)
+            return gone
+        }
+        for siteId in gone {
+            let s = series(siteId)
+            registry.unregisterCounter(s.batchesApplied)
+            registry.unregisterCounter(s.eventsApplied)
+            registry.unregisterGauge(s.pendingEvents)
+            registry.unregisterGauge(s.lagSeconds)
+        }
+    }
+
+    private func series(_ siteId: String) -> SiteSeries {
         let site = [("site", siteId)]
         return SiteSeries(
             batchesApplied: registry.makeCounter(name: "nova_sync_applied_batches_total", labels: site, help: "Hub: sync batches applied, per site."),

@@ -2,6 +2,7 @@ import CompressNIO
 import Foundation
 import HTTPTypes
 import Hummingbird
+import Logging
 import NIOCore
 import NovaCore
 import Prometheus
@@ -119,11 +120,30 @@ extension RecorderAPI {
         let now = Timestamp.now()
         var latest = [String: SyncSite]()
         for s in sites where latest[s.siteId].map({ s.lastContactAt > $0.lastContactAt }) ?? true { latest[s.siteId] = s }
+        metrics.keepSyncSites(Set(latest.keys))
         for (siteId, s) in latest {
             let gauges = metrics.syncSite(siteId)
             gauges.pendingEvents.set(Double(s.pendingEvents))
             if let through = s.completeThrough { gauges.lagSeconds.set(Swift.max(0, Double(now.microseconds - through.microseconds) / 1e6)) }
         }
+    }
+
+    /// `DELETE /v1/sync/sites/{siteId}` (hub, admin): forgets a retired site's watermarks, which
+    /// would otherwise hold back every answer's `Nova-Complete-Through` forever. Its events stay.
+    func forgetSyncSite(_ request: Request, context: NovaRequestContext) async throws -> Response {
+        try QueryParameters(request.uri).finish()
+        let siteId = try context.parameters.require("siteId")
+        let forgotten: Int
+        do {
+            forgotten = try await store.forgetSyncSite(siteId)
+        } catch {
+            throw APIError.store(error)
+        }
+        guard forgotten > 0 else { throw APIError(.notFound, "siteId: no site \(quotedJSON(siteId)) has shipped to this hub (GET /v1/sync/sites lists them)") }
+        completeThrough.invalidate()
+        await refreshSiteGauges()
+        logger.notice("forgot a sync site", metadata: ["siteId": "\(siteId)", "stores": "\(forgotten)"])
+        return jsonResponse(#"{"siteId":\#(quotedJSON(siteId)),"storesForgotten":\#(forgotten)}"#)
     }
 
     /// `GET /v1/sync/sites` (hub): every site's watermarks and lag (sync.md, Observability).
@@ -240,6 +260,11 @@ final class CompleteThrough: Sendable {
     }
 
     private let cached = Mutex(Cached(sites: [], at: .now - .seconds(60)))
+
+    /// The next answer reads the sites again (one was forgotten).
+    func invalidate() {
+        cached.withLock { $0.at = .now - .seconds(60) }
+    }
 
     func value(_ store: any EventStore, scope: String) async -> Timestamp? {
         let now = ContinuousClock.now

@@ -127,6 +127,7 @@ public struct RecorderAPI: Sendable {
         router.post("/v1/sync/batches") { request, context in try hubOnly(); return try await receiveSyncBatch(request, context: context) }
         router.get("/v1/sync/watermark") { request, context in try hubOnly(); return try await syncWatermark(request, context: context) }
         router.get("/v1/sync/sites") { request, _ in try hubOnly(); return try await syncSites(request) }
+        router.delete("/v1/sync/sites/:siteId") { request, context in try hubOnly(); return try await forgetSyncSite(request, context: context) }
         router.get("/v1/sync/status") { request, _ in try await syncStatus(request) }
         router.get("/v1/digests") { request, _ in try await digests(request) }
         router.ws("/v1/stream") { _, _ in

@@ -6,13 +6,13 @@ import NIOHTTP1
 import NovaCore
 import NovaSync
 
-/// `nova sync status|repair`: the edge's outbox seen from the command line, and repair of what
-/// `nova verify` finds missing at the hub.
+/// `nova sync status|repair|forget`: the edge's outbox seen from the command line, repair of what
+/// `nova verify` finds missing at the hub, and a retired site forgotten at the hub.
 struct SyncCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sync",
-        abstract: "Sync state of an edge recorder, and repair of what the hub is missing.",
-        subcommands: [SyncStatusCommand.self, SyncRepairCommand.self]
+        abstract: "Sync state of an edge recorder or a hub, repair of what the hub is missing, a retired site forgotten.",
+        subcommands: [SyncStatusCommand.self, SyncRepairCommand.self, SyncForgetCommand.self]
     )
 }
 
@@ -25,17 +25,54 @@ struct SyncStatusCommand: AsyncParsableCommand {
             """
     )
 
-    @OptionGroup var options: ConfigOptions
-    @Option(help: "Base URL of the recorder (default: from the configuration).") var url: String?
+    @OptionGroup var server: ServerOptions
     @Flag(help: "Ask a hub for every site's watermarks instead.") var sites = false
-    @Option(help: "Environment variable holding a read token.") var tokenEnv: String = "NOVA_TOKEN"
-    @Option(help: "PEM file of the authority that signed an https:// recorder's certificate (default: the system's).") var caFile: String?
 
     func run() async throws {
+        print(try await server.call(sites ? "/v1/sync/sites" : "/v1/sync/status"), terminator: "")
+    }
+}
+
+struct SyncForgetCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "forget",
+        abstract: "Make a hub forget a retired site's watermarks (DELETE /v1/sync/sites/<site>); its events stay.",
+        discussion: """
+            A site that no longer ships keeps its last completeThrough at the hub, which holds back the \
+            Nova-Complete-Through of every answer for good. Forgetting it releases that. A site still \
+            shipping comes back by itself, re-sending what it holds (the hub dedupes it). Needs an admin \
+            token (--token-env). The \
+            hub is found at server.host:server.port of the configuration, or at --url.
+            """
+    )
+
+    @OptionGroup var server: ServerOptions
+    @Argument(help: "The siteId to forget.") var siteId: String
+
+    func validate() throws {
+        guard !siteId.isEmpty else { throw ValidationError("siteId: must not be empty") }
+    }
+
+    func run() async throws {
+        let path = "/v1/sync/sites/" + (siteId.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(["/"])) ?? siteId)
+        print(try await server.call(path, method: .DELETE), terminator: "")
+    }
+}
+
+/// Where a running recorder or hub is, and how to ask it.
+struct ServerOptions: ParsableArguments {
+    @OptionGroup var options: ConfigOptions
+    @Option(help: "Base URL of the recorder or hub (default: from the configuration).") var url: String?
+    @Option(help: "Environment variable holding a token with the role the route needs.") var tokenEnv: String = "NOVA_TOKEN"
+    @Option(help: "PEM file of the authority that signed an https:// server's certificate (default: the system's).") var caFile: String?
+
+    /// The body of a 200 answer to `path`; anything else is an error quoting the answer.
+    func call(_ path: String, method: HTTPMethod = .GET) async throws -> String {
         let config = try options.load()
         let base = url ?? "\(config.server.tls == nil ? "http" : "https")://\(config.server.host):\(config.server.port)"
         let http = try caFile.map { caFile throws in try SyncClient.http(trusting: caFile, key: "--ca-file") } ?? .shared
-        var request = HTTPClientRequest(url: base + (sites ? "/v1/sync/sites" : "/v1/sync/status"))
+        var request = HTTPClientRequest(url: base + path)
+        request.method = method
         if let token = ProcessInfo.processInfo.environment[tokenEnv], !token.isEmpty {
             request.headers.add(name: "Authorization", value: "Bearer \(token)")
         }
@@ -43,11 +80,11 @@ struct SyncStatusCommand: AsyncParsableCommand {
         do {
             response = try await http.execute(request, timeout: .seconds(10))
         } catch {
-            throw CLIError("\(base): no answer (is the recorder running?): \(error)")
+            throw CLIError("\(base): no answer (is the server running?): \(error)")
         }
         let body = String(buffer: try await response.body.collect(upTo: 16 << 20))
         guard response.status.code == 200 else { throw CLIError("\(base) answered \(response.status.code): \(body)") }
-        print(body, terminator: "")
+        return body
     }
 }
 

@@ -13,17 +13,20 @@ enum HTTP {
         return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
     }()
 
-    static func post(_ url: String, ndjson body: String, timeout: TimeAmount = .seconds(30)) async throws -> (status: UInt, body: String) {
+    static func post(_ url: String, ndjson body: String, token: String? = nil, timeout: TimeAmount = .seconds(30)) async throws -> (status: UInt, body: String) {
         var request = HTTPClientRequest(url: url)
         request.method = .POST
+        if let token { request.headers.add(name: "Authorization", value: "Bearer \(token)") }
         request.headers.add(name: "Content-Type", value: "application/x-ndjson")
         request.body = .bytes(ByteBuffer(string: body))
         let response = try await client.execute(request, timeout: timeout)
         return (response.status.code, String(buffer: try await response.body.collect(upTo: 1 << 26)))
     }
 
-    static func get(_ url: String) async throws -> (status: UInt, body: String, cursor: String?) {
-        let response = try await client.execute(HTTPClientRequest(url: url), timeout: .seconds(30))
+    static func get(_ url: String, token: String? = nil) async throws -> (status: UInt, body: String, cursor: String?) {
+        var request = HTTPClientRequest(url: url)
+        if let token { request.headers.add(name: "Authorization", value: "Bearer \(token)") }
+        let response = try await client.execute(request, timeout: .seconds(30))
         return (response.status.code, String(buffer: try await response.body.collect(upTo: 1 << 28)), response.headers.first(name: "Nova-Next-Cursor"))
     }
 

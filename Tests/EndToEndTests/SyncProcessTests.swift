@@ -207,6 +207,50 @@ import Testing
 }
 
 extension SyncProcessTests {
+    /// Tokens per side and per role across real processes: `nova verify` of an edge and a hub
+    /// whose read tokens differ, and `nova sync forget` of a retired site with the hub's admin
+    /// token (a read token is refused).
+    @Test func verifyTakesATokenPerSideAndForgetRetiresASite() async throws {
+        func token(_ secret: String, _ roles: String, site: String? = nil) -> String {
+            #"{"sha256": "\#(TokenHash.sha256Hex(secret))", "roles": [\#(roles)]\#(site.map { #", "siteId": "\#($0)""# } ?? "")}"#
+        }
+        let (hubRead, hubAdmin, siteToken, edgeToken) = ("hub-read-token", "hub-admin-token", "site-a-sync-token", "edge-token")
+        let rig = try await SyncRig(
+            hubServer: #", "tokens": [\#(token(hubRead, #""read""#)), \#(token(hubAdmin, #""admin""#)), \#(token(siteToken, #""sync""#, site: "site-a"))]"#)
+        defer { rig.cleanup() }
+        try await rig.startHub()
+        let edge = try rig.edge(
+            "edge-a", site: "site-a", batchSize: 1_000, server: #", "tokens": [\#(token(edgeToken, #""read", "ingest""#))]"#, readToken: edgeToken,
+            environment: ["NOVA_SYNC_TOKEN": siteToken])
+        try await edge.start()
+        let (lines, _) = RecorderProcessTests.batch(300, offset: 0)
+        #expect(try await HTTP.post("\(edge.base)/v1/events", ndjson: lines, token: edgeToken).status == 200)
+        try await edge.waitUntilDrained(hub: rig.hubURL)
+
+        let tokens = ["EDGE_TOKEN": edgeToken, "HUB_TOKEN": hubRead, "ADMIN_TOKEN": hubAdmin, "NOVA_TOKEN": hubRead]
+        let oneToken = try await NovaProcess.run(["verify", edge.base, rig.hubURL, "--scope", "kill"], directory: rig.dir, environment: tokens)
+        #expect(oneToken.status != 0 && oneToken.status != 1, "\(oneToken.stdout)\(oneToken.stderr)")
+        #expect(oneToken.stderr.contains("401"), "the hub's token is not the edge's: \(oneToken.stderr)")
+        let perSide = try await NovaProcess.run(
+            ["verify", edge.base, rig.hubURL, "--scope", "kill", "--left-token-env", "EDGE_TOKEN", "--right-token-env", "HUB_TOKEN"], directory: rig.dir,
+            environment: tokens)
+        #expect(perSide.status == 0, "\(perSide.stdout)\(perSide.stderr)")
+        #expect(perSide.stdout.contains("300 vs 300 events"), "\(perSide.stdout)")
+
+        // The edge is retired: the hub forgets it on an admin's word only.
+        edge.process?.kill()
+        _ = try await edge.process?.wait()
+        let sites = try await NovaProcess.run(["sync", "status", "--sites", "--url", rig.hubURL, "--token-env", "HUB_TOKEN"], directory: rig.dir, environment: tokens)
+        #expect(sites.status == 0 && sites.stdout.contains(#""siteId":"site-a""#), "\(sites.stdout)\(sites.stderr)")
+        let refused = try await NovaProcess.run(["sync", "forget", "site-a", "--url", rig.hubURL, "--token-env", "HUB_TOKEN"], directory: rig.dir, environment: tokens)
+        #expect(refused.status != 0 && refused.stderr.contains("403"), "\(refused.stdout)\(refused.stderr)")
+        let forgot = try await NovaProcess.run(["sync", "forget", "site-a", "--url", rig.hubURL, "--token-env", "ADMIN_TOKEN"], directory: rig.dir, environment: tokens)
+        #expect(forgot.status == 0 && forgot.stdout.contains(#""storesForgotten":1"#), "\(forgot.stdout)\(forgot.stderr)")
+        let after = try await HTTP.get("\(rig.hubURL)/v1/sync/sites", token: hubRead)
+        #expect(after.body.trimmingCharacters(in: .whitespacesAndNewlines) == #"{"sites":[]}"#, "\(after.body)")
+        #expect(try await HTTP.get("\(rig.hubURL)/v1/stats", token: hubRead).body.contains("300"), "the site's events stay")
+    }
+
     /// An edge cut off from its hub fills its disk budget: ingest is refused with 507 and its
     /// retention deletes nothing unacknowledged. Once the hub is back, the outbox drains,
     /// retention frees the space, and ingest is accepted again.
@@ -282,8 +326,12 @@ final class SyncRig: @unchecked Sendable {
         }
     }
 
-    func edge(_ name: String, site: String, batchSize: Int, sqlite: String = "", environment: [String: String] = [:]) throws -> Edge {
-        let edge = try Edge(name: name, site: site, batchSize: batchSize, hubURL: hubURL, dir: dir, sqlite: sqlite, environment: environment)
+    /// `server`: more keys of the edge's `server`; `readToken`: what the rig reads the edge with.
+    func edge(
+        _ name: String, site: String, batchSize: Int, sqlite: String = "", server: String = "", readToken: String? = nil, environment: [String: String] = [:]
+    ) throws -> Edge {
+        let edge = try Edge(
+            name: name, site: site, batchSize: batchSize, hubURL: hubURL, dir: dir, sqlite: sqlite, server: server, readToken: readToken, environment: environment)
         edges.append(edge)
         return edge
     }
@@ -306,20 +354,25 @@ final class SyncRig: @unchecked Sendable {
         let port: Int
         let dir: TemporaryDirectory
         let environment: [String: String]
+        let readToken: String?
         var process: NovaProcess?
 
         var base: String { "http://127.0.0.1:\(port)" }
 
         /// `sqlite`: more keys of `database.sqlite`, e.g. `, "maxBytes": 400000`.
-        init(name: String, site: String, batchSize: Int, hubURL: String, dir: TemporaryDirectory, sqlite: String, environment: [String: String]) throws {
+        init(
+            name: String, site: String, batchSize: Int, hubURL: String, dir: TemporaryDirectory, sqlite: String, server: String, readToken: String?,
+            environment: [String: String]
+        ) throws {
             self.name = name
             self.dir = dir
             self.environment = environment
+            self.readToken = readToken
             dbPath = dir.file("\(name).db")
             configPath = dir.file("\(name).json")
             port = try freePort()
             try Data(#"""
-                {"core": {"siteId": "\#(site)"}, "database": {"sqlite": {"path": "\#(dbPath)"\#(sqlite)}}, "server": {"port": \#(port)},
+                {"core": {"siteId": "\#(site)"}, "database": {"sqlite": {"path": "\#(dbPath)"\#(sqlite)}}, "server": {"port": \#(port)\#(server)},
                  "sync": {"enabled": true, "upstream": "\#(hubURL)", "batchSize": \#(batchSize), "maxBackoffSeconds": 1}}
                 """#.utf8).write(to: URL(fileURLWithPath: configPath))
         }
@@ -335,7 +388,7 @@ final class SyncRig: @unchecked Sendable {
             let deadline = ContinuousClock.now + timeout
             var last = ""
             while ContinuousClock.now < deadline {
-                if let status = try? await HTTP.get("\(base)/v1/sync/status"), status.status == 200 {
+                if let status = try? await HTTP.get("\(base)/v1/sync/status", token: readToken), status.status == 200 {
                     last = status.body
                     let value = try JSONParser.parse(status.body)
                     if value["pendingEvents"] == .number(JSONNumber(0)), value["upstreamReachable"] == .bool(true) { return }

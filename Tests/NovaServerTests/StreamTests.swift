@@ -558,6 +558,15 @@ import Testing
                     }
                     #expect(close?.closeCode == .policyViolation, "\(text)")
                 }
+                // A binary message: 1003 (unacceptable data), the rule named.
+                let binary = try await withStream(port: port, query: "scope=s&mode=live") { stream in
+                    try await stream.wait(forType: "caughtUp")
+                    try await stream.send(binary: [1, 2, 3])
+                    let error = try await stream.wait(forType: "error").last?.json["error"]?.stringValue ?? ""
+                    #expect(error.contains("message: must be a JSON text message, not binary"), "\(error)")
+                    try await stream.waitUntilClosedByServer()
+                }
+                #expect(binary?.closeCode == .unacceptableData)
                 badDone.add()
                 try await group.waitForAll()
             }

@@ -98,6 +98,30 @@ import Testing
             #expect(try await client.get("/v1/events?scope=late&\(everything)").headers[header] == old.rfc3339)
             #expect(try await client.get("/v1/events?scope=s&\(everything)").headers[header] == claim.rfc3339)
 
+            // Each site's lag is computed at the scrape: site-b's claim is years old.
+            func siteLag(_ site: String) async throws -> Double? {
+                let exposition = try await client.get("/metrics").text
+                let line = exposition.split(separator: "\n").first { $0.hasPrefix("nova_sync_site_lag_seconds{site=\"\(site)\"}") }
+                return line.flatMap { $0.split(separator: " ").last.flatMap { Double($0) } }
+            }
+            #expect(try await siteLag("site-b") ?? 0 > 86_400 * 365)
+            // Retired for good, site-b is forgotten: it no longer holds back completeness, and
+            // leaves the sites and the metrics; its events (none here) would stay.
+            let forget = try await client.execute(uri: "/v1/sync/sites/site-b", method: .delete)
+            #expect(forget.status == .ok, "\(forget.text)")
+            #expect(forget.json["storesForgotten"] == .number(JSONNumber(1)))
+            #expect(try await client.get("/v1/events?scope=late&\(everything)").headers[header] == claim.rfc3339)
+            #expect(try await store.syncSites().map(\.siteId) == ["site-a"])
+            #expect(try await siteLag("site-b") == nil)
+            #expect(try await siteLag("site-a") != nil)
+            let again = try await client.execute(uri: "/v1/sync/sites/site-b", method: .delete)
+            #expect(again.status == .notFound)
+            #expect(again.errorMessage.contains("siteId: no site \"site-b\""), "\(again.text)")
+            // A site still shipping comes back with its next batch (a heartbeat here).
+            #expect(try await ship(siteB).status == .ok)
+            #expect(try await store.syncSites().map(\.siteId) == ["site-a", "site-b"])
+            #expect(try await store.stats().totalEvents == 10)
+
             // A hub has no shipper of its own.
             let status = try await client.get("/v1/sync/status")
             #expect(status.status == .notFound)
@@ -200,6 +224,11 @@ import Testing
             #expect(try await client.get("/v1/stats", headers: bearer(Self.siteToken)).status == .ok)
             #expect(try await client.get("/v1/events?scope=s&\(everything)", headers: bearer(Self.siteToken)).status == .forbidden)
             #expect(try await client.get("/v1/sync/sites", headers: bearer(Self.readToken)).status == .ok)
+            // Forgetting a site takes the admin role.
+            for token in [Self.readToken, Self.siteToken] {
+                #expect(try await client.execute(uri: "/v1/sync/sites/site-a", method: .delete, headers: bearer(token)).status == .forbidden)
+            }
+            #expect(try await store.syncSites().map(\.siteId) == ["site-a"])
         }
     }
 

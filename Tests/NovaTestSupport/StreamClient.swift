@@ -88,6 +88,11 @@ public final class StreamConnection: Sendable {
         try await outbound.write(.text(json))
     }
 
+    /// A binary message, which the contract does not allow.
+    public func send(binary bytes: [UInt8]) async throws {
+        try await outbound.write(.binary(ByteBuffer(bytes: bytes)))
+    }
+
     public func stall(_ on: Bool) { stalled.withLock { $0 = on } }
 
     /// Waits until the server has closed the stream (so that its close frame is what the

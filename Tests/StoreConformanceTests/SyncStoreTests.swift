@@ -107,6 +107,30 @@ import Testing
     /// `applySync` (the hub's sequencer, `nova migrate`'s window): it still applies in order, and
     /// one whose turn comes at a watermark it did not expect is answered from that watermark,
     /// its early work rolled back.
+    /// A forgotten site loses its watermarks (every store), not its events; a site still shipping
+    /// comes back through the usual gap and resend.
+    @Test(arguments: Backend.allCases)
+    func aForgottenSiteKeepsItsEventsAndMayComeBack(backend: Backend) async throws {
+        let (store, cleanup) = try await backend.makeStore()
+        defer { Task { await cleanup() } }
+        let events = numbered(uniqueEvents(20, seed: 9))
+        _ = try await store.applySync(batch(Array(events[0..<5]), first: 1, last: 5))
+        _ = try await store.applySync(batch(Array(events[5..<10]), first: 1, last: 5, store: "edge-2"))
+        _ = try await store.applySync(batch(Array(events[10..<15]), first: 1, last: 5, site: "site-b"))
+        #expect(try await store.forgetSyncSite("site-a") == 2)
+        #expect(try await store.forgetSyncSite("site-a") == 0)
+        #expect(try await store.syncSites().map(\.siteId) == ["site-b"])
+        #expect(try await store.syncWatermark(siteId: "site-a", storeId: "edge-1").ackedSeq == 0)
+        #expect(try await store.stats().totalEvents == 15)
+        // Still shipping, it is answered with a gap at 0, and re-sends from its start what its
+        // retention left (here, 6...10).
+        #expect(try await store.applySync(batch(Array(events[15..<20]), first: 6, last: 10)).outcome == .gap(SyncWatermark(ackedSeq: 0, lastEventId: nil)))
+        let back = try await store.applySync(batch(Array(events[15..<20]), first: 1, last: 10)).outcome
+        guard case .applied(let w, accepted: 5, duplicates: 0) = back else { Issue.record("\(back)"); return }
+        #expect(w.ackedSeq == 10)
+        #expect(Set(try await store.syncSites().map(\.siteId)) == ["site-a", "site-b"])
+    }
+
     @Test(arguments: Backend.allCases)
     func batchesWaitingForTheirTurnApplyInOrder(backend: Backend) async throws {
         let (store, cleanup) = try await backend.makeStore()
