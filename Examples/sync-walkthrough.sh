@@ -5,6 +5,7 @@
 #
 #   Examples/sync-walkthrough.sh            # uses .build/debug/nova, building it if missing
 #   NOVA_BIN=/path/to/nova Examples/sync-walkthrough.sh
+#   FEED_SECONDS=10 CUT_SECONDS=4 Examples/sync-walkthrough.sh   # shorter (the test suite runs it so)
 #
 # The hub runs on SQLite here so that the walkthrough needs no database server; in production it
 # runs on PostgreSQL/TimescaleDB (Examples/hub.json) with the same API and the same sync routes.
@@ -12,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 NOVA=${NOVA_BIN:-$PWD/.build/debug/nova}
 [ -x "$NOVA" ] || swift build --product nova
-WORK=$(mktemp -d /tmp/nova-walkthrough.XXXXXX)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/nova-walkthrough.XXXXXX")
 PIDS=()
 cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; echo "(logs and stores kept in $WORK)"; }
 trap cleanup EXIT
@@ -20,6 +21,7 @@ say() { printf '\n== %s\n' "$*"; }
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 sha() { printf '%s' "$1" | sha256sum | cut -d' ' -f1; }
 
+FEED=${FEED_SECONDS:-30}; CUT=${CUT_SECONDS:-12}; HALF=$(( (CUT + 1) / 2 ))
 HUB_PORT=$(port); RELAY_PORT=$(port); A_PORT=$(port); B_PORT=$(port)
 TOKEN_A=walkthrough-site-a-$RANDOM$RANDOM; TOKEN_B=walkthrough-site-b-$RANDOM$RANDOM; READ=walkthrough-read-$RANDOM$RANDOM
 export NOVA_TOKEN=$READ
@@ -71,34 +73,38 @@ NOVA_SYNC_TOKEN=$TOKEN_A "$NOVA" record --config "$WORK/site-a.json" --log-level
 NOVA_SYNC_TOKEN=$TOKEN_B "$NOVA" record --config "$WORK/site-b.json" --log-level warning > "$WORK/b.out" 2> "$WORK/b.err" & PIDS+=($!)
 wait_listening "$WORK/a.out"; wait_listening "$WORK/b.out"
 
-say "feed both edges: 100 devices at 10 Hz each, for 30 s"
-"$NOVA" simulate --devices 100 --rate 10 --duration 30 --scope site-a --target "http://127.0.0.1:$A_PORT" > "$WORK/sim-a.out" 2>&1 & SIM_A=$!
-"$NOVA" simulate --devices 100 --rate 10 --duration 30 --scope site-b --target "http://127.0.0.1:$B_PORT" > "$WORK/sim-b.out" 2>&1 & SIM_B=$!
+say "feed both edges: 100 devices at 10 Hz each, for $FEED s"
+"$NOVA" simulate --devices 100 --rate 10 --duration "$FEED" --scope site-a --target "http://127.0.0.1:$A_PORT" > "$WORK/sim-a.out" 2>&1 & SIM_A=$!
+"$NOVA" simulate --devices 100 --rate 10 --duration "$FEED" --scope site-b --target "http://127.0.0.1:$B_PORT" > "$WORK/sim-b.out" 2>&1 & SIM_B=$!
 PIDS+=("$SIM_A" "$SIM_B")
-sleep 5
+sleep 3
 say "both sites in step: the hub's view"
 sites
 
-say "cut site-b's link for 12 s (the relay stops); site-b keeps recording"
+say "cut site-b's link for $CUT s (the relay stops); site-b keeps recording"
 kill "$RELAY_PID"; wait "$RELAY_PID" 2>/dev/null || true
-sleep 6
+sleep "$HALF"
 say "site-b during the cut: pending events grow, the hub is unreachable"
 status "$B_PORT"
-sleep 6
+sleep "$HALF"
 say "the hub during the cut: site-b's lagSeconds has grown"
 sites
 
 say "restore the link: the backlog drains"
 relay
+pending() { status "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["pendingEvents"])'; }
 for _ in $(seq 1 100); do
-  pending=$(status "$B_PORT" | python3 -c 'import json,sys; print(json.load(sys.stdin)["pendingEvents"])')
-  printf '  site-b pending: %s\n' "$pending"
-  [ "$pending" -lt 2000 ] && break
+  p=$(pending "$B_PORT"); printf '  site-b pending: %s\n' "$p"
+  [ "$p" -lt 2000 ] && break
   sleep 0.5
 done
 wait "$SIM_A" "$SIM_B" || true
 cat "$WORK/sim-a.out" "$WORK/sim-b.out" | grep -E "^(sent|recorder)"
-sleep 3
+# The feed has stopped: both outboxes empty out (within a minute even on a loaded machine).
+for _ in $(seq 1 240); do
+  [ "$(pending "$A_PORT")" = 0 ] && [ "$(pending "$B_PORT")" = 0 ] && break
+  sleep 0.25
+done
 say "after catch-up"
 status "$B_PORT"
 sites

@@ -251,6 +251,23 @@ extension SyncProcessTests {
         #expect(try await HTTP.get("\(rig.hubURL)/v1/stats", token: hubRead).body.contains("300"), "the site's events stay")
     }
 
+    /// `Examples/sync-walkthrough.sh` works as its README section says, shortened: a hub and two
+    /// edges fed by `nova simulate`, one edge's link cut (seen as unreachable) and restored, and
+    /// a clean `nova verify` of each edge against the hub.
+    @Test func theSyncWalkthroughRunsClean() async throws {
+        let dir = try TemporaryDirectory("nova-walkthrough")
+        defer { dir.remove() }
+        let (out, err) = (dir.file("walkthrough.out"), dir.file("walkthrough.err"))
+        let script = Fixtures.repositoryRoot.appendingPathComponent("Examples/sync-walkthrough.sh").path
+        let status = try await runTool(
+            "/usr/bin/env", ["NOVA_BIN=\(NovaProcess.binary)", "TMPDIR=\(dir.path)", "FEED_SECONDS=10", "CUT_SECONDS=4", "bash", script], stdout: out, stderr: err)
+        let output = (try? String(contentsOfFile: out, encoding: .utf8)) ?? ""
+        let errors = (try? String(contentsOfFile: err, encoding: .utf8)) ?? ""
+        #expect(status == 0, "exit \(status):\n\(output.suffix(3_000))\n\(errors.suffix(2_000))")
+        #expect(output.contains(#""upstreamReachable":false"#), "the cut was not seen at site-b: \(output.suffix(3_000))")
+        #expect(output.components(separatedBy: "result: equal").count == 3, "both edges verify equal: \(output.suffix(3_000))")
+    }
+
     /// An edge cut off from its hub fills its disk budget: ingest is refused with 507 and its
     /// retention deletes nothing unacknowledged. Once the hub is back, the outbox drains,
     /// retention frees the space, and ingest is accepted again.
