@@ -10,7 +10,8 @@ import ServiceLifecycle
 /// Events enter in `ingestSeq` order with no gap: an append of this process is taken as it is when
 /// it continues the tail, anything else (a gap, another process's commit signalled by the store, a
 /// periodic check) is read from the store by `ingestSeq`. A client behind the ring's start reads
-/// the store itself; nobody is dropped and memory stays bounded.
+/// the store itself; nobody is dropped and memory stays bounded, by count and by bytes (events
+/// of up to a megabyte each would make 131,072 of them a hundred gigabytes).
 public actor CommitFeed {
     /// A class, not a struct: each LIVE client takes every entry, and handing out a reference
     /// costs one retain where copying the event's fields cost one per field (perf of LIVE to 20
@@ -24,13 +25,20 @@ public actor CommitFeed {
         public let message: ByteBuffer?
         /// When the feed took it in, for the delivery-lag metric.
         public let at: ContinuousClock.Instant
+        /// About what it holds in memory: the event's content, and its message once encoded.
+        let bytes: Int
 
         init(seq: Int64, event: Event, message: ByteBuffer? = nil, at: ContinuousClock.Instant = .now) {
             self.seq = seq
             self.event = event
             self.message = message
             self.at = at
+            bytes = 128 + event.preimageLength + (message?.readableBytes ?? 0)
         }
+
+        /// What a slot holds once its entry is dropped, so that the entry's memory goes at once.
+        static let dropped = Entry(seq: 0, event: Event(
+            scopeId: "-", sourceTruthTime: .min, canonicalTruthTime: .min, fields: .metadata(metadataType: "-", payload: .empty)))
     }
 
     public enum Read: Sendable {
@@ -73,9 +81,15 @@ public actor CommitFeed {
 
     let store: any EventStore
     let capacity: Int
+    /// The most the ring holds in ``Entry/bytes``, and the framed runs in theirs; the oldest go
+    /// first (at least one entry and one run stay).
+    let byteBudget: Int
     let logger: Logger
+    /// A circular buffer of up to `capacity` slots: `count` entries from `start`.
     private var ring: [Entry] = []
     private var start = 0
+    private var count = 0
+    private var ringBytes = 0
     /// The `ingestSeq` of the newest entry (or, while empty, of the last commit seen).
     public private(set) var head: Int64 = 0
     private var started = false
@@ -93,6 +107,7 @@ public actor CommitFeed {
     /// read, they are dropped), and for at most ``capacity`` events.
     private var runs: [Run] = []
     private var runEvents = 0
+    private var runBytes = 0
     private var lastFramedRead: ContinuousClock.Instant?
     static let eventsPerRun = 1_024
     static let framingIdle = Duration.seconds(10)
@@ -105,9 +120,10 @@ public actor CommitFeed {
     private var lastUse: ContinuousClock.Instant?
     static let idleAfter = Duration.seconds(10)
 
-    public init(store: any EventStore, capacity: Int = 131_072, logger: Logger) {
+    public init(store: any EventStore, capacity: Int = 131_072, byteBudget: Int = 256 << 20, logger: Logger) {
         self.store = store
         self.capacity = capacity
+        self.byteBudget = byteBudget
         self.logger = logger
         ring.reserveCapacity(capacity)
     }
@@ -128,22 +144,24 @@ public actor CommitFeed {
             if let frames = frames(after: after, max: max, scope: wholeScope) { return .frames(frames) }
         }
         if after >= head { return .upToDate }
-        guard !ring.isEmpty, after >= ring[start].seq - 1 else { return .behind(oldest: ring.isEmpty ? nil : ring[start].at) }
+        guard count > 0, after >= ring[start].seq - 1 else { return .behind(oldest: count == 0 ? nil : ring[start].at) }
         // The first entry after `after` (seqs rise along the ring; retention may leave gaps).
         var low = 0
-        var high = ring.count
+        var high = count
         while low < high {
             let mid = (low + high) / 2
             if ring[(start + mid) % ring.count].seq <= after { low = mid + 1 } else { high = mid }
         }
-        let end = Swift.min(ring.count, low + max)
+        let end = Swift.min(count, low + max)
         var out = [Entry]()
         out.reserveCapacity(end - low)
         for k in low..<end {
             let slot = (start + k) % ring.count
             var entry = ring[slot]
             if entry.message == nil {
-                entry = Entry(seq: entry.seq, event: entry.event, message: ByteBuffer(bytes: Self.message(entry.event)), at: entry.at)
+                let encoded = Entry(seq: entry.seq, event: entry.event, message: ByteBuffer(bytes: Self.message(entry.event)), at: entry.at)
+                ringBytes += encoded.bytes - entry.bytes
+                entry = encoded
                 ring[slot] = entry
             }
             out.append(entry)
@@ -188,10 +206,11 @@ public actor CommitFeed {
     }
 
     /// Frames `entry` into the open run of its scope, or a new one; drops the oldest runs beyond
-    /// the capacity.
+    /// the capacity or the byte budget (a run closes at a 16th of it, so that dropping whole runs
+    /// keeps to the budget).
     private func frame(_ entry: Entry) {
         if runs.isEmpty || !runs[runs.count - 1].open || runs[runs.count - 1].scopeId != entry.event.scopeId
-            || runs[runs.count - 1].seqs.count >= Self.eventsPerRun {
+            || runs[runs.count - 1].seqs.count >= Self.eventsPerRun || runs[runs.count - 1].buffer.readableBytes >= byteBudget / 16 {
             if !runs.isEmpty { runs[runs.count - 1].open = false }
             runs.append(Run(scopeId: entry.event.scopeId))
         }
@@ -204,8 +223,11 @@ public actor CommitFeed {
         runs[last].ends.append(runs[last].buffer.readableBytes)
         runs[last].at = entry.at
         runEvents += 1
-        while runEvents > capacity, runs.count > 1 {
-            runEvents -= runs.removeFirst().seqs.count
+        runBytes += StreamFrameWriter.headerBytes(scratch.count) + scratch.count
+        while runEvents > capacity || runBytes > byteBudget, runs.count > 1 {
+            let dropped = runs.removeFirst()
+            runEvents -= dropped.seqs.count
+            runBytes -= dropped.buffer.readableBytes
         }
     }
 
@@ -215,6 +237,7 @@ public actor CommitFeed {
         if let last = lastFramedRead, ContinuousClock.now - last > Self.framingIdle {
             runs.removeAll()
             runEvents = 0
+            runBytes = 0
             lastFramedRead = nil
         }
     }
@@ -343,25 +366,39 @@ public actor CommitFeed {
         if !ring.isEmpty {
             ring.removeAll(keepingCapacity: true)
             start = 0
+            count = 0
+            ringBytes = 0
         }
         pending.removeAll()
         if !runs.isEmpty {
             runs.removeAll()
             runEvents = 0
+            runBytes = 0
         }
         lastFramedRead = nil
         if let seq, seq > head { head = seq }
     }
 
     private func append(_ entry: Entry) {
-        if ring.count < capacity {
+        if count == capacity { dropOldest() }
+        let slot = (start + count) % capacity
+        if slot == ring.count {
             ring.append(entry)
         } else {
-            ring[start] = entry
-            start = (start + 1) % capacity
+            ring[slot] = entry
         }
+        count += 1
+        ringBytes += entry.bytes
+        while ringBytes > byteBudget, count > 1 { dropOldest() }
         head = entry.seq
         if lastFramedRead != nil { frame(entry) }
+    }
+
+    private func dropOldest() {
+        ringBytes -= ring[start].bytes
+        ring[start] = Entry.dropped
+        start = (start + 1) % ring.count
+        count -= 1
     }
 
     /// Called once a batch of entries is in.

@@ -89,6 +89,11 @@ struct StreamFrameWriter {
     }
 
     /// FIN and the text opcode, then the payload length (RFC 6455, 5.2).
+    /// The size of ``header(_:into:)``'s output for a message of `length` bytes.
+    static func headerBytes(_ length: Int) -> Int {
+        length < 126 ? 2 : length <= Int(UInt16.max) ? 4 : 10
+    }
+
     static func header(_ length: Int, into buffer: inout ByteBuffer) {
         buffer.writeInteger(UInt8(0x81))
         if length < 126 {

@@ -362,6 +362,29 @@ import Testing
         await cleanup()
     }
 
+    /// The tail is bounded by bytes as well as by count: with events of 10 KB and a budget of
+    /// 100 KB it holds the newest nine, and whole-scope frames hold about as much.
+    @Test func theFeedsTailIsBoundedByBytes() async throws {
+        let (store, cleanup) = try await Backend.sqlite.makeStore()
+        let feed = CommitFeed(store: store, capacity: 20_000, byteBudget: 100_000, logger: quietLogger)
+        try await feed.start()
+        _ = await feed.read(after: 0, max: 10, wholeScope: "a")  // in use, and framing, from now on
+        let large = (0..<50).map { i in
+            let t = Timestamp(microseconds: Self.t0.microseconds + Int64(i) * 1_000)
+            return Event(scopeId: "a", sourceTruthTime: t, canonicalTruthTime: t, fields: .raw(connectionId: "c", sequence: Int64(i), bytes: [UInt8](repeating: UInt8(i), count: 10_000)))
+        }
+        await feed.published(large, seqs: Array(1...50))
+        guard case .entries(let kept) = await feed.read(after: 41, max: 4_096) else { Issue.record("the newest nine are kept"); return }
+        #expect(kept.map(\.seq) == Array(42...50))
+        guard case .behind = await feed.read(after: 40, max: 4_096) else { Issue.record("the tenth newest is dropped"); return }
+        // Frames of about 13.4 KB (base64), each in a run of its own (a run closes at a 16th of
+        // the budget): the newest seven fit in 100 KB.
+        guard case .frames(let frames) = await feed.read(after: 43, max: 4_096, wholeScope: "a") else { Issue.record("frames of the newest seven"); return }
+        #expect(frames.events == 7 && frames.position == 50)
+        guard case .entries = await feed.read(after: 42, max: 4_096, wholeScope: "a") else { Issue.record("the eighth newest is no longer framed"); return }
+        await cleanup()
+    }
+
     /// The payloads of unmasked text frames, back to back (RFC 6455, 5.2).
     static func textFrames(_ buffer: ByteBuffer) throws -> [String] {
         var b = buffer
