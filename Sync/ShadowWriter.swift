@@ -102,7 +102,8 @@ public final class ShadowWriter: Service, Sendable {
                 }
                 let after = watermark!
                 known = after
-                let events = try await primary.committed(after: after, limit: settings.batchSize)
+                // Bounded by bytes too: a batch of large events stays a few megabytes.
+                let events = try await primary.committed(after: after, limit: settings.batchSize, maxBytes: 16 << 20)
                 metrics.lag.set(Double(max(0, head - after)))
                 acked.withLock { $0 = after }
                 guard let last = events.last else {

@@ -259,7 +259,9 @@ public final class Shipper: Service, Sendable {
     /// nil when nothing is stored after it.
     private func prepare(after: Int64, maxBytes: Int) async throws -> Prepared? {
         let outbox = try await store.outboxState()
-        var events = try await store.committed(after: after, limit: settings.batchSize)
+        // Bounded by bytes as it is read, not only once read: 5,000 events of a megabyte each
+        // would take gigabytes before the batch was cut to size.
+        var events = try await store.committed(after: after, limit: settings.batchSize, maxBytes: maxBytes)
         events.removeLast(events.count - SyncBatchCodec.fitting(events, maxBytes: maxBytes))
         guard let last = events.last else { return nil }
         let head = Swift.max(outbox.lastSeq, last.seq)

@@ -138,6 +138,10 @@ public struct NovaConfiguration: Sendable, Equatable {
         public var maxBodyBytes = 64 << 20
         /// The largest `limit` a query may ask for.
         public var maxQueryLimit = 100_000
+        /// The most event content (pre-image bytes) in one page of `GET /v1/events` and in one
+        /// page a stream reads: a page ends there with a cursor, so large events cannot make a
+        /// page of `limit` events take gigabytes.
+        public var maxPageBytes = 16 << 20
         /// Events in one ingest body at most; more: 413, nothing stored.
         public var maxEventsPerBatch = 100_000
         /// The longest `from`..`to` of `GET /v1/events` (an interval such as "31 days"); nil: any.
@@ -300,6 +304,7 @@ extension NovaConfiguration {
             config.server.port = try s.int("port", default: config.server.port, in: 0...65535)
             config.server.maxBodyBytes = try s.int("maxBodyBytes", default: config.server.maxBodyBytes, in: 1...(1 << 34))
             config.server.maxQueryLimit = try s.int("maxQueryLimit", default: config.server.maxQueryLimit, in: 1...10_000_000)
+            config.server.maxPageBytes = try s.int("maxPageBytes", default: config.server.maxPageBytes, in: 1...(1 << 32))
             config.server.maxEventsPerBatch = try s.int("maxEventsPerBatch", default: config.server.maxEventsPerBatch, in: 1...10_000_000)
             if let text = try s.optionalString("maxQueryRange") {
                 guard Self.parseInterval(text) != nil else {
@@ -393,7 +398,7 @@ extension NovaConfiguration {
             },
             "dual": { "primary": \(s(database.dual.primary.rawValue)), "verifyEvery": \(s(database.dual.verifyEvery)), "verifyWindow": \(s(database.dual.verifyWindow)), "sweepEvery": \(s(database.dual.sweepEvery)) }
           },
-          "server": { "host": \(s(server.host)), "port": \(server.port), "maxBodyBytes": \(server.maxBodyBytes), "maxQueryLimit": \(server.maxQueryLimit),
+          "server": { "host": \(s(server.host)), "port": \(server.port), "maxBodyBytes": \(server.maxBodyBytes), "maxQueryLimit": \(server.maxQueryLimit), "maxPageBytes": \(server.maxPageBytes),
                       "maxEventsPerBatch": \(server.maxEventsPerBatch), "maxQueryRange": \(server.maxQueryRange.map(s) ?? "null"),
                       "maxStreamsPerToken": \(server.maxStreamsPerToken), "maxStreamMessageBytes": \(server.maxStreamMessageBytes),
                       "idleTimeoutSeconds": \(server.idleTimeoutSeconds), "tokens": [\(tokens.joined(separator: ", "))],

@@ -14,10 +14,14 @@ public struct EventQuery: Sendable, Hashable {
     public var after: OrderingKey?
     /// Only events committed at or before this `ingestSeq` (a stream's snapshot), when set.
     public var throughSeq: Int64?
+    /// When set, a page ends once its events' content (``Event/preimageLength``) reaches this
+    /// many bytes, with fewer than `limit` events and a cursor: `limit` alone lets a page of
+    /// megabyte events take gigabytes. Always at least one event.
+    public var maxBytes: Int?
 
     public init(
         scopeId: String, range: Range<Timestamp>, timebase: Timebase = .canonical, lanes: [Lane] = Lane.allCases,
-        filters: [Lane: String] = [:], limit: Int = 10_000, after: OrderingKey? = nil, throughSeq: Int64? = nil
+        filters: [Lane: String] = [:], limit: Int = 10_000, after: OrderingKey? = nil, throughSeq: Int64? = nil, maxBytes: Int? = nil
     ) {
         self.scopeId = scopeId
         self.range = range
@@ -27,6 +31,7 @@ public struct EventQuery: Sendable, Hashable {
         self.limit = limit
         self.after = after
         self.throughSeq = throughSeq
+        self.maxBytes = maxBytes
     }
 
     /// The read of one lane that this query starts with, or continues with after `key`.
@@ -47,7 +52,7 @@ public struct EventQuery: Sendable, Hashable {
         }
         return LaneRead(
             lane: lane, scopeId: scopeId, timebase: timebase, from: from, to: range.upperBound,
-            filter: filters[lane], after: laneKey, limit: limit, throughSeq: throughSeq)
+            filter: filters[lane], after: laneKey, limit: limit, throughSeq: throughSeq, maxBytes: maxBytes)
     }
 }
 
@@ -99,10 +104,13 @@ public struct LaneRead: Sendable, Hashable {
     public var limit: Int
     /// When set, only events with `ingestSeq <= throughSeq`.
     public var throughSeq: Int64?
+    /// When set, the read stops once its events' content reaches this many bytes (see
+    /// ``EventQuery/maxBytes``), which ``Array/reachesBytes(_:)`` tells its caller.
+    public var maxBytes: Int?
 
     public init(
         lane: Lane, scopeId: String, timebase: Timebase, from: Timestamp, to: Timestamp, filter: String? = nil,
-        after: OrderingKey? = nil, limit: Int, throughSeq: Int64? = nil
+        after: OrderingKey? = nil, limit: Int, throughSeq: Int64? = nil, maxBytes: Int? = nil
     ) {
         self.lane = lane
         self.scopeId = scopeId
@@ -113,6 +121,21 @@ public struct LaneRead: Sendable, Hashable {
         self.after = after
         self.limit = limit
         self.throughSeq = throughSeq
+        self.maxBytes = maxBytes
+    }
+}
+
+extension Array where Element == Event {
+    /// Whether these events' content reaches `maxBytes`: where a bounded read stops, so more may
+    /// follow even with fewer events than its limit.
+    public func reachesBytes(_ maxBytes: Int?) -> Bool {
+        guard let maxBytes else { return false }
+        var total = 0
+        for k in indices {
+            total += self[k].preimageLength
+            if total >= maxBytes { return true }
+        }
+        return false
     }
 }
 

@@ -4,12 +4,13 @@ extension EventStore {
     ///
     /// The merge lives here, not in each backend, so that both stores order timelines by the same
     /// code. Each lane is read in chunks that grow as they are consumed, so a page reads at most a
-    /// few chunks more than it returns.
+    /// few chunks more than it returns. A page bounded by ``EventQuery/maxBytes`` ends early,
+    /// with a cursor.
     public func page(_ query: EventQuery) async throws(StoreError) -> EventPage {
         let want = query.limit + 1
         if query.lanes.count == 1 {
             let events = try await read(query.laneRead(query.lanes[0], after: query.after, limit: want))
-            return EventPage(events: events, limit: query.limit, timebase: query.timebase)
+            return EventPage(events: events, limit: query.limit, timebase: query.timebase, cut: events.reachesBytes(query.maxBytes))
         }
         var heads = [LaneCursor]()
         let firstChunk = Swift.min(want, Swift.max(64, want / query.lanes.count + 1))
@@ -20,25 +21,34 @@ extension EventStore {
         }
         var out = [Event]()
         out.reserveCapacity(Swift.min(want, 4096))
-        while out.count < want, !heads.isEmpty {
+        var bytes = 0
+        var cut = false
+        while out.count < want, !heads.isEmpty, !cut {
             var best = 0
             for k in 1..<heads.count where heads[k].headKey < heads[best].headKey { best = k }
             out.append(heads[best].pop())
+            if let maxBytes = query.maxBytes {
+                bytes += out[out.count - 1].preimageLength
+                cut = bytes >= maxBytes
+            }
             if heads[best].isBufferEmpty {
                 try await heads[best].refill(from: self, timebase: query.timebase, cap: want)
                 if heads[best].isDone { heads.remove(at: best) }
             }
         }
-        return EventPage(events: out, limit: query.limit, timebase: query.timebase)
+        return EventPage(events: out, limit: query.limit, timebase: query.timebase, cut: cut && !heads.isEmpty)
     }
 }
 
 extension EventPage {
-    /// Trims an over-read of `limit + 1` events to `limit`, remembering that more follow.
-    init(events: [Event], limit: Int, timebase: Timebase) {
+    /// Trims an over-read of `limit + 1` events to `limit`, remembering that more follow; so do
+    /// they after a page `cut` short by its byte bound.
+    init(events: [Event], limit: Int, timebase: Timebase, cut: Bool) {
         if events.count > limit {
             let kept = Array(events.prefix(limit))
             self.init(events: kept, next: kept.last?.orderingKey(timebase))
+        } else if cut, let last = events.last {
+            self.init(events: events, next: last.orderingKey(timebase))
         } else {
             self.init(events: events, next: nil)
         }
@@ -73,7 +83,7 @@ private struct LaneCursor {
         if let last = buffer.last { read.after = last.orderingKey(timebase) }
         buffer = try await store.read(read)
         position = 0
-        exhausted = buffer.count < read.limit
+        exhausted = buffer.count < read.limit && !buffer.reachesBytes(read.maxBytes)
         read.limit = Swift.min(cap, read.limit * 2)
         if let first = buffer.first { headKey = first.orderingKey(timebase) }
     }

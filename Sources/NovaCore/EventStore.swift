@@ -8,9 +8,10 @@ public protocol EventStore: Sendable {
     /// One lane's events in contract order, at most `read.limit` of them.
     func read(_ read: LaneRead) async throws(StoreError) -> [Event]
 
-    /// One lane's events with `ingestSeq` in `seqs`, in commit order (every scope). Streams and
-    /// the feed use it through ``EventStore/committed(after:limit:)``.
-    func readCommitted(_ lane: Lane, seqs: ClosedRange<Int64>) async throws(StoreError) -> [CommittedEvent]
+    /// One lane's events with `ingestSeq` in `seqs`, in commit order (every scope), stopping once
+    /// their content reaches `maxBytes` when given. Streams, the feed and the shipper use it
+    /// through ``EventStore/committed(after:limit:maxBytes:)``.
+    func readCommitted(_ lane: Lane, seqs: ClosedRange<Int64>, maxBytes: Int?) async throws(StoreError) -> [CommittedEvent]
 
     /// The smallest `ingestSeq` after `after` in one lane, if any.
     func nextCommittedSeq(_ lane: Lane, after: Int64) async throws(StoreError) -> Int64?
@@ -110,15 +111,26 @@ extension EventStore {
     /// therefore read first and the window cut there: `ingestSeq` is given in commit order under
     /// the writer's lock, so everything up to a committed head is visible to the reads after it.
     /// A window that retention emptied is stepped over to the next event still stored.
-    public func committed(after: Int64, limit: Int) async throws(StoreError) -> [CommittedEvent] {
+    ///
+    /// With `maxBytes`, the answer ends once its events' content reaches it (at least one event):
+    /// each lane's read stops there, and the answer is cut at the first place a lane stopped, so
+    /// it still has no gap.
+    public func committed(after: Int64, limit: Int, maxBytes: Int? = nil) async throws(StoreError) -> [CommittedEvent] {
         let head = try await lastCommittedSeq()
         var start = after
         while start < head {
             let end = Swift.min(head, start + Int64(Swift.max(1, limit)))
             var all = [CommittedEvent]()
-            for lane in Lane.allCases { all += try await readCommitted(lane, seqs: (start + 1)...end) }
+            var cutAt = end
+            for lane in Lane.allCases {
+                let rows = try await readCommitted(lane, seqs: (start + 1)...end, maxBytes: maxBytes)
+                if let last = rows.last, rows.reachesBytes(maxBytes) { cutAt = Swift.min(cutAt, last.seq) }
+                all += rows
+            }
             if !all.isEmpty {
                 all.sort { $0.seq < $1.seq }
+                if cutAt < end { all.removeAll { $0.seq > cutAt } }
+                if let maxBytes { all.removeLast(all.count - Self.fitting(all, maxBytes: maxBytes)) }
                 return all
             }
             var next: Int64?
@@ -129,6 +141,30 @@ extension EventStore {
             start = next - 1
         }
         return []
+    }
+
+    /// How many of `rows`, from the first, hold less than `maxBytes` of content, plus the one
+    /// that reaches it (at least one).
+    static func fitting(_ rows: [CommittedEvent], maxBytes: Int) -> Int {
+        var total = 0
+        for k in rows.indices {
+            total += rows[k].event.preimageLength
+            if total >= maxBytes { return k + 1 }
+        }
+        return rows.count
+    }
+}
+
+extension Array where Element == CommittedEvent {
+    /// Whether these events' content reaches `maxBytes` (where a bounded read stops).
+    func reachesBytes(_ maxBytes: Int?) -> Bool {
+        guard let maxBytes else { return false }
+        var total = 0
+        for k in indices {
+            total += self[k].event.preimageLength
+            if total >= maxBytes { return true }
+        }
+        return false
     }
 }
 

@@ -14,8 +14,14 @@ extension PostgresStore {
                 let rows = try await conn.query(try Self.query(read), logger: logger)
                 var events = [Event]()
                 events.reserveCapacity(min(read.limit, 1024))
+                var bytes = 0
                 for try await row in rows {
                     events.append(try Self.decode(row, lane: read.lane))
+                    if let maxBytes = read.maxBytes {
+                        bytes += events[events.count - 1].preimageLength
+                        // The rest of the answer is discarded by the driver.
+                        if bytes >= maxBytes { break }
+                    }
                 }
                 return events
             }
@@ -48,7 +54,7 @@ extension PostgresStore {
         return PostgresQuery(unsafeSQL: prefix + sql, binds: binds)
     }
 
-    public func readCommitted(_ lane: Lane, seqs: ClosedRange<Int64>) async throws(StoreError) -> [CommittedEvent] {
+    public func readCommitted(_ lane: Lane, seqs: ClosedRange<Int64>, maxBytes: Int?) async throws(StoreError) -> [CommittedEvent] {
         _ = try ensureReady()
         do {
             let logger = logger
@@ -58,10 +64,15 @@ extension PostgresStore {
             let query = PostgresQuery(unsafeSQL: LaneSQL(lane).selectCommitted(dialect: Self.dialect), binds: binds)
             return try await connection { conn in
                 var rows = [CommittedEvent]()
+                var bytes = 0
                 for try await row in try await conn.query(query, logger: logger) {
                     var cells = row.makeIterator()
                     let seq = try Self.nextCell(&cells).int64()
                     rows.append(CommittedEvent(seq: seq, event: try Self.decode(&cells, lane: lane)))
+                    if let maxBytes {
+                        bytes += rows[rows.count - 1].event.preimageLength
+                        if bytes >= maxBytes { break }
+                    }
                 }
                 return rows
             }

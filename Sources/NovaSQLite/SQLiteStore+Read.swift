@@ -23,8 +23,13 @@ extension SQLiteStore {
         let s = try prepare(read, sql: selectSQL(read), db: db)
         var events = [Event]()
         events.reserveCapacity(min(read.limit, 1024))
+        var bytes = 0
         while try s.step(db) {
             events.append(try decode(s, lane: read.lane))
+            if let maxBytes = read.maxBytes {
+                bytes += events[events.count - 1].preimageLength
+                if bytes >= maxBytes { break }
+            }
         }
         s.reset()
         return events
@@ -54,7 +59,7 @@ extension SQLiteStore {
         return s
     }
 
-    public func readCommitted(_ lane: Lane, seqs: ClosedRange<Int64>) async throws(StoreError) -> [CommittedEvent] {
+    public func readCommitted(_ lane: Lane, seqs: ClosedRange<Int64>, maxBytes: Int?) async throws(StoreError) -> [CommittedEvent] {
         do {
             return try await pool.read { db in
                 let s = RawStatement(try db.cachedStatement(sql: LaneSQL(lane).selectCommitted(dialect: Self.dialect)))
@@ -62,8 +67,13 @@ extension SQLiteStore {
                 s.bind(1, seqs.lowerBound - 1)
                 s.bind(2, seqs.upperBound)
                 var rows = [CommittedEvent]()
+                var bytes = 0
                 while try s.step(db) {
                     rows.append(CommittedEvent(seq: s.int64(0), event: try Self.decode(s, lane: lane, offset: 1)))
+                    if let maxBytes {
+                        bytes += rows[rows.count - 1].event.preimageLength
+                        if bytes >= maxBytes { break }
+                    }
                 }
                 s.reset()
                 return rows

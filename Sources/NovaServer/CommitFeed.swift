@@ -324,7 +324,7 @@ public actor CommitFeed {
                 // (the periodic one, a burst of signals) find nothing missing.
                 var rows = [CommittedEvent]()
                 if try await store.lastCommittedSeq() > head {
-                    rows = try await store.committed(after: head, limit: 2_000)
+                    rows = try await store.committed(after: head, limit: 2_000, maxBytes: byteBudget / 16)
                     for row in rows where row.seq > head {
                         append(Entry(seq: row.seq, event: row.event))
                     }

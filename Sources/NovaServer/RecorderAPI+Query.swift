@@ -8,9 +8,10 @@ extension RecorderAPI {
     /// more events follow.
     func query(_ request: Request) async throws -> Response {
         var parameters = try QueryParameters(request.uri)
-        let query = try EventQuery(
+        var query = try EventQuery(
             parameters: &parameters, maxLimit: configuration.server.maxQueryLimit,
             maxRange: configuration.server.maxQueryRange.map { ($0, NovaConfiguration.parseInterval($0)!) })
+        query.maxBytes = configuration.server.maxPageBytes
         let started = ContinuousClock.now
         let page: EventPage
         do {

@@ -40,6 +40,7 @@ extension RecorderAPI {
         let metrics = metrics
         let handOverDistance = handOverDistance
         let inFlight = inFlight
+        let pageBytes = configuration.server.maxPageBytes
         let channel = context.requestContext.channel
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
@@ -74,7 +75,8 @@ extension RecorderAPI {
             do {
                 var session = try await StreamSession(
                     request: request, store: store, feed: feed, control: control, outbound: outbound,
-                    frames: try await StreamFrameWriter(channel: channel), metrics: metrics, inFlight: inFlight, handOverDistance: handOverDistance)
+                    frames: try await StreamFrameWriter(channel: channel), metrics: metrics, inFlight: inFlight, handOverDistance: handOverDistance,
+                    pageBytes: pageBytes)
                 try await session.run()
             } catch let failure as StreamFailure {
                 await failure.report(on: outbound)

@@ -78,11 +78,11 @@ struct StreamRequest: Sendable {
 
     /// The rewind's ordered read from `from`, after `cursor`: of what was committed by `snapshot`
     /// while the rewind is to hand over to LIVE; without a snapshot, like a paged query.
-    func query(from: Timestamp, after cursor: OrderingKey?, snapshot: Int64?, limit: Int) -> EventQuery {
+    func query(from: Timestamp, after cursor: OrderingKey?, snapshot: Int64?, limit: Int, maxBytes: Int) -> EventQuery {
         let end = to ?? .endOfTime
         return EventQuery(
             scopeId: scopeId, range: Swift.min(from, end)..<end, timebase: timebase, lanes: lanes, filters: filters,
-            limit: limit, after: cursor, throughSeq: snapshot)
+            limit: limit, after: cursor, throughSeq: snapshot, maxBytes: maxBytes)
     }
 }
 

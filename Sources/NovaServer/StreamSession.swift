@@ -85,6 +85,8 @@ struct StreamSession {
     let inFlight: InFlightIngest
     /// Commits since the snapshot below which a rewind hands over to LIVE.
     let handOverDistance: Int
+    /// The most event content a page read from the store holds (`server.maxPageBytes`).
+    let pageBytes: Int
     var speed: Double
     var phase: Phase
     var paused = false
@@ -108,9 +110,10 @@ struct StreamSession {
 
     init(
         request: StreamRequest, store: any EventStore, feed: CommitFeed, control: StreamControl, outbound: WebSocketOutboundWriter, frames: StreamFrameWriter,
-        metrics: NovaMetrics, inFlight: InFlightIngest, handOverDistance: Int
+        metrics: NovaMetrics, inFlight: InFlightIngest, handOverDistance: Int, pageBytes: Int
     ) async throws(StoreError) {
         self.handOverDistance = handOverDistance
+        self.pageBytes = pageBytes
         self.request = request
         self.store = store
         self.feed = feed
@@ -203,7 +206,7 @@ struct StreamSession {
     /// One page of the rewind, or the check at its end.
     mutating func rewind(from: Timestamp, cursor: OrderingKey?, snapshot: Int64?) async throws -> Step {
         // Unpaced, larger pages: fewer round trips; a page is the most a client holds anyway.
-        let query = request.query(from: from, after: cursor, snapshot: snapshot, limit: speed == 0 ? Self.fastPageSize : Self.pageSize)
+        let query = request.query(from: from, after: cursor, snapshot: snapshot, limit: speed == 0 ? Self.fastPageSize : Self.pageSize, maxBytes: pageBytes)
         let page: EventPage
         if let ahead = prefetched, ahead.query == query {
             page = try await storeCall { try await ahead.task.value }
@@ -214,7 +217,7 @@ struct StreamSession {
         }
         prefetched = nil
         if speed == 0, page.next != nil, let last = page.events.last {
-            let next = request.query(from: from, after: last.orderingKey(request.timebase), snapshot: snapshot, limit: Self.fastPageSize)
+            let next = request.query(from: from, after: last.orderingKey(request.timebase), snapshot: snapshot, limit: Self.fastPageSize, maxBytes: pageBytes)
             let store = store
             prefetched = (next, Task { try await store.page(next) })
         }
@@ -335,7 +338,7 @@ struct StreamSession {
             // Large pages: behind the feed, each client reads the store for itself, and on
             // PostgreSQL pages of 512 kept 20 clients behind for over a minute where pages of
             // 4,096 caught them up (bench stream at 50,000 events/s, alternating binaries).
-            let rows = try await storeCall { try await store.committed(after: position, limit: Self.fastPageSize) }
+            let rows = try await storeCall { try await store.committed(after: position, limit: Self.fastPageSize, maxBytes: pageBytes) }
             var sent = 0
             for row in rows where request.selects(row.event) && request.endsAfter(row.event) {
                 try await send(event: row.event)
@@ -360,7 +363,7 @@ struct StreamSession {
         if case .entries(let entries) = await feed.read(after: position, max: Self.pageSize) {
             return entries.map { ($0.seq, $0.event, $0.message) }
         }
-        return try await storeCall { try await store.committed(after: position, limit: Self.pageSize) }.map { ($0.seq, $0.event, nil) }
+        return try await storeCall { try await store.committed(after: position, limit: Self.pageSize, maxBytes: pageBytes) }.map { ($0.seq, $0.event, nil) }
     }
 
     /// Waits until `event` is due at the current speed. False when a command or a close arrived

@@ -119,7 +119,8 @@ struct MigrateCommand: AsyncParsableCommand {
         defer { for batch in inFlight { batch.task.cancel() } }
         while true {
             while inFlight.count < Self.window, read < outbox.lastSeq {
-                let events = try await src.committed(after: read, limit: batchSize).filter { $0.seq <= outbox.lastSeq }
+                // Bounded by bytes too: a window of batches of large events stays in memory.
+                let events = try await src.committed(after: read, limit: batchSize, maxBytes: 16 << 20).filter { $0.seq <= outbox.lastSeq }
                 guard let last = events.last else { break }
                 let batch = SyncBatch(
                     siteId: Self.siteId, storeId: outbox.storeId, firstSeq: read + 1, lastSeq: last.seq, pendingFrom: nil,

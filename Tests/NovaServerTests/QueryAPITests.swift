@@ -35,6 +35,31 @@ import Testing
         }
     }
 
+    /// Pages end at `server.maxPageBytes` of event content, short of `limit`, with a cursor;
+    /// following it reads everything once.
+    @Test(arguments: Backend.allCases)
+    func pagesOfLargeEventsEndAtTheByteBound(backend: Backend) async throws {
+        try await withRecorder(backend, configure: { $0.server.maxPageBytes = 30_000 }) { client, _, _ in
+            let events = (0..<10).map { i in
+                let t = Timestamp(microseconds: 1_780_000_000_000_000 + Int64(i) * 1_000)
+                return Event(scopeId: "s", sourceTruthTime: t, canonicalTruthTime: t, fields: .raw(connectionId: "c", sequence: Int64(i), bytes: [UInt8](repeating: 7, count: 10_000)))
+            }
+            try await client.ingest(events)
+            var got = [String]()
+            var cursor: String?
+            var sizes = [Int]()
+            repeat {
+                let response = try await client.get("/v1/events?scope=s&\(everything)&limit=100" + (cursor.map { "&after=\($0)" } ?? ""))
+                #expect(response.status == .ok, "\(response.text)")
+                got += response.lines.map { (try? JSONParser.parse($0))?["eventId"]?.stringValue ?? "?" }
+                sizes.append(response.lines.count)
+                cursor = response.headers[HTTPField.Name("Nova-Next-Cursor")!]
+            } while cursor != nil && sizes.count < 20
+            #expect(got == events.map(\.eventId.hex))
+            #expect(sizes.first == 3, "three events of 10 KB reach 30,000 bytes: \(sizes)")
+        }
+    }
+
     @Test(arguments: Backend.allCases)
     func filtersSelectTheirLane(backend: Backend) async throws {
         try await withRecorder(backend) { client, _, _ in

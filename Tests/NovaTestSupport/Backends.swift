@@ -40,7 +40,8 @@ public protocol CustomTestStringConvertible {
 }
 
 extension EventStore {
-    /// Every page of `query`, following cursors, checking that each page but the last is full.
+    /// Every page of `query`, following cursors, checking that each page but the last is full
+    /// (or, for a query bounded by bytes, holds at least its bound).
     public func allPages(_ query: EventQuery) async throws -> (events: [Event], pages: Int) {
         var q = query
         var out = [Event]()
@@ -50,7 +51,7 @@ extension EventStore {
             pages += 1
             out += page.events
             guard let next = page.next else { break }
-            precondition(page.events.count == q.limit, "a page before the last is short")
+            precondition(page.events.count == q.limit || page.events.reachesBytes(q.maxBytes), "a page before the last is short")
             q.after = next
         }
         return (out, pages)

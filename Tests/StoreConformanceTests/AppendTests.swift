@@ -8,6 +8,44 @@ import Testing
               fields: .raw(connectionId: "c", sequence: seq, bytes: bytes))
     }
 
+    /// Pages and commit-order reads bounded by bytes end early with a cursor (or, in commit
+    /// order, without a gap), and following them reads exactly what an unbounded read does.
+    @Test(arguments: Backend.allCases)
+    func readsBoundedByBytesEndEarlyAndMissNothing(backend: Backend) async throws {
+        let (store, cleanup) = try await backend.makeStore()
+        defer { Task { await cleanup() } }
+        // 30 events of about 10 KB in two lanes, interleaved in time and in commit order.
+        let events = (0..<30).map { i -> Event in
+            let t = Timestamp(microseconds: 1_000_000 + Int64(i) * 1_000)
+            let big = [UInt8](repeating: UInt8(i), count: 10_000)
+            return i % 3 == 0
+                ? Event(scopeId: "s", sourceTruthTime: t, canonicalTruthTime: t, fields: .metadata(metadataType: "m", payload: CanonicalPayload([JSONMember("x", .string(String(repeating: "y", count: 10_000 + i)))])))
+                : Event(scopeId: "s", sourceTruthTime: t, canonicalTruthTime: t, fields: .raw(connectionId: "c", sequence: Int64(i), bytes: big))
+        }
+        _ = try await store.append(events)
+        for lanes in [[Lane.raw], Lane.allCases] {
+            let query = EventQuery(scopeId: "s", range: Timestamp.min..<Timestamp.endOfTime, lanes: lanes, limit: 100)
+            let whole = try await store.page(query)
+            var bounded = query
+            bounded.maxBytes = 35_000
+            let first = try await store.page(bounded)
+            #expect(first.events.count == 4 && first.next != nil, "\(lanes): \(first.events.count) events")
+            let paged = try await store.allPages(bounded)
+            #expect(paged.events.map(\.eventId) == whole.events.map(\.eventId), "\(lanes)")
+            #expect(paged.pages >= whole.events.count / 4)
+        }
+        var position: Int64 = 0
+        var seqs = [Int64]()
+        while true {
+            let rows = try await store.committed(after: position, limit: 1_000, maxBytes: 35_000)
+            guard let last = rows.last else { break }
+            #expect(rows.count <= 4)
+            seqs += rows.map(\.seq)
+            position = last.seq
+        }
+        #expect(seqs == Array(1...30), "commit order, no gap, no repeat")
+    }
+
     @Test(arguments: Backend.allCases)
     func dedupeIsGlobalAndKeepsTheFirstCopy(backend: Backend) async throws {
         let (store, cleanup) = try await backend.makeStore()
