@@ -83,7 +83,7 @@ struct QueryCommand: AsyncParsableCommand {
         }
         var query = EventQuery(
             scopeId: scope, range: fromTime..<toTime, timebase: Timebase(rawValue: timebase)!, lanes: lanes, filters: filterMap,
-            limit: pageSize)
+            limit: pageSize, maxBytes: 16 << 20)
         while true {
             let page: EventPage
             do {
