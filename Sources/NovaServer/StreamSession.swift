@@ -240,15 +240,15 @@ struct StreamSession {
         // At the snapshot's end. Close enough to the head (under continuous ingest it is never
         // exactly there), the commits since the snapshot follow as LIVE, in commit order.
         let head = try await storeCall { try await store.lastCommittedSeq() }
-        let toHasPassed = request.toHasPassed && noIngestBeforeToInFlight
-        if !toHasPassed, head - snapshot <= Int64(handOverDistance) {
+        let closed = rangeIsClosed
+        if !closed, head - snapshot <= Int64(handOverDistance) {
             if request.to == nil { try await send(Self.caughtUp(snapshot)) }
             phase = .live(position: snapshot)
             return .next
         }
         try await sendLateArrivals(from: from, cursor: cursor, after: snapshot, through: head)
         // Once `to` has passed, the rest of the range is read without a snapshot, then `end`.
-        phase = .rewind(from: from, cursor: cursor, snapshot: toHasPassed ? nil : head)
+        phase = .rewind(from: from, cursor: cursor, snapshot: closed ? nil : head)
         return .next
     }
 
@@ -279,15 +279,18 @@ struct StreamSession {
     /// before `to`), and every commit up to the head at that moment is sent.
     mutating func reachedEnd(at position: Int64) async throws -> Bool {
         guard request.to != nil else { return false }
-        if endSeq == nil, request.toHasPassed, noIngestBeforeToInFlight {
+        if endSeq == nil, rangeIsClosed {
             endSeq = try await storeCall { try await store.lastCommittedSeq() }
         }
         guard let endSeq else { return false }
         return position >= endSeq
     }
 
-    var noIngestBeforeToInFlight: Bool {
-        guard let to = request.to, let oldest = inFlight.oldest else { return true }
+    /// Whether nothing more can enter the range of a rewind with `to`: the clock has passed `to`,
+    /// and no ingest request received before it is still in flight.
+    var rangeIsClosed: Bool {
+        guard let to = request.to, request.toHasPassed else { return false }
+        guard let oldest = inFlight.oldest else { return true }
         return oldest >= to
     }
 
