@@ -21,7 +21,7 @@ import Synchronization
 public final class ShadowWriter: Service, Sendable {
     /// The site whose watermark (per primary `storeId`) is the shadow's checkpoint: the one
     /// `nova migrate` keeps, so that a backfill followed by dual mode copies each event once.
-    public static let siteId = "nova-migrate"
+    public static let siteId = SyncSite.migrationSiteId
 
     public struct Settings: Sendable {
         public var batchSize = 5_000

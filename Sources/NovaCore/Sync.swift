@@ -118,6 +118,11 @@ public struct SyncWatermark: Sendable, Hashable {
 
 /// One site's state at the hub, for `GET /v1/sync/sites`.
 public struct SyncSite: Sendable, Hashable {
+    /// The reserved site of `nova migrate` and of the dual-write shadow: its watermark is a
+    /// copy's checkpoint, not a live site's claim, so it never holds back completeness (it
+    /// reports no `pendingFrom`, which would read as "complete through 1970" for good).
+    public static let migrationSiteId = "nova-migrate"
+
     public var siteId: String
     public var storeId: String
     public var ackedSeq: Int64

@@ -252,7 +252,8 @@ final class SyncAdmission: Sendable {
 /// "complete through T" holds for the scope's data from every site. A site that reports per scope
 /// holds back only the scopes it has pending; one that does not (an older edge) holds back every
 /// scope by its site-wide value. The sites are read from the store at most once a second; absent
-/// where no site ships (an edge).
+/// where no site ships (an edge). `nova migrate`'s reserved site is not one: it copies, it does
+/// not report completeness.
 final class CompleteThrough: Sendable {
     private struct Cached {
         var sites: [SyncSite]
@@ -271,7 +272,8 @@ final class CompleteThrough: Sendable {
         var sites = cached.withLock { now - $0.at < .seconds(1) ? $0.sites : nil }
         if sites == nil {
             var latest = [String: SyncSite]()
-            for site in (try? await store.syncSites()) ?? [] where (latest[site.siteId]?.lastContactAt ?? .min) <= site.lastContactAt {
+            for site in (try? await store.syncSites()) ?? []
+            where site.siteId != SyncSite.migrationSiteId && (latest[site.siteId]?.lastContactAt ?? .min) <= site.lastContactAt {
                 latest[site.siteId] = site
             }
             let fresh = Array(latest.values)

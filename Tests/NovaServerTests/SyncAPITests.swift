@@ -81,6 +81,8 @@ import Testing
             #expect(site["completeThrough"] == .string(claim.rfc3339))
             #expect(site["batchesApplied"] == .number(JSONNumber(1)))
             #expect(site["eventsApplied"] == .number(JSONNumber(10)))
+            // A migration's checkpoint site reports no completeness and holds nothing back.
+            #expect(try await ship(Self.batch(Array(events[0..<2]), site: SyncSite.migrationSiteId)).status == .ok)
             #expect(try await store.stats().totalEvents == 10)
             let answer = try await client.get("/v1/events?scope=s&\(everything)")
             #expect(answer.headers[HTTPField.Name("Nova-Complete-Through")!] == claim.rfc3339, "queries say up to when the data is complete")
@@ -111,7 +113,7 @@ import Testing
             #expect(forget.status == .ok, "\(forget.text)")
             #expect(forget.json["storesForgotten"] == .number(JSONNumber(1)))
             #expect(try await client.get("/v1/events?scope=late&\(everything)").headers[header] == claim.rfc3339)
-            #expect(try await store.syncSites().map(\.siteId) == ["site-a"])
+            #expect(try await store.syncSites().map(\.siteId) == [SyncSite.migrationSiteId, "site-a"])
             #expect(try await siteLag("site-b") == nil)
             #expect(try await siteLag("site-a") != nil)
             let again = try await client.execute(uri: "/v1/sync/sites/site-b", method: .delete)
@@ -119,7 +121,7 @@ import Testing
             #expect(again.errorMessage.contains("siteId: no site \"site-b\""), "\(again.text)")
             // A site still shipping comes back with its next batch (a heartbeat here).
             #expect(try await ship(siteB).status == .ok)
-            #expect(try await store.syncSites().map(\.siteId) == ["site-a", "site-b"])
+            #expect(try await store.syncSites().map(\.siteId) == [SyncSite.migrationSiteId, "site-a", "site-b"])
             #expect(try await store.stats().totalEvents == 10)
 
             // A hub has no shipper of its own.
