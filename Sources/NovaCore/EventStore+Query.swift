@@ -26,11 +26,12 @@ extension EventStore {
         while out.count < want, !heads.isEmpty, !cut {
             var best = 0
             for k in 1..<heads.count where heads[k].headKey < heads[best].headKey { best = k }
-            out.append(heads[best].pop())
+            let event = heads[best].pop()
             if let maxBytes = query.maxBytes {
-                bytes += out[out.count - 1].preimageLength
+                bytes += event.preimageLength
                 cut = bytes >= maxBytes
             }
+            out.append(event)
             if heads[best].isBufferEmpty {
                 try await heads[best].refill(from: self, timebase: query.timebase, cap: want)
                 if heads[best].isDone { heads.remove(at: best) }

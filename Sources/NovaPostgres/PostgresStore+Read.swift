@@ -16,12 +16,13 @@ extension PostgresStore {
                 events.reserveCapacity(min(read.limit, 1024))
                 var bytes = 0
                 for try await row in rows {
-                    events.append(try Self.decode(row, lane: read.lane))
-                    if let maxBytes = read.maxBytes {
-                        bytes += events[events.count - 1].preimageLength
-                        // The rest of the answer is discarded by the driver.
-                        if bytes >= maxBytes { break }
-                    }
+                    // Measured before it is appended: read back from the array, each event was
+                    // copied (perf of a REWIND: the event's copy went from 0.4% to 1.4%).
+                    let event = try Self.decode(row, lane: read.lane)
+                    if let maxBytes = read.maxBytes { bytes += event.preimageLength }
+                    events.append(event)
+                    // The rest of the answer is discarded by the driver.
+                    if let maxBytes = read.maxBytes, bytes >= maxBytes { break }
                 }
                 return events
             }
@@ -68,11 +69,10 @@ extension PostgresStore {
                 for try await row in try await conn.query(query, logger: logger) {
                     var cells = row.makeIterator()
                     let seq = try Self.nextCell(&cells).int64()
-                    rows.append(CommittedEvent(seq: seq, event: try Self.decode(&cells, lane: lane)))
-                    if let maxBytes {
-                        bytes += rows[rows.count - 1].event.preimageLength
-                        if bytes >= maxBytes { break }
-                    }
+                    let event = try Self.decode(&cells, lane: lane)
+                    if let maxBytes { bytes += event.preimageLength }
+                    rows.append(CommittedEvent(seq: seq, event: event))
+                    if let maxBytes, bytes >= maxBytes { break }
                 }
                 return rows
             }

@@ -25,11 +25,11 @@ extension SQLiteStore {
         events.reserveCapacity(min(read.limit, 1024))
         var bytes = 0
         while try s.step(db) {
-            events.append(try decode(s, lane: read.lane))
-            if let maxBytes = read.maxBytes {
-                bytes += events[events.count - 1].preimageLength
-                if bytes >= maxBytes { break }
-            }
+            // Measured before it is appended, not read back (which copies it).
+            let event = try decode(s, lane: read.lane)
+            if let maxBytes = read.maxBytes { bytes += event.preimageLength }
+            events.append(event)
+            if let maxBytes = read.maxBytes, bytes >= maxBytes { break }
         }
         s.reset()
         return events
@@ -69,11 +69,10 @@ extension SQLiteStore {
                 var rows = [CommittedEvent]()
                 var bytes = 0
                 while try s.step(db) {
-                    rows.append(CommittedEvent(seq: s.int64(0), event: try Self.decode(s, lane: lane, offset: 1)))
-                    if let maxBytes {
-                        bytes += rows[rows.count - 1].event.preimageLength
-                        if bytes >= maxBytes { break }
-                    }
+                    let event = try Self.decode(s, lane: lane, offset: 1)
+                    if let maxBytes { bytes += event.preimageLength }
+                    rows.append(CommittedEvent(seq: s.int64(0), event: event))
+                    if let maxBytes, bytes >= maxBytes { break }
                 }
                 s.reset()
                 return rows
