@@ -132,7 +132,10 @@ extension RecorderAPI {
     /// would otherwise hold back every answer's `Nova-Complete-Through` forever. Its events stay.
     func forgetSyncSite(_ request: Request, context: NovaRequestContext) async throws -> Response {
         try QueryParameters(request.uri).finish()
-        let siteId = try context.parameters.require("siteId")
+        // The router hands over the path segment as sent: percent-encoded.
+        guard let siteId = try context.parameters.require("siteId").removingPercentEncoding, !siteId.isEmpty else {
+            throw APIError(.badRequest, "siteId: not valid percent-encoding")
+        }
         let forgotten: Int
         do {
             forgotten = try await store.forgetSyncSite(siteId)

@@ -41,8 +41,8 @@ struct SyncForgetCommand: AsyncParsableCommand {
             A site that no longer ships keeps its last completeThrough at the hub, which holds back the \
             Nova-Complete-Through of every answer for good. Forgetting it releases that. A site still \
             shipping comes back by itself, re-sending what it holds (the hub dedupes it). Needs an admin \
-            token (--token-env). The \
-            hub is found at server.host:server.port of the configuration, or at --url.
+            token (--token-env). The hub is found at server.host:server.port of the configuration, or at \
+            --url.
             """
     )
 

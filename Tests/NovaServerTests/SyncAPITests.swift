@@ -119,6 +119,9 @@ import Testing
             let again = try await client.execute(uri: "/v1/sync/sites/site-b", method: .delete)
             #expect(again.status == .notFound)
             #expect(again.errorMessage.contains("siteId: no site \"site-b\""), "\(again.text)")
+            // The site's id as sent in the path, percent-encoded, is decoded first.
+            let encoded = try await client.execute(uri: "/v1/sync/sites/no%20such%2Fsite", method: .delete)
+            #expect(encoded.status == .notFound && encoded.errorMessage.contains(#"no site "no such/site""#), "\(encoded.text)")
             // A site still shipping comes back with its next batch (a heartbeat here).
             #expect(try await ship(siteB).status == .ok)
             #expect(try await store.syncSites().map(\.siteId) == [SyncSite.migrationSiteId, "site-a", "site-b"])
