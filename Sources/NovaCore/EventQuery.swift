@@ -125,17 +125,26 @@ public struct LaneRead: Sendable, Hashable {
     }
 }
 
+extension Array {
+    /// How many elements, from the first, it takes for their `bytes` to reach `maxBytes` (nil:
+    /// they never do): where a read bounded by bytes stops. By index, so that no element is
+    /// copied.
+    func countReaching(_ maxBytes: Int, bytes: (Element) -> Int) -> Int? {
+        var total = 0
+        for k in indices {
+            total += bytes(self[k])
+            if total >= maxBytes { return k + 1 }
+        }
+        return nil
+    }
+}
+
 extension Array where Element == Event {
     /// Whether these events' content reaches `maxBytes`: where a bounded read stops, so more may
     /// follow even with fewer events than its limit.
     public func reachesBytes(_ maxBytes: Int?) -> Bool {
         guard let maxBytes else { return false }
-        var total = 0
-        for k in indices {
-            total += self[k].preimageLength
-            if total >= maxBytes { return true }
-        }
-        return false
+        return countReaching(maxBytes) { $0.preimageLength } != nil
     }
 }
 

@@ -124,13 +124,15 @@ extension EventStore {
             var cutAt = end
             for lane in Lane.allCases {
                 let rows = try await readCommitted(lane, seqs: (start + 1)...end, maxBytes: maxBytes)
-                if let last = rows.last, rows.reachesBytes(maxBytes) { cutAt = Swift.min(cutAt, last.seq) }
+                if let maxBytes, let last = rows.last, rows.countReaching(maxBytes, bytes: { $0.event.preimageLength }) != nil {
+                    cutAt = Swift.min(cutAt, last.seq)
+                }
                 all += rows
             }
             if !all.isEmpty {
                 all.sort { $0.seq < $1.seq }
                 if cutAt < end { all.removeAll { $0.seq > cutAt } }
-                if let maxBytes { all.removeLast(all.count - Self.fitting(all, maxBytes: maxBytes)) }
+                if let maxBytes, let reached = all.countReaching(maxBytes, bytes: { $0.event.preimageLength }) { all.removeLast(all.count - reached) }
                 return all
             }
             var next: Int64?
@@ -141,30 +143,6 @@ extension EventStore {
             start = next - 1
         }
         return []
-    }
-
-    /// How many of `rows`, from the first, hold less than `maxBytes` of content, plus the one
-    /// that reaches it (at least one).
-    static func fitting(_ rows: [CommittedEvent], maxBytes: Int) -> Int {
-        var total = 0
-        for k in rows.indices {
-            total += rows[k].event.preimageLength
-            if total >= maxBytes { return k + 1 }
-        }
-        return rows.count
-    }
-}
-
-extension Array where Element == CommittedEvent {
-    /// Whether these events' content reaches `maxBytes` (where a bounded read stops).
-    func reachesBytes(_ maxBytes: Int?) -> Bool {
-        guard let maxBytes else { return false }
-        var total = 0
-        for k in indices {
-            total += self[k].event.preimageLength
-            if total >= maxBytes { return true }
-        }
-        return false
     }
 }
 
