@@ -226,8 +226,22 @@ actor AckedIds {
         }
         #expect(try report("ingest")["benchmark"]?.stringValue == "ingest")
         #expect(try report("ingest")["groups"]?.arrayValue.first?["figure"]?["events"] == .number(JSONNumber(3000)))
-        #expect(try report("query")["groups"]?.arrayValue.count == 6, "per window size: as fast as they can, then at 25% and 50% of that")
-        #expect(try report("query")["groups"]?.arrayValue[2]["name"]?.stringValue?.contains("queries/s offered (50% of capacity)") == true)
+        // Per window size: as fast as they can, then at 25% and 50% of that; a fraction of a
+        // capacity under one query per second is skipped (a debug build on a loaded machine
+        // was seen to measure that little in one second), so the rows expected follow from it.
+        let queryGroups = try report("query")["groups"]?.arrayValue ?? []
+        let names = queryGroups.map { $0["name"]?.stringValue ?? "" }
+        let capacities = queryGroups.indices.filter { names[$0].contains("as fast as they can") }
+        #expect(capacities.count == 2, "one per window size: \(names)")
+        for (k, i) in capacities.enumerated() {
+            guard case .number(let qps)? = queryGroups[i]["figure"]?["queriesPerSecond"] else { continue }
+            let paced = names[(i + 1)..<(k + 1 < capacities.count ? capacities[k + 1] : names.count)]
+            let expected = [25, 50].filter { qps.double * Double($0) / 100 >= 1 }
+            #expect(paced.count == expected.count, "\(names)")
+            for (name, percent) in zip(paced, expected) {
+                #expect(name.contains("queries/s offered (\(percent)% of capacity)"), "\(name)")
+            }
+        }
         #expect(try report("stream")["groups"]?.arrayValue.count == 2, "LIVE and REWIND")
         #expect(try report("sync")["groups"]?.arrayValue.count == 2, "CATCH-UP and LAG")
         #expect(try report("sync")["groups"]?.arrayValue.first?["figure"]?["events"] == .number(JSONNumber(3000)))

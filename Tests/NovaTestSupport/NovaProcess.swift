@@ -28,11 +28,19 @@ public final class NovaProcess: @unchecked Sendable {
         process.executableURL = URL(fileURLWithPath: Self.binary)
         process.arguments = arguments
         process.currentDirectoryURL = URL(fileURLWithPath: directory.path)
-        process.standardOutput = FileHandle(forWritingAtPath: stdoutPath)
-        process.standardError = FileHandle(forWritingAtPath: stderrPath)
+        let out = FileHandle(forWritingAtPath: stdoutPath)
+        let err = FileHandle(forWritingAtPath: stderrPath)
+        process.standardOutput = out
+        process.standardError = err
         process.standardInput = FileHandle.nullDevice
         if !environment.isEmpty {
             process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
+        // The child has its own copies; ours stayed open for as long as the process object
+        // lived (hundreds of files, deleted with their test directories, in one run).
+        defer {
+            try? out?.close()
+            try? err?.close()
         }
         try process.run()
     }
@@ -94,6 +102,16 @@ public func runTool(_ executable: String, _ arguments: [String], stdout: String?
     posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
     posix_spawn_file_actions_addopen(&actions, 1, stdout ?? "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
     posix_spawn_file_actions_addopen(&actions, 2, stderr ?? "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+    // Nothing else of the test process goes with the child. A private PostgreSQL cluster started
+    // from here kept the test's open sockets to the shared cluster (they are not close-on-exec),
+    // so connections that the tests had closed stayed open on the server until that private
+    // cluster stopped, and the shared cluster ran out of its connection slots.
+    // (glibc 2.34+; Swift's Glibc module does not export it, so it is looked up by name.)
+    typealias CloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
+    guard let closeFrom = dlsym(nil, "posix_spawn_file_actions_addclosefrom_np") else {
+        throw ProcessError("posix_spawn_file_actions_addclosefrom_np is missing (glibc 2.34 or later is needed)")
+    }
+    _ = unsafeBitCast(closeFrom, to: CloseFrom.self)(&actions, 3)
     let argv = ([executable] + arguments).map { strdup($0) } + [nil]
     defer { argv.forEach { free($0) } }
     // The child starts with no signal blocked and every signal at its default: it inherits the
