@@ -234,7 +234,10 @@ actor AckedIds {
         let capacities = queryGroups.indices.filter { names[$0].contains("as fast as they can") }
         #expect(capacities.count == 2, "one per window size: \(names)")
         for (k, i) in capacities.enumerated() {
-            guard case .number(let qps)? = queryGroups[i]["figure"]?["queriesPerSecond"] else { continue }
+            guard case .number(let qps)? = queryGroups[i]["figure"]?["queriesPerSecond"] else {
+                Issue.record("no queriesPerSecond in the row \(names[i])")
+                continue
+            }
             let paced = names[(i + 1)..<(k + 1 < capacities.count ? capacities[k + 1] : names.count)]
             let expected = [25, 50].filter { qps.double * Double($0) / 100 >= 1 }
             #expect(paced.count == expected.count, "\(names)")
