@@ -133,7 +133,7 @@ extension RecorderAPI {
     func forgetSyncSite(_ request: Request, context: NovaRequestContext) async throws -> Response {
         try QueryParameters(request.uri).finish()
         // The router hands over the path segment as sent: percent-encoded.
-        guard let siteId = try context.parameters.require("siteId").removingPercentEncoding, !siteId.isEmpty else {
+        guard let siteId = try context.parameters.require("siteId").removingPercentEncoding else {
             throw APIError(.badRequest, "siteId: not valid percent-encoding")
         }
         let forgotten: Int

@@ -122,6 +122,8 @@ import Testing
             // The site's id as sent in the path, percent-encoded, is decoded first.
             let encoded = try await client.execute(uri: "/v1/sync/sites/no%20such%2Fsite", method: .delete)
             #expect(encoded.status == .notFound && encoded.errorMessage.contains(#"no site "no such/site""#), "\(encoded.text)")
+            let garbled = try await client.execute(uri: "/v1/sync/sites/site%ZZ", method: .delete)
+            #expect(garbled.status == .badRequest && garbled.errorMessage.hasPrefix("siteId: "), "\(garbled.text)")
             // A site still shipping comes back with its next batch (a heartbeat here).
             #expect(try await ship(siteB).status == .ok)
             #expect(try await store.syncSites().map(\.siteId) == [SyncSite.migrationSiteId, "site-a", "site-b"])
