@@ -27,7 +27,7 @@ extension SQLiteStore {
         while try s.step(db) {
             // Measured before it is appended, not read back (which copies it).
             let event = try decode(s, lane: read.lane)
-            if let maxBytes = read.maxBytes { bytes += event.preimageLength }
+            if read.maxBytes != nil { bytes += event.preimageLength }
             events.append(event)
             if let maxBytes = read.maxBytes, bytes >= maxBytes { break }
         }
@@ -70,7 +70,7 @@ extension SQLiteStore {
                 var bytes = 0
                 while try s.step(db) {
                     let event = try Self.decode(s, lane: lane, offset: 1)
-                    if let maxBytes { bytes += event.preimageLength }
+                    if maxBytes != nil { bytes += event.preimageLength }
                     rows.append(CommittedEvent(seq: s.int64(0), event: event))
                     if let maxBytes, bytes >= maxBytes { break }
                 }

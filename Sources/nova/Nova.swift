@@ -9,7 +9,7 @@ struct Nova: AsyncParsableCommand {
         abstract: "NOVA: a local-first telemetry recorder (edge) and hub.",
         subcommands: [
             RecordCommand.self, ServeCommand.self, QueryCommand.self, SchemaCommand.self, MigrateCommand.self, VerifyCommand.self, SyncCommand.self,
-            SimulateCommand.self,
+            SimulateCommand.self, BackupCommand.self,
             BenchCommand.self,
         ]
     )

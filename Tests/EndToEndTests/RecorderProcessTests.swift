@@ -1,6 +1,8 @@
 import Foundation
 import NovaCore
+import NovaSQLite
 import NovaTestSupport
+import Synchronization
 import Testing
 
 /// `nova record` as a real process: killed for real, restarted on the same file.
@@ -169,6 +171,80 @@ import Testing
         let create = try await NovaProcess.run(["schema", "create", "sqlite:\(dir.file("new.db"))"], directory: dir)
         #expect(create.status == 0 && create.stdout.contains("storeId:"))
     }
+
+    /// `nova backup` while the recorder takes writes: the copy is one moment of the store (every
+    /// event up to the ingestSeq it names, in order, none after), and it refuses what would lose
+    /// a file.
+    @Test func backupWhileRecording() async throws {
+        let dir = try TemporaryDirectory("nova-e2e")
+        defer { dir.remove() }
+        let config = try writeConfig(dir)
+        let recorder = try NovaProcess(["record", "--config", config], directory: dir)
+        defer { recorder.kill(SIGKILL) }
+        let base = try await recorder.waitUntilListening()
+        let store = "sqlite:\(dir.file("nova.db"))"
+        let copy = dir.file("backup.db")
+        // Stopped by a flag, not by cancellation, which could abandon a request that commits.
+        let stop = StopFlag()
+        let writing = Task {
+            var k = 0
+            while !stop.isSet {
+                let (lines, _) = Self.batch(500, offset: k * 500)
+                guard try await HTTP.post("\(base)/v1/events", ndjson: lines).status == 200 else { throw ProcessError("ingest failed") }
+                k += 1
+            }
+            return k
+        }
+        try await Task.sleep(for: .milliseconds(500))
+        let backup = try await NovaProcess.run(["backup", store, copy], directory: dir)
+        try await Task.sleep(for: .milliseconds(300))
+        stop.set()
+        let batches = try await writing.value
+        #expect(backup.status == 0, "\(backup.stderr)")
+        let words = backup.stdout.split(separator: " ")
+        let seq = words.firstIndex(of: "ingestSeq").flatMap { Int64(words[$0 + 1].trimmingCharacters(in: .punctuationCharacters)) }
+        guard let seq else { throw ProcessError("no ingestSeq in: \(backup.stdout)") }
+        #expect(seq > 0 && seq < Int64(batches * 500), "taken while the writes went on: \(seq) of \(batches * 500)")
+        #expect(!FileManager.default.fileExists(atPath: copy + ".partial"))
+
+        let original = try SQLiteStore.open(path: dir.file("nova.db"), options: .init(createIfMissing: false, readOnly: true))
+        let copied = try SQLiteStore.open(path: copy, options: .init(createIfMissing: false, readOnly: true))
+        #expect(try await copied.lastCommittedSeq() == seq)
+        #expect(try await copied.integrityProblems().isEmpty)
+        #expect(copied.storeId == original.storeId)
+        let inCopy = try await copied.committed(after: 0, limit: Int(seq) + 1_000)
+        let inOriginal = try await original.committed(after: 0, limit: Int(seq))
+        #expect(inCopy.count == Int(seq))
+        #expect(inCopy.map(\.seq) == Array(1...seq))
+        #expect(inCopy.map(\.event.eventId) == inOriginal.map(\.event.eventId))
+        await copied.close()
+        await original.close()
+
+        // Refusals leave the existing file as it was.
+        let before = try Data(contentsOf: URL(fileURLWithPath: copy))
+        let again = try await NovaProcess.run(["backup", store, copy], directory: dir)
+        #expect(again.status != 0 && again.stderr.contains("exists; name another file, or replace it with --overwrite"), "\(again.stderr)")
+        let itself = try await NovaProcess.run(["backup", store, dir.file("nova.db"), "--overwrite"], directory: dir)
+        #expect(itself.status != 0 && itself.stderr.contains("is the store itself"), "\(itself.stderr)")
+        let foreign = try await NovaProcess.run(["backup", "sqlite:\(config)", dir.file("other.db")], directory: dir)
+        #expect(foreign.status != 0 && foreign.stderr.contains("not a SQLite database"), "\(foreign.stderr)")
+        let hub = try await NovaProcess.run(["backup", "postgres://nova@127.0.0.1:1/nova", dir.file("other.db")], directory: dir)
+        #expect(hub.status != 0 && hub.stderr.contains("pg_dump"), "\(hub.stderr)")
+        let nowhere = try await NovaProcess.run(["backup", store, dir.file("missing/backup.db")], directory: dir)
+        #expect(nowhere.status != 0 && nowhere.stderr.contains("does not exist"), "\(nowhere.stderr)")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: copy)) == before)
+        #expect(!FileManager.default.fileExists(atPath: dir.file("other.db")))
+
+        let replaced = try await NovaProcess.run(["backup", store, copy, "--overwrite"], directory: dir)
+        #expect(replaced.status == 0, "\(replaced.stderr)")
+        #expect(replaced.stdout.contains("ingestSeq \(batches * 500)"), "every write acknowledged before: \(replaced.stdout)")
+    }
+}
+
+final class StopFlag: Sendable {
+    private let flag = Mutex(false)
+    var isSet: Bool { flag.withLock { $0 } }
+    func set() { flag.withLock { $0 = true } }
 }
 
 actor AckedIds {

@@ -138,6 +138,41 @@ import Testing
         #expect(applied.sorted() == [1_000, 1_000], "\(sites)")
     }
 
+    /// An edge restored from a `nova backup` holds fewer events than the hub acknowledged for its
+    /// `storeId`: what it records afterwards must reach the hub, not be taken for replays of
+    /// positions the hub already has.
+    @Test func anEdgeRestoredFromABackupShipsWhatItRecordsAfterwards() async throws {
+        let rig = try await SyncRig()
+        defer { rig.cleanup() }
+        try await rig.startHub()
+        let edge = try rig.edge("edge-a", site: "site-a", batchSize: 400)
+        try await edge.start()
+        #expect(try await HTTP.post("\(edge.base)/v1/events", ndjson: RecorderProcessTests.batch(1_000, offset: 0).lines).status == 200)
+        try await edge.waitUntilDrained(hub: rig.hubURL)
+        let backupPath = rig.dir.file("edge-a-backup.db")
+        let backup = try await NovaProcess.run(["backup", "sqlite:\(edge.dbPath)", backupPath], directory: rig.dir)
+        #expect(backup.status == 0 && backup.stdout.contains("ingestSeq 1000,"), "\(backup.stdout)\(backup.stderr)")
+        #expect(try await HTTP.post("\(edge.base)/v1/events", ndjson: RecorderProcessTests.batch(500, offset: 1_000).lines).status == 200)
+        try await edge.waitUntilDrained(hub: rig.hubURL)
+        let firstStore = try JSONParser.parse(try await HTTP.get("\(edge.base)/v1/sync/status").body)["storeId"]
+
+        edge.process?.kill(SIGTERM)
+        _ = try await edge.process?.wait()
+        for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: edge.dbPath + suffix) }
+        try FileManager.default.copyItem(atPath: backupPath, toPath: edge.dbPath)
+        try await edge.start()
+        let (later, laterIds) = RecorderProcessTests.batch(300, offset: 5_000)
+        #expect(try await HTTP.post("\(edge.base)/v1/events", ndjson: later).status == 200)
+        try await edge.waitUntilDrained(hub: rig.hubURL)
+        let secondStore = try JSONParser.parse(try await HTTP.get("\(edge.base)/v1/sync/status").body)["storeId"]
+        #expect(firstStore != secondStore, "a restored copy ships under a new storeId")
+
+        let hubIds = try await HTTP.allEventIds(rig.hubURL, scope: "kill")
+        #expect(Set(hubIds).count == hubIds.count)
+        #expect(hubIds.count == 1_800, "1,500 from before the restore, 300 after it")
+        #expect(Set(laterIds).isSubset(of: Set(hubIds)))
+    }
+
     @Test func largeEventsReachAHubWithASmallBodyLimitInSmallerBatches() async throws {
         // 30 frames of 200,000 random bytes (6 MB, incompressible): one batch by count, which the
         // hub, limited to 1,000,000-byte bodies, refuses as too large until the edge sends halves.
