@@ -108,69 +108,53 @@ import Testing
         #expect(try await HTTP.allEventIds(rig.hubURL, scope: "kill").count == HTTP.allEventIds(edge.base, scope: "kill").count)
     }
 
-    @Test func aReplacedEdgeStoreStartsANewSequenceAndItsOverlapIsDeduped() async throws {
+    /// A box replaced (a new, empty store) and one restored from a `nova backup` (a copy holding
+    /// fewer events than the hub acknowledged for its `storeId`): each ships under a new `storeId`,
+    /// the hub dedupes the overlap, and what they record afterwards is never taken for a replay.
+    @Test func aReplacedOrRestoredEdgeStoreStartsANewSequenceAndItsOverlapIsDeduped() async throws {
         let rig = try await SyncRig()
         defer { rig.cleanup() }
         try await rig.startHub()
         let edge = try rig.edge("edge-a", site: "site-a", batchSize: 400)
         try await edge.start()
-        #expect(try await HTTP.post("\(edge.base)/v1/events", ndjson: RecorderProcessTests.batch(1_000, offset: 0).lines).status == 200)
-        try await edge.waitUntilDrained(hub: rig.hubURL)
-        let firstStore = try JSONParser.parse(try await HTTP.get("\(edge.base)/v1/sync/status").body)["storeId"]
-
-        // The box is replaced: a new, empty database file, then events overlapping the old ones.
-        edge.process?.kill(SIGTERM)
-        _ = try await edge.process?.wait()
-        for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: edge.dbPath + suffix) }
-        try await edge.start()
-        #expect(try await HTTP.post("\(edge.base)/v1/events", ndjson: RecorderProcessTests.batch(1_500, offset: 500).lines).status == 200)
-        try await edge.waitUntilDrained(hub: rig.hubURL)
-        let secondStore = try JSONParser.parse(try await HTTP.get("\(edge.base)/v1/sync/status").body)["storeId"]
-        #expect(firstStore != secondStore)
-
-        let hubIds = try await HTTP.allEventIds(rig.hubURL, scope: "kill")
-        #expect(hubIds.count == 2_000, "1,000 old + 1,000 new; the 500 overlapping were deduped")
-        #expect(Set(hubIds).count == hubIds.count)
-        let sites = try JSONParser.parse(try await HTTP.get("\(rig.hubURL)/v1/sync/sites").body)
-        guard case .array(let list)? = sites["sites"] else { Issue.record("\(sites)"); return }
-        #expect(list.count == 2, "one watermark per (siteId, storeId): \(sites)")
-        let applied = list.compactMap { site -> Int64? in if case .number(let n)? = site["eventsApplied"] { n.int64 } else { nil } }
-        #expect(applied.sorted() == [1_000, 1_000], "\(sites)")
-    }
-
-    /// An edge restored from a `nova backup` holds fewer events than the hub acknowledged for its
-    /// `storeId`: what it records afterwards must reach the hub, not be taken for replays of
-    /// positions the hub already has.
-    @Test func anEdgeRestoredFromABackupShipsWhatItRecordsAfterwards() async throws {
-        let rig = try await SyncRig()
-        defer { rig.cleanup() }
-        try await rig.startHub()
-        let edge = try rig.edge("edge-a", site: "site-a", batchSize: 400)
-        try await edge.start()
-        #expect(try await HTTP.post("\(edge.base)/v1/events", ndjson: RecorderProcessTests.batch(1_000, offset: 0).lines).status == 200)
-        try await edge.waitUntilDrained(hub: rig.hubURL)
+        try await edge.recordAndShip(RecorderProcessTests.batch(1_000, offset: 0).lines, hub: rig.hubURL)
         let backupPath = rig.dir.file("edge-a-backup.db")
         let backup = try await NovaProcess.run(["backup", "sqlite:\(edge.dbPath)", backupPath], directory: rig.dir)
         #expect(backup.status == 0 && backup.stdout.contains("ingestSeq 1000,"), "\(backup.stdout)\(backup.stderr)")
-        #expect(try await HTTP.post("\(edge.base)/v1/events", ndjson: RecorderProcessTests.batch(500, offset: 1_000).lines).status == 200)
-        try await edge.waitUntilDrained(hub: rig.hubURL)
-        let firstStore = try JSONParser.parse(try await HTTP.get("\(edge.base)/v1/sync/status").body)["storeId"]
+        try await edge.recordAndShip(RecorderProcessTests.batch(500, offset: 1_000).lines, hub: rig.hubURL)
+        var stores = [try await storeId(edge)]
 
-        edge.process?.kill(SIGTERM)
-        _ = try await edge.process?.wait()
-        for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: edge.dbPath + suffix) }
-        try FileManager.default.copyItem(atPath: backupPath, toPath: edge.dbPath)
-        try await edge.start()
-        let (later, laterIds) = RecorderProcessTests.batch(300, offset: 5_000)
-        #expect(try await HTTP.post("\(edge.base)/v1/events", ndjson: later).status == 200)
-        try await edge.waitUntilDrained(hub: rig.hubURL)
-        let secondStore = try JSONParser.parse(try await HTTP.get("\(edge.base)/v1/sync/status").body)["storeId"]
-        #expect(firstStore != secondStore, "a restored copy ships under a new storeId")
-
-        let hubIds = try await HTTP.allEventIds(rig.hubURL, scope: "kill")
+        // The box is replaced: a new, empty database file, then events overlapping the old ones.
+        try await edge.replaceStore(with: nil)
+        try await edge.recordAndShip(RecorderProcessTests.batch(1_500, offset: 500).lines, hub: rig.hubURL)
+        stores.append(try await storeId(edge))
+        var hubIds = try await HTTP.allEventIds(rig.hubURL, scope: "kill")
+        #expect(hubIds.count == 2_000, "1,500 old + 500 new; the 1,000 overlapping were deduped")
         #expect(Set(hubIds).count == hubIds.count)
-        #expect(hubIds.count == 1_800, "1,500 from before the restore, 300 after it")
+        #expect(try await eventsApplied(rig) == [500, 1_500], "one watermark per (siteId, storeId), each counting what it added")
+
+        // Restored from the backup: the hub acknowledged 1,500 of its storeId, the copy holds 1,000.
+        try await edge.replaceStore(with: backupPath)
+        let (later, laterIds) = RecorderProcessTests.batch(300, offset: 5_000)
+        try await edge.recordAndShip(later, hub: rig.hubURL)
+        stores.append(try await storeId(edge))
+        #expect(Set(stores).count == 3, "\(stores)")
+        hubIds = try await HTTP.allEventIds(rig.hubURL, scope: "kill")
+        #expect(Set(hubIds).count == hubIds.count)
+        #expect(hubIds.count == 2_300, "the 300 recorded after the restore reached the hub")
         #expect(Set(laterIds).isSubset(of: Set(hubIds)))
+        #expect(try await eventsApplied(rig) == [300, 500, 1_500])
+    }
+
+    func storeId(_ edge: SyncRig.Edge) async throws -> String {
+        try JSONParser.parse(try await HTTP.get("\(edge.base)/v1/sync/status").body)["storeId"]?.stringValue ?? ""
+    }
+
+    /// `eventsApplied` of every (siteId, storeId) the hub knows, sorted.
+    func eventsApplied(_ rig: SyncRig) async throws -> [Int64] {
+        let sites = try JSONParser.parse(try await HTTP.get("\(rig.hubURL)/v1/sync/sites").body)
+        guard case .array(let list)? = sites["sites"] else { throw ProcessError("no sites in \(sites)") }
+        return list.compactMap { site -> Int64? in if case .number(let n)? = site["eventsApplied"] { n.int64 } else { nil } }.sorted()
     }
 
     @Test func largeEventsReachAHubWithASmallBodyLimitInSmallerBatches() async throws {
@@ -433,6 +417,23 @@ final class SyncRig: @unchecked Sendable {
             let p = try NovaProcess(["record", "--config", configPath], directory: dir, name: name, environment: environment)
             process = p
             _ = try await p.waitUntilListening()
+        }
+
+        /// Posts events and waits until the hub has them all.
+        func recordAndShip(_ lines: String, hub: String) async throws {
+            let answer = try await HTTP.post("\(base)/v1/events", ndjson: lines)
+            guard answer.status == 200 else { throw ProcessError("\(name): ingest answered \(answer.status): \(answer.body)") }
+            try await waitUntilDrained(hub: hub)
+        }
+
+        /// Stops the edge, puts a new store file in place (`copy`, or none: an empty one is
+        /// created) as on a replaced or restored box, and starts it again.
+        func replaceStore(with copy: String?) async throws {
+            process?.kill(SIGTERM)
+            _ = try await process?.wait()
+            for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: dbPath + suffix) }
+            if let copy { try FileManager.default.copyItem(atPath: copy, toPath: dbPath) }
+            try await start()
         }
 
         /// Waits until the edge has nothing pending and the hub's watermark is its head.
