@@ -88,18 +88,24 @@ extension SQLiteStore {
     }
 
     /// Gives the finished copy its name, atomically: `rename` when replacing, else `link`, which
-    /// fails rather than replace a file that appeared meanwhile. Then syncs the directory.
+    /// fails rather than replace a file that appeared meanwhile (where the file system has no
+    /// hard links, a rename after a check). Then syncs the directory.
     static func give(_ partial: String, name: String, replacing: Bool) throws(StoreError) {
         if replacing {
             guard rename(partial, name) == 0 else {
                 throw StoreError(.unavailable, "\(name): cannot be replaced (\(String(cString: strerror(errno))))")
             }
-        } else {
-            guard link(partial, name) == 0 else {
-                let reason = errno == EEXIST ? "exists (it appeared during the backup)" : String(cString: strerror(errno))
-                throw StoreError(.unavailable, "\(name): \(reason); the copy was not kept")
-            }
+        } else if link(partial, name) == 0 {
             unlink(partial)
+        } else {
+            // File systems without hard links (FAT, exFAT: USB sticks) get a checked rename.
+            let linkError = errno
+            guard linkError != EEXIST, !FileManager.default.fileExists(atPath: name) else {
+                throw StoreError(.unavailable, "\(name): exists (it appeared during the backup); the copy was not kept")
+            }
+            guard rename(partial, name) == 0 else {
+                throw StoreError(.unavailable, "\(name): cannot be written (\(String(cString: strerror(errno)))); the copy was not kept")
+            }
         }
         let parent = (name as NSString).deletingLastPathComponent
         let fd = Glibc.open(parent.isEmpty ? "." : parent, O_RDONLY)
