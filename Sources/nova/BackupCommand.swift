@@ -12,8 +12,8 @@ struct BackupCommand: AsyncParsableCommand {
             The copy is the store as it was at one moment (every event up to the ingestSeq printed, \
             none after), checked (PRAGMA quick_check) and synced to disk before it gets its name: a \
             backup file is whole or absent. To restore, stop the recorder and put the file in the \
-            store's place; its shipper then re-ships under a new storeId what the hub already has \
-            (deduped there), and the events recorded after the backup are not in it.
+            store's place. The events recorded after the backup are not in it; with sync on, the \
+            shipper ships the copy's events again under a new storeId, and the hub dedupes them.
             Examples:
               nova backup sqlite:data/nova.db backups/nova-2026-11-28.db
               nova backup sqlite:data/nova.db backups/nova-latest.db --overwrite
