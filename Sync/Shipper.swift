@@ -109,7 +109,7 @@ public final class Shipper: Service, Sendable {
                     do {
                         w = try await client.watermark(siteId: settings.siteId, storeId: outbox.storeId)
                     } catch {
-                        action = machine.failed(error.message, reachable: error.status != nil, random: .random(in: 0..<1))
+                        action = machine.watermarkFailed(error.message, status: error.status, random: .random(in: 0..<1))
                         note(machine, failure: error.message)
                         continue
                     }

@@ -135,6 +135,19 @@ public struct ShipperMachine: Sendable {
         return failed(message, random: random)
     }
 
+    /// The watermark request failed with `status` (nil: no answer). Weighed as a shipment's
+    /// answer would be: no answer, a 5xx or a 429 back off as usual; any other 4xx (a token or
+    /// configuration fault, which only an operator fixes) waits the longest back-off. An edge
+    /// with a wrong token asks for its watermark first, so this is where that fault shows.
+    public mutating func watermarkFailed(_ message: String, status: Int?, random: Double) -> Action {
+        guard let status, (400..<500).contains(status), status != 408, status != 429 else {
+            return failed(message, reachable: status != nil, random: random)
+        }
+        upstreamReachable = true
+        failures = Swift.max(failures, 62)
+        return failed(message, random: random)
+    }
+
     /// After a ``Action/sleep(_:)``.
     public mutating func resume(lastSeq: Int64, heartbeatDue: Bool) -> Action {
         backoff = .zero

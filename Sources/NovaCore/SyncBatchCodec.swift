@@ -181,6 +181,9 @@ public enum SyncBatchCodec {
         var previous: Int64 = kind == .outbox ? firstSeq - 1 : 0
         func checkSeq(_ seq: Int64, _ name: String) throws(SyncBatchError) {
             guard kind == .outbox else { return }
+            // Ascending, not consecutive: a store that took a new storeId ships again what it
+            // still holds, and retention had removed some of it (acknowledged under the old id).
+            // The hub's ackedSeq means "everything the edge holds up to here"; it cannot know more.
             guard seq > previous, seq <= lastSeq else {
                 throw SyncBatchError("\(name).seq: \(seq) must be after \(previous) and at most lastSeq \(lastSeq) (positions ascend inside the batch)")
             }

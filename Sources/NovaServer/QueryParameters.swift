@@ -8,12 +8,53 @@ struct QueryParameters {
     private var values: [String: String] = [:]
     private var used = Set<String>()
 
+    /// Decoded here, strictly: Hummingbird's decoding keeps a bad escape (`%zz`) as it is and
+    /// turns bytes that are not UTF-8 into something else, so such a scope matched nothing and the
+    /// query answered an empty 200 instead of saying what was wrong.
     init(_ uri: URI) throws(APIError) {
-        for (key, value) in uri.queryParameters {
-            let k = String(key)
+        guard let query = uri.query else { return }
+        for pair in query.split(separator: "&") {
+            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            let k = try Self.decode(parts[0], of: nil)
+            let value = parts.count > 1 ? try Self.decode(parts[1], of: k) : ""
             guard values[k] == nil else { throw APIError(.badRequest, "\(k): given more than once") }
-            values[k] = String(value)
+            values[k] = value
         }
+    }
+
+    /// A percent-encoded key or value (RFC 3986): escapes of two hex digits, UTF-8 once decoded,
+    /// no NUL (which no field of an event may hold).
+    static func decode(_ text: Substring, of name: String?) throws(APIError) -> String {
+        let what = name ?? "a parameter name"
+        func hex(_ c: UInt8) -> UInt8? {
+            switch c {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): c - UInt8(ascii: "0")
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): c - UInt8(ascii: "a") + 10
+            case UInt8(ascii: "A")...UInt8(ascii: "F"): c - UInt8(ascii: "A") + 10
+            default: nil
+            }
+        }
+        let raw = Array(text.utf8)
+        var bytes = [UInt8]()
+        bytes.reserveCapacity(raw.count)
+        var i = 0
+        while i < raw.count {
+            if raw[i] == UInt8(ascii: "%") {
+                guard i + 2 < raw.count, let high = hex(raw[i + 1]), let low = hex(raw[i + 2]) else {
+                    throw APIError(.badRequest, "\(what): a \"%\" must be followed by two hex digits (percent-encoding)")
+                }
+                bytes.append(high << 4 | low)
+                i += 3
+            } else {
+                bytes.append(raw[i])
+                i += 1
+            }
+        }
+        guard let decoded = String(validating: bytes, as: UTF8.self) else {
+            throw APIError(.badRequest, "\(what): not UTF-8 once percent-decoded")
+        }
+        guard !bytes.contains(0) else { throw APIError(.badRequest, "\(what): must not contain NUL") }
+        return decoded
     }
 
     mutating func string(_ name: String) -> String? {
@@ -24,6 +65,14 @@ struct QueryParameters {
     mutating func required(_ name: String) throws(APIError) -> String {
         guard let v = string(name), !v.isEmpty else { throw APIError(.badRequest, "\(name): required") }
         return v
+    }
+
+    /// `scope`: required, and a scopeId by the rules of event-model.md (1 to 256 bytes of UTF-8),
+    /// so that one no event can have is refused rather than answered with nothing.
+    mutating func scope() throws(APIError) -> String {
+        let scope = try required("scope")
+        guard scope.utf8.count <= 256 else { throw APIError(.badRequest, "scope: must be at most 256 bytes of UTF-8, found \(scope.utf8.count)") }
+        return scope
     }
 
     mutating func time(_ name: String) throws(APIError) -> Timestamp {
@@ -70,7 +119,11 @@ extension QueryParameters {
         }
         var filters = [Lane: String]()
         for lane in Lane.allCases {
-            if let value = string(lane.filterField) { filters[lane] = value }
+            guard let value = string(lane.filterField) else { continue }
+            guard value.utf8.count <= 256 else {
+                throw APIError(.badRequest, "\(lane.filterField): must be at most 256 bytes of UTF-8, found \(value.utf8.count)")
+            }
+            filters[lane] = value
         }
         var lanes = filters.isEmpty ? Lane.allCases : filters.keys.sorted()
         if let list = string("lane") {
@@ -102,7 +155,7 @@ extension EventQuery {
     /// the filters given (all five when none); with `lane`, a filter on a lane not selected is an
     /// error rather than silently ignored.
     init(parameters p: inout QueryParameters, maxLimit: Int, maxRange: (text: String, duration: Duration)? = nil) throws(APIError) {
-        let scope = try p.required("scope")
+        let scope = try p.scope()
         let from = try p.time("from")
         let to = try p.time("to")
         guard from <= to else { throw APIError(.badRequest, "from: must not be after to") }

@@ -1,3 +1,4 @@
+import CompressNIO
 import Foundation
 import Prometheus
 import Hummingbird
@@ -14,16 +15,7 @@ extension RecorderAPI {
         let atomic = try parameters.bool("atomic")
         try parameters.finish()
         let format = try Self.ingestFormat(request.headers[.contentType])
-        let maxBytes = configuration.server.maxBodyBytes
-        if let length = request.headers[.contentLength].flatMap({ Int($0) }), length > maxBytes {
-            throw APIError(.contentTooLarge, "body: \(length) bytes exceeds the limit of \(maxBytes) (server.maxBodyBytes); nothing stored")
-        }
-        let body: ByteBuffer
-        do {
-            body = try await request.body.collect(upTo: maxBytes)
-        } catch is NIOTooManyBytesError {
-            throw APIError(.contentTooLarge, "body: exceeds the limit of \(maxBytes) bytes (server.maxBodyBytes); nothing stored")
-        }
+        let body = try await decodedBody(request, unapplied: "nothing stored")
         let receivedAt = Timestamp.now()
         let ticket = inFlight.begin(receivedAt)
         defer { inFlight.end(ticket) }
@@ -65,9 +57,46 @@ extension RecorderAPI {
         return Response(status: .ok, headers: [.contentType: "application/json"], body: ResponseBody(byteBuffer: ByteBuffer(bytes: out)))
     }
 
+    /// A body, read up to `server.maxBodyBytes` (413 past it, `unapplied` saying what that
+    /// means) and decoded as its `Content-Encoding` says: gzip or none; any other is refused (415)
+    /// rather than parsed as it is.
+    func decodedBody(_ request: Request, unapplied: String) async throws -> ByteBuffer {
+        let maxBytes = configuration.server.maxBodyBytes
+        if let length = request.headers[.contentLength].flatMap({ Int($0) }), length > maxBytes {
+            throw APIError(.contentTooLarge, "body: \(length) bytes exceeds the limit of \(maxBytes) (server.maxBodyBytes); \(unapplied)")
+        }
+        var body: ByteBuffer
+        do {
+            body = try await request.body.collect(upTo: maxBytes)
+        } catch is NIOTooManyBytesError {
+            throw APIError(.contentTooLarge, "body: exceeds the limit of \(maxBytes) bytes (server.maxBodyBytes); \(unapplied)")
+        }
+        switch request.headers[.contentEncoding]?.lowercased() {
+        case nil, "identity": break
+        case "gzip":
+            do {
+                body = try body.decompress(with: .gzip(), maxSize: maxBytes)
+            } catch let error as CompressNIOError where error == .bufferOverflow {
+                throw APIError(.contentTooLarge, "body: exceeds the limit of \(maxBytes) bytes (server.maxBodyBytes) once decompressed; \(unapplied)")
+            } catch {
+                throw APIError(.badRequest, "body: not valid gzip data (Content-Encoding: gzip); \(unapplied)")
+            }
+        case let other?:
+            throw APIError(.unsupportedMediaType, "Content-Encoding: must be gzip or identity, found \(quotedParameter(other)); \(unapplied)")
+        }
+        return body
+    }
+
     static func ingestFormat(_ contentType: String?) throws(APIError) -> IngestBatch.Format {
-        let mediaType = contentType?.split(separator: ";").first?.trimmingCharacters(in: .whitespaces).lowercased()
-        switch mediaType {
+        let parts = contentType?.split(separator: ";").map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
+        // Bodies are UTF-8 (api.md); a body declared in another charset is not parsed as if it were.
+        for parameter in parts?.dropFirst() ?? [] where parameter.hasPrefix("charset=") {
+            let charset = parameter.dropFirst("charset=".count).trimmingCharacters(in: CharacterSet(charactersIn: "\""))
+            guard charset == "utf-8" || charset == "utf8" else {
+                throw APIError(.unsupportedMediaType, "Content-Type: charset must be utf-8, found \(quotedParameter(charset))")
+            }
+        }
+        switch parts?.first {
         case "application/x-ndjson", "application/ndjson", "application/jsonl": return .ndjson
         case "application/json": return .jsonArray
         default:

@@ -22,26 +22,7 @@ extension RecorderAPI {
                 .unsupportedMediaType,
                 "Content-Type: must be \(SyncBatchCodec.contentType) (or version 1's \(SyncBatchCodec.ndjsonContentType)), found \(request.headers[.contentType].map(quotedParameter) ?? "none")")
         }
-        let maxBytes = configuration.server.maxBodyBytes
-        var body: ByteBuffer
-        do {
-            body = try await request.body.collect(upTo: maxBytes)
-        } catch is NIOTooManyBytesError {
-            throw APIError(.contentTooLarge, "body: exceeds the limit of \(maxBytes) bytes (server.maxBodyBytes); nothing applied")
-        }
-        switch request.headers[.contentEncoding]?.lowercased() {
-        case nil, "identity": break
-        case "gzip":
-            do {
-                body = try body.decompress(with: .gzip(), maxSize: maxBytes)
-            } catch let error as CompressNIOError where error == .bufferOverflow {
-                throw APIError(.contentTooLarge, "body: exceeds the limit of \(maxBytes) bytes (server.maxBodyBytes) once decompressed; nothing applied")
-            } catch {
-                throw APIError(.badRequest, "body: not valid gzip data or over \(maxBytes) bytes once decompressed; nothing applied")
-            }
-        case let other?:
-            throw APIError(.unsupportedMediaType, "Content-Encoding: must be gzip or identity, found \(quotedParameter(other))")
-        }
+        let body = try await decodedBody(request, unapplied: "nothing applied")
         let batch: SyncBatch
         do {
             batch = try body.withUnsafeReadableBytes { raw in try SyncBatchCodec.decode(raw.bindMemory(to: UInt8.self), version: version, decoder: decoder) }
@@ -206,7 +187,7 @@ extension RecorderAPI {
 
 extension DigestRequest {
     init(parameters p: inout QueryParameters) throws(APIError) {
-        let scope = try p.required("scope")
+        let scope = try p.scope()
         let from = try p.time("from")
         let to = try p.time("to")
         guard from <= to else { throw APIError(.badRequest, "from: must not be after to") }

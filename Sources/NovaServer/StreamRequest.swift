@@ -23,7 +23,7 @@ struct StreamRequest: Sendable {
 
     init(_ uri: URI) throws(APIError) {
         var p = try QueryParameters(uri)
-        scopeId = try p.required("scope")
+        scopeId = try p.scope()
         (timebase, lanes, filters) = try p.selection()
         switch p.string("mode") {
         case nil, "live": mode = .live

@@ -1,3 +1,4 @@
+import CompressNIO
 import Foundation
 import HTTPTypes
 import HummingbirdTesting
@@ -131,6 +132,23 @@ import Testing
             #expect(response.errorMessage.hasPrefix("Content-Type: must be application/x-ndjson"))
             let none = try await client.execute(uri: "/v1/events", method: .post, body: ByteBuffer(string: Self.fiveLanes[0]))
             #expect(none.status == .unsupportedMediaType)
+            // A body in another charset or an encoding this server does not decode is refused, not
+            // parsed as it is.
+            let latin1 = try await client.execute(
+                uri: "/v1/events", method: .post, headers: [.contentType: "application/x-ndjson; charset=latin1"], body: ByteBuffer(string: Self.fiveLanes[0]))
+            #expect(latin1.status == .unsupportedMediaType && latin1.errorMessage.hasPrefix("Content-Type: charset must be utf-8"), "\(latin1.text)")
+            let brotli = try await client.execute(
+                uri: "/v1/events", method: .post, headers: [.contentType: "application/x-ndjson", .contentEncoding: "br"], body: ByteBuffer(string: Self.fiveLanes[0]))
+            #expect(brotli.status == .unsupportedMediaType && brotli.errorMessage.hasPrefix("Content-Encoding: must be gzip or identity"), "\(brotli.text)")
+            let notGzip = try await client.execute(
+                uri: "/v1/events", method: .post, headers: [.contentType: "application/x-ndjson", .contentEncoding: "gzip"], body: ByteBuffer(string: Self.fiveLanes[0]))
+            #expect(notGzip.status == .badRequest && notGzip.errorMessage.hasPrefix("body: not valid gzip data"), "\(notGzip.text)")
+            // gzip is decoded.
+            var plain = ByteBuffer(string: Self.fiveLanes.joined(separator: "\n"))
+            let gzipped = try plain.compress(with: .gzip())
+            let zipped = try await client.execute(
+                uri: "/v1/events", method: .post, headers: [.contentType: "application/x-ndjson; charset=UTF-8", .contentEncoding: "gzip"], body: gzipped)
+            #expect(zipped.status == .ok && zipped.json["accepted"] == .number(JSONNumber(5)), "\(zipped.text)")
         }
     }
 

@@ -1,6 +1,7 @@
 import Foundation
 import NIOSSL
 import NovaCore
+import Synchronization
 
 /// The contract's vectors (a copy of `shared/spec/vectors`, kept identical by a test) and helpers
 /// to read them.
@@ -118,4 +119,35 @@ public struct SmallFilesystem: Sendable {
         _ = try? await runTool("/usr/bin/env", sudo + ["umount", "-l", path])
         try? FileManager.default.removeItem(atPath: path)
     }
+}
+
+/// Waits for `task` to end, at most `limit` from when `started()` first holds; past it, says on
+/// standard error what did not end and returns nil, leaving the task behind. For shutdowns inside
+/// the libraries under test that were seen to wait forever on a loaded machine (a WebSocket
+/// client's close handshake with a server that died, a PostgreSQL pool's `run()` cancelled while
+/// it opened a connection): one of them held a whole test run, with no thread busy and nothing
+/// said of where, until it was killed.
+@discardableResult
+public func awaitEnd<T: Sendable>(
+    of task: Task<T, any Error>, within limit: Duration, once started: @Sendable () -> Bool = { true }, _ what: String
+) async -> Result<T, any Error>? {
+    let ended = Mutex<Result<T, any Error>?>(nil)
+    Task {
+        let result = await task.result
+        ended.withLock { $0 = result }
+    }
+    var deadline: ContinuousClock.Instant?
+    while true {
+        if let result = ended.withLock({ $0 }) { return result }
+        if deadline == nil, started() { deadline = .now + limit }
+        if let deadline, ContinuousClock.now >= deadline { break }
+        do {
+            try await Task.sleep(for: .milliseconds(50))
+        } catch {
+            break  // the waiting test was cancelled: it waits no longer
+        }
+    }
+    if let result = ended.withLock({ $0 }) { return result }
+    FileHandle.standardError.write(Data("test support: \(what) did not end within \(limit); left behind\n".utf8))
+    return nil
 }

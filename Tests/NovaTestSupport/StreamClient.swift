@@ -172,29 +172,43 @@ public func withStream(
     var headers = HTTPFields()
     if let token { headers[.authorization] = "Bearer \(token)" }
     let failure = Mutex<(any Error)?>(nil)
-    let close = try await WebSocketClient.connect(
-        url: "\(tls == nil ? "ws" : "wss")://127.0.0.1:\(port)/v1/stream?\(query)", configuration: .init(maxFrameSize: 1 << 20, additionalHeaders: headers, sniHostname: tls == nil ? nil : "localhost"),
-        tlsConfiguration: tls, logger: quietLogger
-    ) { inbound, outbound, _ in
-        let connection = StreamConnection(outbound: outbound)
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask {
+    let scriptEnded = Mutex(false)
+    let url = "\(tls == nil ? "ws" : "wss")://127.0.0.1:\(port)/v1/stream?\(query)"
+    // Its own task, so that a close handshake that never ends (below) cannot hold the test.
+    let client = Task {
+        try await WebSocketClient.connect(
+            url: url, configuration: .init(maxFrameSize: 1 << 20, additionalHeaders: headers, sniHostname: tls == nil ? nil : "localhost"),
+            tlsConfiguration: tls, logger: quietLogger
+        ) { inbound, outbound, _ in
+            let connection = StreamConnection(outbound: outbound)
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    do {
+                        for try await message in inbound.messages(maxSize: 1 << 20) {
+                            while connection.stalled.withLock({ $0 }) { try await Task.sleep(for: .milliseconds(5)) }
+                            if case .text(let text) = message { connection.record(text) }
+                        }
+                    } catch {}
+                    connection.markClosed()
+                }
                 do {
-                    for try await message in inbound.messages(maxSize: 1 << 20) {
-                        while connection.stalled.withLock({ $0 }) { try await Task.sleep(for: .milliseconds(5)) }
-                        if case .text(let text) = message { connection.record(text) }
-                    }
-                } catch {}
-                connection.markClosed()
+                    try await script(connection)
+                } catch {
+                    failure.withLock { $0 = error }
+                }
+                scriptEnded.withLock { $0 = true }
+                group.cancelAll()
             }
-            do {
-                try await script(connection)
-            } catch {
-                failure.withLock { $0 = error }
-            }
-            group.cancelAll()
         }
     }
+    // The script has as long as it takes; the close handshake after it, 20 s. swift-websocket's
+    // client waits for the server's close frame (15 s at most, unless its task was cancelled) and
+    // was seen to wait forever on a server that had died, its socket in CLOSE_WAIT.
+    let ended = await withTaskCancellationHandler {
+        await awaitEnd(of: client, within: .seconds(20), once: { scriptEnded.withLock { $0 } }, "a WebSocket client's close handshake (\(url))")
+    } onCancel: {
+        client.cancel()
+    }
     if let error = failure.withLock({ $0 }) { throw error }
-    return close
+    return try ended?.get() ?? nil
 }

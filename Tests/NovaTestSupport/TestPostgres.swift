@@ -144,7 +144,7 @@ public enum TestPostgres {
         }
         return (store, {
             running.cancel()
-            _ = await running.result
+            await awaitEnd(of: running, within: .seconds(30), "PostgresStore.run() of \(location.database), cancelled,")
             await dropDatabase(location.database)
         })
     }

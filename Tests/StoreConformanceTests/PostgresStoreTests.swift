@@ -75,7 +75,7 @@ import Testing
         try await first.waitUntilReady()
         _ = try await first.client.query(#"UPDATE "novaStore" SET "value" = '99' WHERE "key" = 'schemaVersion'"#)
         running.cancel()
-        _ = await running.result
+        await awaitEnd(of: running, within: .seconds(30), "the first PostgresStore.run(), cancelled,")
         let second = PostgresStore(location: location, logger: quietLogger)
         let refused = Task { try await second.run() }
         do {

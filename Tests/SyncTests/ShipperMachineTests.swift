@@ -75,6 +75,22 @@ import Testing
         #expect(m.lastError == "403: this token ships for site b")
     }
 
+    /// A wrong token shows first on the watermark request: refused there, it waits as long.
+    @Test func aRefusedWatermarkRequestWaitsTheLongestBackOff() {
+        var m = ShipperMachine(maxBackoff: .seconds(30))
+        #expect(m.start() == .fetchWatermark)
+        #expect(m.watermarkFailed("403: this token ships for site b", status: 403, random: 1) == .sleep(.seconds(30)))
+        #expect(m.upstreamReachable)
+        #expect(m.resume(lastSeq: 3, heartbeatDue: false) == .fetchWatermark)
+        // Anything else backs off from the start as before: no answer, a 5xx, a 429.
+        for status in [nil, 500, 503, 429] as [Int?] {
+            var fresh = ShipperMachine(maxBackoff: .seconds(30))
+            _ = fresh.start()
+            #expect(fresh.watermarkFailed("failed", status: status, random: 1) == .sleep(.milliseconds(250)), "\(String(describing: status))")
+            #expect(fresh.upstreamReachable == (status != nil))
+        }
+    }
+
     @Test func aBatchTooLargeForTheHubGoesAgainAtOnceInHalvesDownToOneEvent() {
         var m = ShipperMachine(maxBackoff: .seconds(30), maxBatchBytes: 8_000_000)
         _ = m.start()
