@@ -161,6 +161,9 @@ public enum SyncBatchCodec {
             scopePendingFrom = scopes
             otherScopesPendingFrom = other
         }
+        if scopePendingFrom == nil, let stray = fields.members.first(where: { $0.key == "otherScopesPendingFrom" })?.value, stray != .null {
+            throw SyncBatchError("header.otherScopesPendingFrom: must come with scopePendingFrom and pendingFrom, as an RFC 3339 time")
+        }
         guard outboxSize >= 0 else { throw SyncBatchError("header.outboxSize: must not be negative") }
         guard (0...Int64(maxEvents)).contains(count) else { throw SyncBatchError("header.count: must be 0 to \(maxEvents)") }
         switch kind {
@@ -180,7 +183,10 @@ public enum SyncBatchCodec {
         events.reserveCapacity(Int(count))
         var previous: Int64 = kind == .outbox ? firstSeq - 1 : 0
         func checkSeq(_ seq: Int64, _ name: String) throws(SyncBatchError) {
-            guard kind == .outbox else { return }
+            guard kind == .outbox else {
+                guard seq == 0 else { throw SyncBatchError("\(name).seq: must be 0 in a repair batch (its events hold no outbox position), found \(seq)") }
+                return
+            }
             // Ascending, not consecutive: a store that took a new storeId ships again what it
             // still holds, and retention had removed some of it (acknowledged under the old id).
             // The hub's ackedSeq means "everything the edge holds up to here"; it cannot know more.

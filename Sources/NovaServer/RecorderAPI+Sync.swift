@@ -55,9 +55,11 @@ extension RecorderAPI {
         case .applied(let watermark, let accepted, let duplicates):
             // LIVE streams get them from memory, as after an ingest (not by reading them back).
             if accepted > 0 { await feed.published(result.appended, seqs: result.ingestSeqs) }
-            site.eventsApplied.increment(by: Int64(accepted))
-            site.batchesApplied.increment()
+            // Outbox batches only, as `GET /v1/sync/sites` counts them: not heartbeats (every few
+            // seconds from an idle edge) nor repairs.
             if batch.kind == .outbox {
+                site.eventsApplied.increment(by: Int64(accepted))
+                site.batchesApplied.increment()
                 site.pendingEvents.set(Double(batch.outboxSize))
                 if let from = batch.pendingFrom { site.lagSeconds.set(Swift.max(0, Double(Timestamp.now().microseconds - from.microseconds) / 1e6)) }
             }

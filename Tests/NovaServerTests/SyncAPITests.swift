@@ -81,6 +81,10 @@ import Testing
             #expect(site["completeThrough"] == .string(claim.rfc3339))
             #expect(site["batchesApplied"] == .number(JSONNumber(1)))
             #expect(site["eventsApplied"] == .number(JSONNumber(10)))
+            // The metrics count as the endpoint does: the heartbeat is not an applied batch.
+            let counters = try await client.get("/metrics").text
+            #expect(counters.contains(#"nova_sync_applied_batches_total{site="site-a"} 1"#), "\(counters)")
+            #expect(counters.contains(#"nova_sync_applied_events_total{site="site-a"} 10"#))
             // A migration's checkpoint site reports no completeness and holds nothing back.
             #expect(try await ship(Self.batch(Array(events[0..<2]), site: SyncSite.migrationSiteId)).status == .ok)
             #expect(try await store.stats().totalEvents == 10)
@@ -188,6 +192,11 @@ import Testing
                 ("no canonical time", .badRequest, "canonicalTruthTime", try await post(text.replacingOccurrences(of: #","canonicalTruthTime":"2026-05-28T20:26:40.000000Z""#, with: ""))),
                 ("not JSON", .badRequest, "header: invalid JSON", try await post("hello\n")),
                 ("empty", .badRequest, "empty", try await post("")),
+                ("a stray per-scope claim", .badRequest, "header.otherScopesPendingFrom",
+                 try await post(text.replacingOccurrences(of: #""outboxSize""#, with: #""otherScopesPendingFrom":"x","outboxSize""#))),
+                ("a repair with positions", .badRequest, "must be 0 in a repair batch",
+                 try await post(text.replacingOccurrences(of: #""kind":"outbox""#, with: #""kind":"repair""#)
+                    .replacingOccurrences(of: #""firstSeq":1,"lastSeq":5"#, with: #""firstSeq":0,"lastSeq":0"#))),
             ]
             for (name, status, message, response) in cases {
                 #expect(response.status == status, "\(name): \(response.status) \(response.text)")
