@@ -232,10 +232,17 @@ extension NovaConfiguration {
         } catch {
             throw ConfigurationError(key: "", rule: error.description)
         }
+        /// A site's id by the rules of a scopeId (event-model.md), which the hub applies to it.
+        func checkSiteId(_ id: String, key: String) throws(ConfigurationError) {
+            guard id.utf8.count <= 256, !id.utf8.contains(0) else {
+                throw ConfigurationError(key: key, rule: "must be 1 to 256 bytes of UTF-8 without NUL")
+            }
+        }
         var config = NovaConfiguration()
         let r = try ConfigObject(root, path: "")
         if let core = try r.object("core") {
             config.core.siteId = try core.string("siteId", default: config.core.siteId, nonEmpty: true)
+            try checkSiteId(config.core.siteId, key: "core.siteId")
             try core.finish()
         }
         if let db = try r.object("database") {
@@ -330,11 +337,20 @@ extension NovaConfiguration {
                     }
                     guard !roles.isEmpty else { throw ConfigurationError(key: "server.tokens[\(k)].roles", rule: "must name at least one role") }
                     let siteId = try t.optionalString("siteId")
+                    if let siteId { try checkSiteId(siteId, key: "server.tokens[\(k)].siteId") }
                     if roles.contains(.sync), siteId == nil {
                         throw ConfigurationError(key: "server.tokens[\(k)].siteId", rule: "required for a token with the sync role")
                     }
                     try t.finish()
                     return Token(sha256: hash, roles: roles, siteId: siteId)
+                }
+                // One token, one entry: with two, which roles it has would depend on the order.
+                var seen = [String: Int]()
+                for (k, token) in config.server.tokens.enumerated() {
+                    if let first = seen[token.sha256] {
+                        throw ConfigurationError(key: "server.tokens[\(k)].sha256", rule: "the same token as server.tokens[\(first)]; list each token once, with all its roles")
+                    }
+                    seen[token.sha256] = k
                 }
             }
             if let t = try s.optionalObject("tls") {
@@ -346,6 +362,11 @@ extension NovaConfiguration {
         if let s = try r.object("sync") {
             config.sync.enabled = try s.bool("enabled", default: config.sync.enabled)
             config.sync.upstream = try s.string("upstream", default: config.sync.upstream, nonEmpty: true)
+            let upstream = config.sync.upstream.lowercased()
+            let afterScheme = upstream.hasPrefix("https://") ? upstream.dropFirst(8) : upstream.hasPrefix("http://") ? upstream.dropFirst(7) : nil
+            guard let afterScheme, !afterScheme.isEmpty, !afterScheme.hasPrefix("/") else {
+                throw ConfigurationError(key: "sync.upstream", rule: "must be an http:// or https:// URL of the hub, found \(quoted(config.sync.upstream))")
+            }
             config.sync.tokenEnv = try s.string("token_env", default: config.sync.tokenEnv, nonEmpty: true)
             config.sync.batchSize = try s.int("batchSize", default: config.sync.batchSize, in: 1...100_000)
             config.sync.maxBatchBytes = try s.int("maxBatchBytes", default: config.sync.maxBatchBytes, in: (64 << 10)...(1 << 34))

@@ -37,7 +37,7 @@ struct AuthMiddleware: RouterMiddleware {
         guard !entries.isEmpty, let role = Self.requiredRole(method: request.method, path: request.uri.path) else {
             return try await next(request, context)
         }
-        guard let header = request.headers[.authorization], header.hasPrefix("Bearer "), header.count > 7 else {
+        guard let header = request.headers[.authorization], header.prefix(7).lowercased() == "bearer ", header.count > 7 else {
             throw APIError(.unauthorized, "Authorization: a bearer token is required", headers: [.wwwAuthenticate: "Bearer"])
         }
         let presented = Array(TokenHash.sha256Hex(String(header.dropFirst(7))).utf8)

@@ -130,8 +130,13 @@ public struct RecorderAPI: Sendable {
         router.delete("/v1/sync/sites/:siteId") { request, context in try hubOnly(); return try await forgetSyncSite(request, context: context) }
         router.get("/v1/sync/status") { request, _ in try await syncStatus(request) }
         router.get("/v1/digests") { request, _ in try await digests(request) }
-        router.ws("/v1/stream") { _, _ in
-            .upgrade([:])
+        router.ws("/v1/stream") { request, _ in
+            // A plain GET (no upgrade asked for) reaches this too; it gets a 426 that says what
+            // the endpoint is, not an empty 200.
+            guard request.headers[.upgrade]?.lowercased().contains("websocket") == true else {
+                throw APIError(.upgradeRequired, "Upgrade: /v1/stream is a WebSocket endpoint; connect with a WebSocket client (Upgrade: websocket)", headers: [.upgrade: "websocket"])
+            }
+            return .upgrade([:])
         } onUpgrade: { inbound, outbound, context in
             try await stream(inbound, outbound, context)
         }

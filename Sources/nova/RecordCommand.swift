@@ -122,9 +122,6 @@ func makeShipper(
     store: any EventStore, config: NovaConfiguration, inFlight: InFlightIngest, registry: PrometheusCollectorRegistry, logger: Logger
 ) throws -> Shipper {
     let token = ProcessInfo.processInfo.environment[config.sync.tokenEnv].flatMap { $0.isEmpty ? nil : $0 }
-    guard config.sync.upstream.hasPrefix("http://") || config.sync.upstream.hasPrefix("https://") else {
-        throw CLIError("sync.upstream: must be an http:// or https:// URL of the hub, found \"\(config.sync.upstream)\"")
-    }
     if token == nil {
         logger.warning("sync: no token in the environment; the hub must run with auth off", metadata: ["token_env": "\(config.sync.tokenEnv)"])
     }

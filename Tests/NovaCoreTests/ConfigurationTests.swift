@@ -33,6 +33,13 @@ import Testing
         (#"{"database": {"timescaledb": {"hypertable": {"chunkInterval": "daily"}}}}"#, "database.timescaledb.hypertable.chunkInterval: must be"),
         (#"{"limits": {"maxStringBytes": 1000}}"#, "limits.maxStringBytes: must be between 1 and 256"),
         (#"{"core": []}"#, "core: must be an object"),
+        (#"{"core": {"siteId": "\#(String(repeating: "s", count: 257))"}}"#, "core.siteId: must be 1 to 256 bytes of UTF-8 without NUL"),
+        (#"{"core": {"siteId": "a\u0000b"}}"#, "core.siteId: must be 1 to 256 bytes of UTF-8 without NUL"),
+        (#"{"server": {"tokens": [{"sha256": "\#(String(repeating: "a", count: 64))", "roles": ["read"]}, {"sha256": "\#(String(repeating: "a", count: 64))", "roles": ["admin"]}]}}"#,
+         "server.tokens[1].sha256: the same token as server.tokens[0]"),
+        (#"{"sync": {"upstream": "not a url"}}"#, "sync.upstream: must be an http:// or https:// URL of the hub"),
+        (#"{"sync": {"upstream": "ftp://hub:8081"}}"#, "sync.upstream: must be an http:// or https:// URL of the hub"),
+        (#"{"sync": {"upstream": "http://"}}"#, "sync.upstream: must be an http:// or https:// URL of the hub"),
         ("{", "invalid JSON"),
     ])
     func errorsNameTheKey(text: String, expected: String) {

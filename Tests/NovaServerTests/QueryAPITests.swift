@@ -164,6 +164,7 @@ import Testing
             #expect(anonymous.headers[.wwwAuthenticate] == "Bearer")
             #expect(try await client.get(query, headers: [.authorization: "Bearer nope"]).status == .unauthorized)
             #expect(try await client.get(query, headers: [.authorization: "Bearer \(Self.readToken)"]).status == .ok)
+            #expect(try await client.get(query, headers: [.authorization: "bearer \(Self.readToken)"]).status == .ok, "the scheme is case-insensitive")
             #expect(try await client.get(query, headers: [.authorization: "Bearer \(Self.ingestToken)"]).status == .forbidden)
             let writeWithRead = try await client.post(ndjson: IngestAPITests.fiveLanes, headers: [.authorization: "Bearer \(Self.readToken)"])
             #expect(writeWithRead.status == .forbidden)
@@ -172,6 +173,10 @@ import Testing
             #expect(write.status == .ok)
             #expect(try await client.get("/healthz").status == .ok)
             #expect(try await client.get("/metrics").status == .ok)
+            // The stream endpoint asked without an upgrade: the role first, then what it is.
+            #expect(try await client.get("/v1/stream?scope=s&mode=live").status == .unauthorized)
+            let plain = try await client.get("/v1/stream?scope=s&mode=live", headers: [.authorization: "Bearer \(Self.readToken)"])
+            #expect(plain.status == .upgradeRequired && plain.errorMessage.hasPrefix("Upgrade: /v1/stream is a WebSocket endpoint"), "\(plain.text)")
         }
     }
 }
