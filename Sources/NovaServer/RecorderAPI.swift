@@ -75,11 +75,15 @@ public struct RecorderAPI: Sendable {
         host: String, port: Int, onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
     ) throws -> some ApplicationProtocol {
         let router = router()
-        var server = HTTPServerBuilder.http1WebSocketUpgrade(
-            webSocketRouter: router,
-            configuration: .init(
-                http1: .init(idleTimeout: .seconds(Int64(configuration.server.idleTimeoutSeconds))),
-                ws: .init(autoPing: .enabled(timePeriod: .seconds(60)))))
+        let webSocketResponder = router.buildResponder()
+        let idle = Int64(configuration.server.idleTimeoutSeconds)
+        var server = HTTPServerBuilder { responder in
+            FirstRequestDeadline(
+                base: HTTP1WebSocketUpgradeChannel(
+                    responder: responder, webSocketResponder: webSocketResponder,
+                    configuration: .init(http1: .init(idleTimeout: .seconds(idle)), ws: .init(autoPing: .enabled(timePeriod: .seconds(60))))),
+                idle: .seconds(idle))
+        }
         if let tls = configuration.server.tls {
             server = try .tls(server, tlsConfiguration: Self.tlsConfiguration(tls))
         }

@@ -125,6 +125,33 @@ import Testing
         }
     }
 
+    /// Connects over plain TCP, sends `bytes`, and waits (at most 20 s, on a thread of its own)
+    /// for the server to close the connection; the seconds it took (20 when it did not).
+    static func secondsUntilClosed(port: Int, sending bytes: [UInt8]) async throws -> Double {
+        try await withCheckedThrowingContinuation { done in
+            Thread.detachNewThread {
+                let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+                defer { close(fd) }
+                var address = sockaddr_in()
+                address.sin_family = sa_family_t(AF_INET)
+                address.sin_port = in_port_t(UInt16(port).bigEndian)
+                address.sin_addr.s_addr = inet_addr("127.0.0.1")
+                let connected = withUnsafePointer(to: &address) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+                }
+                guard connected == 0 else { return done.resume(throwing: StreamTestError("connect failed: \(errno)")) }
+                if !bytes.isEmpty { _ = send(fd, bytes, bytes.count, 0) }
+                var limit = timeval(tv_sec: 20, tv_usec: 0)
+                setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
+                let started = ContinuousClock.now
+                var buffer = [UInt8](repeating: 0, count: 4096)
+                while recv(fd, &buffer, buffer.count, 0) > 0 {}  // whatever it answers, then the close
+                let took = ContinuousClock.now - started
+                done.resume(returning: Double(took.components.seconds) + Double(took.components.attoseconds) / 1e18)
+            }
+        }
+    }
+
     /// A client that stops sending mid-request is disconnected after `idleTimeoutSeconds`,
     /// long before its own deadline; a LIVE stream that only listens is not (it has its pings).
     @Test func idleConnectionsAreClosedButQuietStreamsAreNot() async throws {
@@ -146,11 +173,23 @@ import Testing
             }
             continuation.finish()
 
+            // Before any request is complete too: nothing sent, a head cut short, no HTTP at all.
+            for bytes in ["", "GET /healthz HTTP/1.1\r\nHost: x\r\n", "GARBAGE\r\n\r\n"] {
+                let waited = try await Self.secondsUntilClosed(port: port, sending: Array(bytes.utf8))
+                #expect(waited < 8, "\(bytes.debugDescription): closed by the server after \(waited) s")
+            }
+
             try await withStream(port: port, query: "scope=s&mode=live") { stream in
                 try await stream.wait(forType: "caughtUp")
                 try await Task.sleep(for: .seconds(3))
-                let events = StreamTests.frames(2)
-                try await client.ingest(events)
+                // On a new connection: the test client's own, opened at the start and idle
+                // since, was closed after the idle timeout as it should be.
+                var post = HTTPClientRequest(url: "http://127.0.0.1:\(port)/v1/events")
+                post.method = .POST
+                post.headers.add(name: "Content-Type", value: "application/x-ndjson")
+                post.body = .bytes(ByteBuffer(string: StreamTests.frames(2).map(\.json).joined(separator: "\n")))
+                let answer = try await HTTPClient.shared.execute(post, timeout: .seconds(30))
+                #expect(answer.status == .ok)
                 try await stream.wait(forEvents: 2)
             }
         }
