@@ -310,11 +310,17 @@ public final class Shipper: Service, Sendable {
     }
 
     private func updateGauges(_ machine: ShipperMachine) async {
-        updateLag()
-        guard let status = try? await status() else { return }
+        guard let status = try? await status() else { return updateLag() }
         metrics.pending.set(Double(status.pendingEvents))
         metrics.oldestPendingAge.set(status.oldestPendingAgeSeconds ?? 0)
         metrics.reachable.set(machine.upstreamReachable ? 1.0 : 0.0)
+        if state.withLock({ $0.completeThrough }) == nil {
+            // Nothing acknowledged yet in this run (the hub unreachable since the start): the hub
+            // lacks at least the oldest pending event, so the lag is at least its age (it read 0).
+            metrics.lag.set(status.oldestPendingAgeSeconds ?? 0)
+        } else {
+            updateLag()
+        }
     }
 }
 

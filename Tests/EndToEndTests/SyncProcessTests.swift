@@ -157,6 +157,32 @@ import Testing
         return list.compactMap { site -> Int64? in if case .number(let n)? = site["eventsApplied"] { n.int64 } else { nil } }.sorted()
     }
 
+    /// An edge that has not reached its hub since it started still shows how far behind the hub
+    /// is: at least the age of its oldest pending event (the gauge used to read 0 until a first
+    /// acknowledgement).
+    @Test func anEdgeThatNeverReachedItsHubShowsItsLag() async throws {
+        let dir = try TemporaryDirectory("nova-sync")
+        defer { dir.remove() }
+        let config = dir.file("edge.json")
+        try Data(#"""
+            {"core": {"siteId": "site-a"}, "database": {"sqlite": {"path": "\#(dir.file("edge.db"))"}}, "server": {"port": 0},
+             "sync": {"enabled": true, "upstream": "http://127.0.0.1:\#(try freePort())", "maxBackoffSeconds": 1}}
+            """#.utf8).write(to: URL(fileURLWithPath: config))
+        let edge = try NovaProcess(["record", "--config", config], directory: dir, name: "edge")
+        defer { edge.kill() }
+        let base = try await edge.waitUntilListening()
+        // Recorded with canonical times of May 2026, months before any clock this runs on.
+        #expect(try await HTTP.post("\(base)/v1/events", ndjson: RecorderProcessTests.batch(50, offset: 0).lines).status == 200)
+        let deadline = ContinuousClock.now + .seconds(20)
+        var lag = 0.0
+        repeat {
+            try await Task.sleep(for: .milliseconds(500))
+            let exposition = try await HTTP.get("\(base)/metrics").body
+            lag = exposition.split(separator: "\n").first { $0.hasPrefix("nova_sync_lag_seconds ") }.flatMap { Double($0.split(separator: " ")[1]) } ?? 0
+        } while lag < 86_400 && ContinuousClock.now < deadline
+        #expect(lag > 86_400, "the lag of an edge the hub never heard from: \(lag) s")
+    }
+
     @Test func largeEventsReachAHubWithASmallBodyLimitInSmallerBatches() async throws {
         // 30 frames of 200,000 random bytes (6 MB, incompressible): one batch by count, which the
         // hub, limited to 1,000,000-byte bodies, refuses as too large until the edge sends halves.
