@@ -72,6 +72,11 @@ extension Timestamp {
         var copy = text
         let result: Timestamp? = copy.withUTF8 { Timestamp.parse($0) }
         guard let result else {
+            // RFC 3339's grammar allows second 60; microseconds since the epoch cannot hold it.
+            let b = Array(text.utf8)
+            if b.count >= 20, b[16] == UInt8(ascii: ":"), b[17] == UInt8(ascii: "6"), b[18] == UInt8(ascii: "0"), Timestamp(rfc3339Prefix: b) != nil {
+                throw TimestampError(description: "a leap second (second 60) cannot be stored; use the next second: \(quoted(text))")
+            }
             throw TimestampError(description: "not an RFC 3339 timestamp: \(quoted(text))")
         }
         guard result.isInContractRange else {
@@ -79,6 +84,15 @@ extension Timestamp {
                 description: "outside 1970-01-01T00:00:00Z...9999-12-31T23:59:59.999999Z: \(quoted(text))")
         }
         self = result
+    }
+
+    /// Whether `b` is RFC 3339 with second 59 in place of its seconds (a leap second otherwise).
+    private init?(rfc3339Prefix b: [UInt8]) {
+        var copy = b
+        copy[17] = UInt8(ascii: "5")
+        copy[18] = UInt8(ascii: "9")
+        guard let t = copy.withUnsafeBufferPointer({ Timestamp.parse($0) }) else { return nil }
+        self = t
     }
 
     /// Returns nil for anything that is not RFC 3339 (zone required, real calendar date, no leap

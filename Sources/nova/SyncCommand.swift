@@ -130,7 +130,12 @@ struct SyncRepairCommand: AsyncParsableCommand {
                 deliver: { batch in
                     switch await client.ship(batch) {
                     case .acknowledged: break
-                    case let other: throw CLIError("the hub did not take a repair batch: \(other)")
+                    case .refused(let why), .unreachable(let why), .tooLarge(let why):
+                        throw CLIError("the hub did not take a repair batch: \(why)")
+                    case .overloaded:
+                        throw CLIError("the hub is busy (503); run the repair again later")
+                    case .gap(let watermark):
+                        throw CLIError("the hub answered a repair batch with a gap at ackedSeq \(watermark.ackedSeq), which it never should; nothing more was sent")
                     }
                 }
             ) { status.update($0) }

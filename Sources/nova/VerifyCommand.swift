@@ -84,6 +84,9 @@ struct DigestSelection: ParsableArguments {
             case .failure(let error): throw ValidationError("--lane: \(error.description)")
             }
         }
+        if let bad = scope.first(where: { $0.isEmpty || $0.utf8.count > 256 }) {
+            throw ValidationError("--scope: must be 1 to 256 bytes (a scopeId), found \(bad.utf8.count) bytes")
+        }
         if !scope.isEmpty { v.scopes = scope }
         func time(_ text: String?, _ name: String) throws -> Timestamp? {
             guard let text else { return nil }

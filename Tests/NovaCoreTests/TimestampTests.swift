@@ -28,6 +28,20 @@ import Testing
         #expect(throws: TimestampError.self) { try Timestamp(rfc3339: input) }
     }
 
+    /// Allowed by RFC 3339's grammar but not storable: refused with that reason, not as malformed.
+    @Test func aLeapSecondIsRefusedAsSuch() {
+        func reason(_ text: String) -> String {
+            do {
+                _ = try Timestamp(rfc3339: text)
+                return "accepted"
+            } catch {
+                return error.description
+            }
+        }
+        #expect(reason("2016-12-31T23:59:60Z") == #"a leap second (second 60) cannot be stored; use the next second: "2016-12-31T23:59:60Z""#)
+        #expect(reason("2016-12-31T23:59:60") == #"not an RFC 3339 timestamp: "2016-12-31T23:59:60""#)
+    }
+
     @Test func roundTripsEveryDayAcrossCenturies() throws {
         var t = Timestamp.min.microseconds
         while t < Timestamp.max.microseconds {
