@@ -113,6 +113,8 @@ func serve(
         try await ServiceGroup(configuration: configuration).run()
     } catch is CancellationError {
         logger.warning("shutdown: connections still busy after 10 s were cancelled")
+    } catch let error as IOError where error.errnoCode == EADDRINUSE {
+        throw CLIError("server.port: \(config.server.host):\(config.server.port) is in use by another process; pick another port (--port or server.port)")
     }
     logger.info("stopped", metadata: ["store": "\(store.description)"])
 }

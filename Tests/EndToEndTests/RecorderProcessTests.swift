@@ -133,6 +133,13 @@ import Testing
         let open = try await NovaProcess.run(["record", "--config", try writeConfig(dir), "--host", "0.0.0.0"], directory: dir)
         #expect(open.status != 0)
         #expect(open.stderr.contains("not loopback"), "\(open.stderr)")
+        let busy = try TemporaryDirectory("nova-e2e")
+        defer { busy.remove() }
+        let first = try NovaProcess(["record", "--config", try writeConfig(busy)], directory: busy)
+        defer { first.kill() }
+        let taken = try #require(Int(try await first.waitUntilListening().split(separator: ":").last ?? ""))
+        let second = try await NovaProcess.run(["record", "--config", try writeConfig(dir), "--port", "\(taken)"], directory: dir)
+        #expect(second.status != 0 && second.stderr.contains("server.port: 127.0.0.1:\(taken) is in use by another process"), "\(second.stderr)")
         let flag = try await NovaProcess.run(["record", "--port", "70000"], directory: dir)
         #expect(flag.status != 0)
         #expect(flag.stderr.contains("--port"), "\(flag.stderr)")
