@@ -1,3 +1,4 @@
+import Foundation
 import HummingbirdCore
 import Hummingbird
 import NovaCore
@@ -22,38 +23,14 @@ struct QueryParameters {
         }
     }
 
-    /// A percent-encoded key or value (RFC 3986): escapes of two hex digits, UTF-8 once decoded,
-    /// no NUL (which no field of an event may hold).
+    /// A percent-encoded key, value or path segment (RFC 3986), strictly: escapes of two hex
+    /// digits, UTF-8 once decoded, no NUL (which no field of an event may hold).
     static func decode(_ text: Substring, of name: String?) throws(APIError) -> String {
         let what = name ?? "a parameter name"
-        func hex(_ c: UInt8) -> UInt8? {
-            switch c {
-            case UInt8(ascii: "0")...UInt8(ascii: "9"): c - UInt8(ascii: "0")
-            case UInt8(ascii: "a")...UInt8(ascii: "f"): c - UInt8(ascii: "a") + 10
-            case UInt8(ascii: "A")...UInt8(ascii: "F"): c - UInt8(ascii: "A") + 10
-            default: nil
-            }
+        guard let decoded = String(text).removingPercentEncoding else {
+            throw APIError(.badRequest, "\(what): not valid percent-encoding (a \"%\" takes two hex digits, and the bytes must be UTF-8)")
         }
-        let raw = Array(text.utf8)
-        var bytes = [UInt8]()
-        bytes.reserveCapacity(raw.count)
-        var i = 0
-        while i < raw.count {
-            if raw[i] == UInt8(ascii: "%") {
-                guard i + 2 < raw.count, let high = hex(raw[i + 1]), let low = hex(raw[i + 2]) else {
-                    throw APIError(.badRequest, "\(what): a \"%\" must be followed by two hex digits (percent-encoding)")
-                }
-                bytes.append(high << 4 | low)
-                i += 3
-            } else {
-                bytes.append(raw[i])
-                i += 1
-            }
-        }
-        guard let decoded = String(validating: bytes, as: UTF8.self) else {
-            throw APIError(.badRequest, "\(what): not UTF-8 once percent-decoded")
-        }
-        guard !bytes.contains(0) else { throw APIError(.badRequest, "\(what): must not contain NUL") }
+        guard !decoded.utf8.contains(0) else { throw APIError(.badRequest, "\(what): must not contain NUL") }
         return decoded
     }
 

@@ -116,9 +116,7 @@ extension RecorderAPI {
     func forgetSyncSite(_ request: Request, context: NovaRequestContext) async throws -> Response {
         try QueryParameters(request.uri).finish()
         // The router hands over the path segment as sent: percent-encoded.
-        guard let siteId = try context.parameters.require("siteId").removingPercentEncoding else {
-            throw APIError(.badRequest, "siteId: not valid percent-encoding")
-        }
+        let siteId = try QueryParameters.decode(Substring(try context.parameters.require("siteId")), of: "siteId")
         let forgotten: Int
         do {
             forgotten = try await store.forgetSyncSite(siteId)
