@@ -84,7 +84,7 @@ struct BenchQuery: AsyncParsableCommand {
                 var capacity: Double?
                 for load in [nil] + loadFractions.map(Optional.init) {
                     let rate = load.flatMap { f in capacity.map { $0 * f } }
-                    if load != nil, (rate ?? 0) < 1 { break }  // no capacity to take a fraction of
+                    if load != nil, (rate ?? 0) < 1 { continue }  // under one query a second: no such row
                     let pace = rate.map { String(format: ", %.0f queries/s offered (%.0f%% of capacity)", $0, load! * 100) } ?? ", as fast as they can"
                     let group = "\(w)-second windows over \(events) events, \(clients) clients\(pace)"
                     FileHandle.standardError.write(Data("\(group): \(seconds) s through the HTTP API, then \(seconds) s through the bare driver...\n".utf8))

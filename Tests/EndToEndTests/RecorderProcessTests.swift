@@ -193,18 +193,24 @@ import Testing
         let copy = dir.file("backup.db")
         // Stopped by a flag, not by cancellation, which could abandon a request that commits.
         let stop = StopFlag()
+        let written = TestCounter()
         let writing = Task {
             var k = 0
             while !stop.isSet {
                 let (lines, _) = Self.batch(500, offset: k * 500)
                 guard try await HTTP.post("\(base)/v1/events", ndjson: lines).status == 200 else { throw ProcessError("ingest failed") }
                 k += 1
+                written.set(k)
             }
             return k
         }
-        try await Task.sleep(for: .milliseconds(500))
+        // Taken once something is stored, and while the writes go on (a fixed wait was seen to
+        // end before the first commit on a loaded machine).
+        let deadline = ContinuousClock.now + .seconds(60)
+        while written.value < 2, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
         let backup = try await NovaProcess.run(["backup", store, copy], directory: dir)
-        try await Task.sleep(for: .milliseconds(300))
+        let after = written.value
+        while written.value < after + 2, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
         stop.set()
         let batches = try await writing.value
         #expect(backup.status == 0, "\(backup.stderr)")
