@@ -120,6 +120,9 @@ public final class Shipper: Service, Sendable {
                     action = machine.watermark(w, lastSeq: outbox.lastSeq, idAtWatermark: id, heartbeatDue: heartbeatDue)
                     if let acked = machine.ackedSeq {
                         try await store.recordAcknowledged(acked)
+                        // The hub's answer confirms what it holds: after a restart with nothing
+                        // new to ship, `lastAckAt` would otherwise stay null.
+                        state.withLock { $0.lastAckAt = .now() }
                         logger.info("sync resumes", metadata: ["ackedSeq": "\(acked)", "pending": "\(outbox.lastSeq - acked)", "storeId": "\(outbox.storeId)"])
                     }
                 case .ship(let after):
@@ -168,7 +171,10 @@ public final class Shipper: Service, Sendable {
                         pending: pending, outboxSize: 0, events: [])
                     let outcome = await client.ship(batch)
                     lastContact = .now
-                    if case .acknowledged = outcome, let claim { acknowledged(through: claim) }
+                    if case .acknowledged = outcome {
+                        state.withLock { $0.lastAckAt = .now() }
+                        if let claim { acknowledged(through: claim) }
+                    }
                     action = machine.shipped(outcome, lastSeq: try await store.lastCommittedSeq(), random: .random(in: 0..<1))
                     note(machine, outcome: outcome)
                 case .idle:

@@ -45,6 +45,9 @@ public struct Verification: Sendable {
         public var rightEvents: Int64
         public var buckets: Int
         public var differences: [DigestDifference]
+        /// False when neither side holds any event of the scope, in any range: most likely a
+        /// misspelled `--scope`, which must not pass for "equal".
+        public var heldByEither = true
     }
 
     public func run(_ a: DigestSide, _ b: DigestSide, progress: (String) -> Void = { _ in }) async throws -> [ScopeResult] {
@@ -54,11 +57,11 @@ public struct Verification: Sendable {
         var results = [ScopeResult]()
         for (k, scope) in scopes.enumerated() {
             guard var range = range ?? Self.span(of: scope, in: [sa, sb], timebase: timebase) else {
-                results.append(ScopeResult(scopeId: scope, range: Timestamp.min..<Timestamp.min, leftEvents: 0, rightEvents: 0, buckets: 0, differences: []))
+                results.append(ScopeResult(scopeId: scope, range: Timestamp.min..<Timestamp.min, leftEvents: 0, rightEvents: 0, buckets: 0, differences: [], heldByEither: false))
                 continue
             }
             if let clipEnd { range = range.lowerBound..<Swift.max(range.lowerBound, Swift.min(range.upperBound, clipEnd)) }
-            var result = ScopeResult(scopeId: scope, range: range, leftEvents: 0, rightEvents: 0, buckets: 0, differences: [])
+            var result = ScopeResult(scopeId: scope, range: range, leftEvents: 0, rightEvents: 0, buckets: 0, differences: [], heldByEither: known.contains(scope))
             let width = bucketMicros * bucketsPerWindow
             var start = DigestRequest.bucketStart(range.lowerBound.microseconds, width: bucketMicros)
             while start < range.upperBound.microseconds {

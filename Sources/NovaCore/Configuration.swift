@@ -513,8 +513,17 @@ private final class ConfigObject {
 
     func int(_ name: String, default def: Int, in range: ClosedRange<Int>) throws(ConfigurationError) -> Int {
         guard let v = value(name) else { return def }
-        guard case .number(let n) = v, n.isIntegerLiteral, let i = n.int64 else {
-            throw ConfigurationError(key: key(name), rule: "must be an integer, found \(v.typeName == "a number" ? "a fraction" : v.typeName)")
+        guard case .number(let n) = v else { throw ConfigurationError(key: key(name), rule: "must be an integer, found \(v.typeName)") }
+        guard n.isIntegerLiteral, let i = n.int64 else {
+            // 1e12 or 1.5e3 is a whole number out of range, not a fraction.
+            if n.double.isFinite, n.double == n.double.rounded() {
+                let fits = n.double >= Double(range.lowerBound) && n.double <= Double(range.upperBound)
+                throw ConfigurationError(
+                    key: key(name),
+                    rule: fits ? "must be written as a plain integer, found \(n.double)"
+                        : "must be between \(range.lowerBound) and \(range.upperBound), found \(n.double)")
+            }
+            throw ConfigurationError(key: key(name), rule: "must be an integer, found a fraction (\(n.double))")
         }
         guard range.contains(Int(i)) else {
             throw ConfigurationError(key: key(name), rule: "must be between \(range.lowerBound) and \(range.upperBound), found \(i)")

@@ -56,6 +56,16 @@ public struct SyncBatch: Sendable {
         scopePendingFrom = pending?.scopes
         otherScopesPendingFrom = pending?.otherScopes
     }
+
+    /// Caps each completeness claim at `now` (the hub's clock). A claim is "nothing before this
+    /// is missing"; one in the future (an edge clock running ahead, a bad or hostile edge) would
+    /// have the hub vouch for data nobody has recorded yet and show the site's lag as 0. A lower
+    /// claim is always true, so capping loses nothing but promptness.
+    public mutating func capClaims(at now: Timestamp) {
+        pendingFrom = pendingFrom.map { min($0, now) }
+        scopePendingFrom = scopePendingFrom?.mapValues { min($0, now) }
+        otherScopesPendingFrom = otherScopesPendingFrom.map { min($0, now) }
+    }
 }
 
 /// `pendingFrom` for the site as a whole and per scope (sync.md: `completeThrough` per scope).

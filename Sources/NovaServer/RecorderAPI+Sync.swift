@@ -23,13 +23,15 @@ extension RecorderAPI {
                 "Content-Type: must be \(SyncBatchCodec.contentType) (or version 1's \(SyncBatchCodec.ndjsonContentType)), found \(request.headers[.contentType].map(quotedParameter) ?? "none")")
         }
         let body = try await decodedBody(request, unapplied: "nothing applied")
-        let batch: SyncBatch
+        var decoded: SyncBatch
         do {
-            batch = try body.withUnsafeReadableBytes { raw in try SyncBatchCodec.decode(raw.bindMemory(to: UInt8.self), version: version, decoder: decoder) }
+            decoded = try body.withUnsafeReadableBytes { raw in try SyncBatchCodec.decode(raw.bindMemory(to: UInt8.self), version: version, decoder: decoder) }
         } catch let error as SyncBatchError {
             metrics.syncBatchesRefused.increment()
             throw APIError(.badRequest, "sync batch refused, nothing applied: \(error.message)")
         }
+        decoded.capClaims(at: Timestamp.now())
+        let batch = decoded
         if let bound = context.syncSiteId, bound != batch.siteId {
             throw APIError(.forbidden, "siteId: this token ships for site \(quotedParameter(bound)), not \(quotedParameter(batch.siteId))")
         }

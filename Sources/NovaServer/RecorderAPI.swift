@@ -144,6 +144,21 @@ public struct RecorderAPI: Sendable {
         } onUpgrade: { inbound, outbound, context in
             try await stream(inbound, outbound, context)
         }
+        // Hummingbird's router answers 404 for a known path asked with another method, which
+        // reads as a wrong URL; a 405 with `Allow` says what the path takes.
+        let allowed: [(RouterPath, [HTTPRequest.Method])] = [
+            ("/v1/events", [.get, .post]), ("/v1/stats", [.get]), ("/v1/sync/batches", [.post]), ("/v1/sync/watermark", [.get]),
+            ("/v1/sync/sites", [.get]), ("/v1/sync/sites/:siteId", [.delete]), ("/v1/sync/status", [.get]), ("/v1/digests", [.get]),
+            ("/v1/stream", [.get]), ("/healthz", [.get]), ("/readyz", [.get]), ("/metrics", [.get]),
+        ]
+        for (path, methods) in allowed {
+            let allow = methods.map(\.rawValue).joined(separator: ", ")
+            for method in [HTTPRequest.Method.get, .head, .post, .put, .patch, .delete] where !methods.contains(method) {
+                router.on(path, method: method) { _, _ -> Response in
+                    throw APIError(.methodNotAllowed, "method: \(path) takes \(allow), not \(method.rawValue)", headers: [.allow: allow])
+                }
+            }
+        }
         router.get("/healthz") { _, _ in jsonResponse(#"{"status":"ok"}"#) }
         router.get("/readyz") { _, _ in try await ready() }
         router.get("/metrics") { _, _ in
@@ -173,11 +188,16 @@ func jsonResponse(_ text: String, status: HTTPResponse.Status = .ok, headers: HT
 
 /// Logs every server-side failure at error level (Hummingbird logs unknown errors only at debug,
 /// and an operator needs to see them) and turns it into the API's JSON error shape.
+///
+/// The error goes back as a response, not thrown on: Hummingbird's `MetricsMiddleware` around it
+/// times only responses, so a thrown error was missing from `http_server_request_duration` (and
+/// counted only as `http_server_errors_total`), which hid slow 4xx and 5xx answers.
 struct ErrorLoggingMiddleware: RouterMiddleware {
     typealias Context = NovaRequestContext
     let logger: Logger
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        let failure: APIError
         do {
             return try await next(request, context)
         } catch let error as APIError {
@@ -185,14 +205,15 @@ struct ErrorLoggingMiddleware: RouterMiddleware {
             if error.status.code >= 500, request.uri.path != "/readyz" {
                 logger.error("request failed", metadata: ["path": "\(request.uri.path)", "status": "\(error.status.code)", "error": "\(error.message)"])
             }
-            throw error
+            failure = error
         } catch let error as HTTPError {
-            throw APIError(error.status, error.body ?? error.status.reasonPhrase)
+            failure = APIError(error.status, error.body ?? error.status.reasonPhrase)
         } catch let error as any HTTPResponseError {
-            throw APIError(error.status, error.status.reasonPhrase)
+            failure = APIError(error.status, error.status.reasonPhrase)
         } catch {
             logger.error("request failed", metadata: ["path": "\(request.uri.path)", "error": "\(error)"])
-            throw APIError(.internalServerError, "internal error: \(error)")
+            failure = APIError(.internalServerError, "internal error: \(error)")
         }
+        return try failure.response(from: request, context: context)
     }
 }

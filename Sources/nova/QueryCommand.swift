@@ -106,7 +106,7 @@ struct QueryCommand: AsyncParsableCommand {
         ]
         if let lane { items.append(URLQueryItem(name: "lane", value: lane)) }
         for (field, value) in filters { items.append(URLQueryItem(name: field, value: value)) }
-        let client = try caFile.map { caFile throws in try SyncClient.http(trusting: caFile, key: "--ca-file") } ?? .shared
+        let client = try SyncClient.http(trusting: caFile, key: "--ca-file")
         let token = ProcessInfo.processInfo.environment[tokenEnv]
         var cursor: String?
         let decoder = EventDecoder()
@@ -116,7 +116,12 @@ struct QueryCommand: AsyncParsableCommand {
             components.percentEncodedQuery = components.percentEncodedQuery?.replacingOccurrences(of: "+", with: "%2B")
             var request = HTTPClientRequest(url: components.string!)
             if let token { request.headers.add(name: "Authorization", value: "Bearer \(token)") }
-            let response = try await client.execute(request, timeout: .seconds(300))
+            let response: HTTPClientResponse
+            do {
+                response = try await client.execute(request, timeout: .seconds(300))
+            } catch {
+                throw CLIError("\(source): no answer (is the server running?): \(error)")
+            }
             let body = try await response.body.collect(upTo: 1 << 31)
             guard response.status == .ok else {
                 throw CLIError("\(source): HTTP \(response.status.code): \(String(buffer: body).trimmingCharacters(in: .whitespacesAndNewlines))")

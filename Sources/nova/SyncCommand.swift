@@ -70,7 +70,7 @@ struct ServerOptions: ParsableArguments {
     func call(_ path: String, method: HTTPMethod = .GET) async throws -> String {
         let config = try options.load()
         let base = url ?? "\(config.server.tls == nil ? "http" : "https")://\(config.server.host):\(config.server.port)"
-        let http = try caFile.map { caFile throws in try SyncClient.http(trusting: caFile, key: "--ca-file") } ?? .shared
+        let http = try SyncClient.http(trusting: caFile, key: "--ca-file")
         var request = HTTPClientRequest(url: base + path)
         request.method = method
         if let token = ProcessInfo.processInfo.environment[tokenEnv], !token.isEmpty {
@@ -96,7 +96,9 @@ struct SyncRepairCommand: AsyncParsableCommand {
             Reads the edge store of the configuration (database.sqlite.path; a running recorder may keep \
             writing) and the hub at sync.upstream with the site's sync token (sync.token_env). Events the \
             hub already holds are deduped there, so repeating a repair is harmless. Without --scope, every \
-            scope of the edge store. Exit status 0 when the stores agree afterwards, 1 otherwise.
+            scope of the edge store. Exit status 0 when the stores agree afterwards, 1 when they still \
+            differ, 2 when the repair could not run (the hub unreachable or refusing, a --scope neither \
+            side holds).
             """
     )
 
@@ -104,12 +106,25 @@ struct SyncRepairCommand: AsyncParsableCommand {
     @OptionGroup var selection: DigestSelection
 
     func run() async throws {
+        let status = StatusLine()
+        do {
+            try await repair(status)
+        } catch let exit as ExitCode {
+            throw exit
+        } catch {
+            // Exit 1 means "the stores still differ"; a repair that could not run is not that.
+            status.finish()
+            FileHandle.standardError.write(Data("Error: \(error)\n".utf8))
+            throw ExitCode(2)
+        }
+    }
+
+    private func repair(_ status: StatusLine) async throws {
         let config = try options.load()
         guard config.database.type == .sqlite else { throw CLIError("database.type: sync repair runs on an edge's sqlite store") }
         let token = ProcessInfo.processInfo.environment[config.sync.tokenEnv].flatMap { $0.isEmpty ? nil : $0 }
         let client = SyncClient(upstream: config.sync.upstream, token: token, gzip: config.sync.compression == "gzip", http: try SyncClient.http(trusting: selection.caFile ?? config.sync.caFile, key: selection.caFile == nil ? "sync.caFile" : "--ca-file"))
         let hub = DigestSide(client: client)
-        let status = StatusLine()
         let locator = "sqlite:\(config.database.sqlite.path)"
         try await StoreLocator(locator).withStore(create: false, logger: toolLogger()) { store in
             let edge = DigestSide(store: store, name: locator)
@@ -120,6 +135,7 @@ struct SyncRepairCommand: AsyncParsableCommand {
             let differing = before.reduce(0) { $0 + $1.differences.count }
             guard differing > 0 else {
                 _ = report(before, left: locator, right: config.sync.upstream, bucket: selection.bucket)
+                try refuseUnheldScopes(before)
                 print("nothing to repair")
                 return
             }

@@ -16,7 +16,8 @@ struct VerifyCommand: AsyncParsableCommand {
               nova verify sqlite:data/nova.db http://hub:8081 --scope site-a --bucket 1m
               nova verify sqlite:data/nova.db postgres://nova@db:5432/nova
               EDGE_TOKEN=… HUB_TOKEN=… nova verify http://edge:8080 http://hub:8081 --left-token-env EDGE_TOKEN --right-token-env HUB_TOKEN
-            Exit status: 0 when equal, 1 with the differing buckets listed, 2 or more on an error.
+            Exit status: 0 when equal, 1 with the differing buckets listed, 2 or more on an error \
+            (a --scope that neither side holds any event of is one: most likely a misspelling).
             """
     )
 
@@ -49,6 +50,7 @@ struct VerifyCommand: AsyncParsableCommand {
         }
         status.finish()
         let differences = report(results, left: left, right: right, bucket: selection.bucket)
+        try refuseUnheldScopes(results)
         if differences > 0 { throw ExitCode(1) }
     }
 }
@@ -126,6 +128,10 @@ extension AsyncParsableCommand {
         var differing = 0
         print("nova verify: \(left) (left) vs \(right) (right), buckets of \(bucket)")
         for r in results {
+            guard r.heldByEither else {
+                print("  scope \(r.scopeId): neither side holds any event of this scope")
+                continue
+            }
             let verdict = r.differences.isEmpty ? "equal" : "\(r.differences.count) differing buckets"
             print("  scope \(r.scopeId): \(r.leftEvents) vs \(r.rightEvents) events in \(r.buckets) buckets, \(r.range.lowerBound) to \(r.range.upperBound): \(verdict)")
             for d in r.differences.prefix(100) {
@@ -136,5 +142,14 @@ extension AsyncParsableCommand {
         }
         print(differing == 0 ? "result: equal" : "result: DIFFERENT (\(differing) buckets)")
         return differing
+    }
+
+    /// Exit 2 when a scope asked for is held by neither side: there was nothing to compare.
+    func refuseUnheldScopes(_ results: [Verification.ScopeResult]) throws {
+        let unheld = results.filter { !$0.heldByEither }.map(\.scopeId)
+        guard !unheld.isEmpty else { return }
+        let names = unheld.map { "\"\($0)\"" }.joined(separator: ", ")
+        FileHandle.standardError.write(Data("Error: --scope: neither side holds any event of \(names); check the spelling (scopes are case-sensitive)\n".utf8))
+        throw ExitCode(2)
     }
 }

@@ -154,8 +154,12 @@ import Testing
         let base = try await recorder.waitUntilListening()
         let (lines, ids) = Self.batch(120, offset: 0)
         #expect(try await HTTP.post("\(base)/v1/events", ndjson: lines).status == 200)
+        #expect(try await HTTP.get("\(base)/v1/events?scope=kill").status == 400)
         let metrics = try await HTTP.get("\(base)/metrics")
         #expect(metrics.body.contains("http_server_request_duration_bucket"), "request latency histogram")
+        // Error answers are timed too, under their status (Hummingbird times only responses).
+        let timed = metrics.body.split(separator: "\n").filter { $0.hasPrefix("http_server_request_duration_count") }
+        #expect(timed.contains { $0.contains(#""400""#) && $0.contains("/v1/events") }, "\(timed)")
         #expect(metrics.body.contains(#"nova_ingest_events_total{result="accepted"} 120"#))
         let range = ["--scope", "kill", "--from", "2026-01-01T00:00:00Z", "--to", "2027-01-01T00:00:00Z", "--page-size", "7"]
         let viaURL = try await NovaProcess.run(["query", base] + range, directory: dir)
@@ -164,6 +168,11 @@ import Testing
         #expect(urlIds == ids.map { .string($0) })
         recorder.kill(SIGTERM)
         try await recorder.wait()
+        // Nothing listening any more: an error at once, not after the client's connect retries.
+        let started = ContinuousClock.now
+        let refused = try await NovaProcess.run(["query", base] + range, directory: dir)
+        #expect(refused.status != 0 && refused.stderr.contains("no answer (is the server running?)"), "\(refused.stderr)")
+        #expect(ContinuousClock.now - started < .seconds(20), "nova query took \(ContinuousClock.now - started) to give up")
         let viaStore = try await NovaProcess.run(["query", "sqlite:\(dir.file("nova.db"))"] + range, directory: dir)
         #expect(viaStore.status == 0, "\(viaStore.stderr)")
         #expect(viaStore.stdout == viaURL.stdout)

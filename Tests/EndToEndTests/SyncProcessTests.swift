@@ -248,6 +248,32 @@ import Testing
         #expect(direct.stdout.contains("600 vs 600 events"), "\(direct.stdout)")
         let atHub = try await HTTP.allEventIds(rig.hubURL, scope: "kill")
         #expect(atHub.contains(lost) && atHub.contains(rowOnly))
+
+        // A scope neither side holds (a typo) is no "equal": exit 2, naming it.
+        for command in [["verify", "sqlite:\(edge.dbPath)", rig.hubURL], ["sync", "repair", "--config", edge.configPath]] {
+            let typo = try await NovaProcess.run(command + ["--scope", "Kill"], directory: rig.dir)
+            #expect(typo.status == 2 && typo.stderr.contains(#"neither side holds any event of "Kill""#), "\(typo.stdout)\(typo.stderr)")
+        }
+        // Restarted with nothing to ship, the edge says when the hub last confirmed its watermark.
+        edge.process?.kill(SIGTERM)
+        _ = try await edge.process?.wait()
+        try await edge.start()
+        var lastAckAt: JSONValue?
+        let deadline = ContinuousClock.now + .seconds(20)
+        while ContinuousClock.now < deadline {
+            lastAckAt = try JSONParser.parse(try await HTTP.get("\(edge.base)/v1/sync/status").body)["lastAckAt"]
+            if case .string? = lastAckAt { break }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        guard case .string? = lastAckAt else {
+            Issue.record("lastAckAt after a restart: \(String(describing: lastAckAt))")
+            return
+        }
+        // A hub that cannot be reached: the repair could not run (2), which is not "still differs" (1).
+        rig.hub?.kill(SIGTERM)
+        _ = try await rig.hub?.wait()
+        let unreachable = try await NovaProcess.run(["sync", "repair", "--config", edge.configPath], directory: rig.dir)
+        #expect(unreachable.status == 2, "\(unreachable.stdout)\(unreachable.stderr)")
     }
 }
 

@@ -140,6 +140,14 @@ import Testing
             let metrics = try await client.get("/metrics")
             #expect(metrics.text.contains("nova_ingest_events_total"))
             #expect(metrics.text.contains("nova_query_duration_seconds"))
+
+            // A known path asked with another method: 405 naming what it takes; an unknown path: 404.
+            let put = try await client.execute(uri: "/v1/events", method: .put)
+            #expect(put.status == .methodNotAllowed && put.headers[.allow] == "GET, POST", "\(put.text)")
+            #expect(put.errorMessage == "method: /v1/events takes GET, POST, not PUT", "\(put.text)")
+            #expect(try await client.execute(uri: "/v1/stats", method: .delete).status == .methodNotAllowed)
+            #expect(try await client.execute(uri: "/v1/sync/batches", method: .get).headers[.allow] == "POST")
+            #expect(try await client.get("/v1/nothing").status == .notFound)
         }
     }
 }

@@ -133,6 +133,18 @@ import Testing
             #expect(try await store.syncSites().map(\.siteId) == [SyncSite.migrationSiteId, "site-a", "site-b"])
             #expect(try await store.stats().totalEvents == 10)
 
+            // A claim in the future (an edge's clock far ahead) is capped at the hub's clock: the
+            // hub never vouches for time nobody has recorded yet.
+            let future = Timestamp(microseconds: 253_402_300_799_000_000)
+            let ahead = SyncBatch(
+                kind: .heartbeat, siteId: "site-c", storeId: "store-c", firstSeq: 0, lastSeq: 0,
+                pending: PendingFrom(site: future, scopes: ["c": future], otherScopes: future), outboxSize: 0, events: [])
+            let shippedAt = Timestamp.now()
+            #expect(try await ship(ahead).status == .ok)
+            let siteC = try #require(try await store.syncSites().first { $0.siteId == "site-c" })
+            let capped = try #require(siteC.completeThrough)
+            #expect(capped >= shippedAt && capped <= Timestamp.now(), "completeThrough \(capped.rfc3339)")
+
             // A hub has no shipper of its own.
             let status = try await client.get("/v1/sync/status")
             #expect(status.status == .notFound)
