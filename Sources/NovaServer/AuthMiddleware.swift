@@ -17,9 +17,12 @@ struct AuthMiddleware: RouterMiddleware {
     }
 
     let entries: [Entry]
+    /// Only for ``RecorderAPI/upgradeRouter()``: a refused token goes on in the context.
+    let refusalsOnTheSocket: Bool
 
-    init(tokens: [NovaConfiguration.Token]) {
+    init(tokens: [NovaConfiguration.Token], refusalsOnTheSocket: Bool = false) {
         entries = tokens.map { Entry(hash: Array($0.sha256.utf8), roles: Set($0.roles), siteId: $0.siteId) }
+        self.refusalsOnTheSocket = refusalsOnTheSocket
     }
 
     /// The role a route needs, or nil for the routes open to all (health and metrics).
@@ -37,8 +40,22 @@ struct AuthMiddleware: RouterMiddleware {
         guard !entries.isEmpty, let role = Self.requiredRole(method: request.method, path: request.uri.path) else {
             return try await next(request, context)
         }
+        var context = context
+        switch authenticate(request, role: role) {
+        case .success(let token):
+            if role == .sync { context.syncSiteId = token.siteId }
+            context.tokenSlot = token.slot
+        case .failure(let refusal):
+            guard refusalsOnTheSocket else { throw refusal }
+            context.refusal = refusal
+        }
+        return try await next(request, context)
+    }
+
+    /// The matching token's slot and site, or a 401/403 saying what is wrong.
+    private func authenticate(_ request: Request, role: NovaConfiguration.Role) -> Result<(slot: Int, siteId: String?), APIError> {
         guard let header = request.headers[.authorization], header.prefix(7).lowercased() == "bearer ", header.count > 7 else {
-            throw APIError(.unauthorized, "Authorization: a bearer token is required", headers: [.wwwAuthenticate: "Bearer"])
+            return .failure(APIError(.unauthorized, "Authorization: a bearer token is required", headers: [.wwwAuthenticate: "Bearer"]))
         }
         let presented = Array(TokenHash.sha256Hex(String(header.dropFirst(7))).utf8)
         var slot: Int?
@@ -46,17 +63,14 @@ struct AuthMiddleware: RouterMiddleware {
             slot = k
         }
         guard let slot else {
-            throw APIError(.unauthorized, "Authorization: unknown token", headers: [.wwwAuthenticate: "Bearer"])
+            return .failure(APIError(.unauthorized, "Authorization: unknown token", headers: [.wwwAuthenticate: "Bearer"]))
         }
         let match = entries[slot]
         // A site's sync token may also read the digests and stats that `nova sync repair` compares.
         let syncReadable = role == .read && ["/v1/digests", "/v1/stats"].contains(request.uri.path) && match.roles.contains(.sync)
         guard match.roles.contains(role) || (match.roles.contains(.admin) && role != .sync) || syncReadable else {
-            throw APIError(.forbidden, "Authorization: this token lacks the \(role.rawValue) role")
+            return .failure(APIError(.forbidden, "Authorization: this token lacks the \(role.rawValue) role"))
         }
-        var context = context
-        if role == .sync { context.syncSiteId = match.siteId }
-        context.tokenSlot = slot
-        return try await next(request, context)
+        return .success((slot, match.siteId))
     }
 }

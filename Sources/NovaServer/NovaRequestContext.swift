@@ -11,6 +11,9 @@ public struct NovaRequestContext: RequestContext, WebSocketRequestContext {
     /// Which configured token authenticated the request (its position in `server.tokens`); nil
     /// with auth off. Per-token limits count by it.
     public var tokenSlot: Int?
+    /// Why a WebSocket upgrade's token was refused: told on the socket after the upgrade (an
+    /// `error` message, then 1008), because a refused upgrade can only answer a bare 400.
+    var refusal: APIError?
     /// The connection, where a stream writes its frames (``StreamFrameWriter``).
     let channel: any Channel
 

@@ -13,6 +13,10 @@ extension RecorderAPI {
     /// binary messages, 1009 for oversized ones, 1011 when the store fails. Reading the client
     /// runs beside sending, so commands act mid-stream and a close is noticed at once.
     func stream(_ inbound: WebSocketInboundStream, _ outbound: WebSocketOutboundWriter, _ context: WebSocketRouterContext<NovaRequestContext>) async throws {
+        if let refusal = context.requestContext.refusal {
+            await StreamFailure(code: .policyViolation, message: refusal.message).report(on: outbound)
+            return
+        }
         let token = context.requestContext.tokenSlot ?? -1
         let maxStreams = configuration.server.maxStreamsPerToken
         guard streamAdmission.enter(token, limit: maxStreams) else {

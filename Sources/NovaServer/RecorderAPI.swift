@@ -75,7 +75,7 @@ public struct RecorderAPI: Sendable {
         host: String, port: Int, onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
     ) throws -> some ApplicationProtocol {
         let router = router()
-        let webSocketResponder = router.buildResponder()
+        let webSocketResponder = upgradeRouter().buildResponder()
         let idle = Int64(configuration.server.idleTimeoutSeconds)
         var server = HTTPServerBuilder { responder in
             FirstRequestDeadline(
@@ -134,16 +134,7 @@ public struct RecorderAPI: Sendable {
         router.delete("/v1/sync/sites/:siteId") { request, context in try hubOnly(); return try await forgetSyncSite(request, context: context) }
         router.get("/v1/sync/status") { request, _ in try await syncStatus(request) }
         router.get("/v1/digests") { request, _ in try await digests(request) }
-        router.ws("/v1/stream") { request, _ in
-            // A plain GET (no upgrade asked for) reaches this too; it gets a 426 that says what
-            // the endpoint is, not an empty 200.
-            guard request.headers[.upgrade]?.lowercased().contains("websocket") == true else {
-                throw APIError(.upgradeRequired, "Upgrade: /v1/stream is a WebSocket endpoint; connect with a WebSocket client (Upgrade: websocket)", headers: [.upgrade: "websocket"])
-            }
-            return .upgrade([:])
-        } onUpgrade: { inbound, outbound, context in
-            try await stream(inbound, outbound, context)
-        }
+        addStreamRoute(to: router)
         // Hummingbird's router answers 404 for a known path asked with another method, which
         // reads as a wrong URL; a 405 with `Allow` says what the path takes.
         let allowed: [(RouterPath, [HTTPRequest.Method])] = [
@@ -168,6 +159,32 @@ public struct RecorderAPI: Sendable {
                 body: ResponseBody(byteBuffer: ByteBuffer(bytes: metrics.exposition())))
         }
         return router
+    }
+
+    /// What hummingbird-websocket asks whether to upgrade a connection: `/v1/stream` alone. A
+    /// token refused here is let through to the stream handler, which says why on the socket and
+    /// closes (1008): a refused upgrade can only answer a bare 400, which tells a client nothing.
+    /// Requests that are not upgraded go to ``router()``, which refuses them as usual.
+    func upgradeRouter() -> Router<NovaRequestContext> {
+        let router = Router(context: NovaRequestContext.self)
+        router.add(middleware: MetricsMiddleware())
+        router.add(middleware: ErrorLoggingMiddleware(logger: logger))
+        router.add(middleware: AuthMiddleware(tokens: configuration.server.tokens, refusalsOnTheSocket: true))
+        addStreamRoute(to: router)
+        return router
+    }
+
+    private func addStreamRoute(to router: Router<NovaRequestContext>) {
+        router.ws("/v1/stream") { request, _ in
+            // A plain GET (no upgrade asked for) reaches this too; it gets a 426 that says what
+            // the endpoint is, not an empty 200.
+            guard request.headers[.upgrade]?.lowercased().contains("websocket") == true else {
+                throw APIError(.upgradeRequired, "Upgrade: /v1/stream is a WebSocket endpoint; connect with a WebSocket client (Upgrade: websocket)", headers: [.upgrade: "websocket"])
+            }
+            return .upgrade([:])
+        } onUpgrade: { inbound, outbound, context in
+            try await stream(inbound, outbound, context)
+        }
     }
 
     func ready() async throws -> Response {
