@@ -133,7 +133,7 @@ struct SyncRepairCommand: AsyncParsableCommand {
             let before = try await verification.run(edge, hub) { status.update("verify: \($0)") }
             status.finish()
             let differing = before.reduce(0) { $0 + $1.differences.count }
-            guard differing > 0 else {
+            guard differing > 0, before.allSatisfy(\.heldByEither) else {
                 _ = report(before, left: locator, right: config.sync.upstream, bucket: selection.bucket)
                 try refuseUnheldScopes(before)
                 print("nothing to repair")

@@ -140,7 +140,11 @@ extension AsyncParsableCommand {
             if r.differences.count > 100 { print("    … and \(r.differences.count - 100) more") }
             differing += r.differences.count
         }
-        print(differing == 0 ? "result: equal" : "result: DIFFERENT (\(differing) buckets)")
+        if differing == 0, results.contains(where: { !$0.heldByEither }) {
+            print("result: not compared (a scope neither side holds)")
+        } else {
+            print(differing == 0 ? "result: equal" : "result: DIFFERENT (\(differing) buckets)")
+        }
         return differing
     }
 
