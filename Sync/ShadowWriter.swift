@@ -92,6 +92,13 @@ public final class ShadowWriter: Service, Sendable {
         var known: Int64 = 0
         var backoff = Duration.milliseconds(100)
         var failing = false
+        // A shadow still making its first connection is not failing: without this wait every
+        // start logged a failed copy and counted one in nova_dual_shadow_failures_total, a false
+        // alarm for anyone alerting on it. One that is not up within the bound is reported.
+        let firstContact = ContinuousClock.now + .seconds(15)
+        while ContinuousClock.now < firstContact, (try? await shadow.checkReady()) == nil {
+            try await Task.sleep(for: .milliseconds(100))
+        }
         while true {
             do {
                 let outbox = try await primary.outboxState()

@@ -62,10 +62,18 @@ public struct Verification: Sendable {
             }
             if let clipEnd { range = range.lowerBound..<Swift.max(range.lowerBound, Swift.min(range.upperBound, clipEnd)) }
             var result = ScopeResult(scopeId: scope, range: range, leftEvents: 0, rightEvents: 0, buckets: 0, differences: [], heldByEither: known.contains(scope))
-            let width = bucketMicros * bucketsPerWindow
+            let base = Self.saturatingProduct(bucketMicros, bucketsPerWindow)
+            // Windows widen (up to `maxWidening` times) over stretches where neither side holds
+            // anything: the cost follows the events, not the span. One event in 1970 and one in
+            // 9999 took 34 s at 1-hour buckets, and would have taken 40 minutes at 1-minute ones.
+            // A widened window that finds events is not used: the comparison goes back to the
+            // first of them at the normal width, so a response never holds more than a normal
+            // window's buckets plus what one widened window found.
+            var widening: Int64 = 1
             var start = DigestRequest.bucketStart(range.lowerBound.microseconds, width: bucketMicros)
             while start < range.upperBound.microseconds {
-                let end = Swift.min(range.upperBound.microseconds, start + width)
+                let width = Self.saturatingProduct(base, widening)
+                let end = start > range.upperBound.microseconds - width ? range.upperBound.microseconds : start + width
                 let window = Swift.max(start, range.lowerBound.microseconds)
                 let request = DigestRequest(
                     scopeId: scope, range: Timestamp(microseconds: window)..<Timestamp(microseconds: end), timebase: timebase, lanes: lanes,
@@ -73,6 +81,12 @@ public struct Verification: Sendable {
                 async let left = a.digests(request)
                 async let right = b.digests(request)
                 let (l, r) = try await (left, right)
+                if widening > 1, let first = (l + r).map(\.bucketStart).min() {
+                    widening = 1
+                    start = Swift.max(start, first.microseconds)
+                    continue
+                }
+                widening = l.isEmpty && r.isEmpty ? Swift.min(widening * 2, Self.maxWidening) : 1
                 result.leftEvents += l.reduce(0) { $0 + $1.count }
                 result.rightEvents += r.reduce(0) { $0 + $1.count }
                 result.buckets += Set(l.map(\.bucketStart) + r.map(\.bucketStart)).count
@@ -84,6 +98,16 @@ public struct Verification: Sendable {
             results.append(result)
         }
         return results
+    }
+
+    /// How many normal windows an empty stretch's window may span.
+    static let maxWidening: Int64 = 256
+
+    /// `a × b`, or a width beyond any time span when that overflows (a bucket of 100,000 days
+    /// times the window's buckets did, and crashed).
+    static func saturatingProduct(_ a: Int64, _ b: Int64) -> Int64 {
+        let (product, overflow) = a.multipliedReportingOverflow(by: b)
+        return overflow ? Int64.max / 4 : product
     }
 
     /// The time span a scope covers on either side, on `timebase` (end exclusive).

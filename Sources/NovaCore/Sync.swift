@@ -329,10 +329,13 @@ public struct SyncStatusReport: Sendable, Hashable {
 
 extension DigestRequest {
     /// A bucket width such as `1m`, `30s`, `500ms`, `1h` or `1d`, in microseconds.
+    public static let maxBucketMicros: Int64 = 36_500 * 86_400_000_000
+
     public static func parseBucket(_ text: String) -> Int64? {
         let units: [(String, Int64)] = [("us", 1), ("ms", 1_000), ("s", 1_000_000), ("m", 60_000_000), ("h", 3_600_000_000), ("d", 86_400_000_000)]
         for (suffix, scale) in units where text.hasSuffix(suffix) {
-            guard let n = Int64(text.dropLast(suffix.count)), n > 0, n <= Int64.max / scale else { return nil }
+            // At most 100 years: wider has no use, and products of widths must stay far from overflow.
+            guard let n = Int64(text.dropLast(suffix.count)), n > 0, n <= Self.maxBucketMicros / scale else { return nil }
             return n * scale
         }
         return nil

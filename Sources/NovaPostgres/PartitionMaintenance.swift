@@ -60,10 +60,11 @@ struct PartitionMaintenance {
         guard let cutoffCell = cutoffRows.first?.first else { return [] }
         let cutoffDay = PartitionCatalog.day(of: try cutoffCell.timestamp())
         var dropped = [String]()
+        var deletedEvents: Int64 = 0
         for lane in Lane.allCases {
             let table = LaneSQL(lane).table
             for (name, day) in store.partitions.partitions(of: table) where day + 1 <= cutoffDay {
-                try await client.withTransaction(logger: logger) { conn in
+                let removedCount = try await client.withTransaction(logger: logger) { conn -> Int64 in
                     try await conn.query(PostgresQuery(unsafeSQL: """
                         DELETE FROM "eventIndex" e USING "\(name)" p
                         WHERE e."sourceTruthTime" = p."sourceTruthTime" AND e."eventId" = p."eventId"
@@ -75,7 +76,9 @@ struct PartitionMaintenance {
                     for (scope, count) in removed {
                         try await Self.shrinkStats(conn, table: table, lane: lane, scope: scope, removed: count, logger: logger)
                     }
+                    return removed.reduce(0) { $0 + $1.1 }
                 }
+                deletedEvents += removedCount
                 store.partitions.forget(name)
                 dropped.append(name)
             }
@@ -90,7 +93,12 @@ struct PartitionMaintenance {
             }
         }
         if !dropped.isEmpty {
-            logger.notice("retention dropped partitions", metadata: ["count": "\(dropped.count)", "cutoff": "\(Timestamp(microseconds: cutoffDay * PartitionCatalog.dayMicros))"])
+            // A warning, not a notice: history migrated into a hub whose retention is shorter
+            // than it goes here at the first start, and an operator must be able to see that.
+            logger.warning("retention deleted events older than database.timescaledb.hypertable.retentionAfter", metadata: [
+                "retentionAfter": "\(store.location.hypertable.retentionAfter)", "events": "\(deletedEvents)", "partitions": "\(dropped.count)",
+                "cutoff": "\(Timestamp(microseconds: cutoffDay * PartitionCatalog.dayMicros))",
+            ])
         }
         return dropped
     }

@@ -90,10 +90,14 @@ public final class SQLiteStore: EventStore, Sendable {
             if !options.readOnly {
                 try SQLiteSchema.migrator.migrate(pool)
             }
-            let storeId = try pool.read { db in
-                try String.fetchOne(db, sql: "SELECT value FROM novaStore WHERE key = 'storeId'")
+            let storeId = try pool.read { db -> String? in
+                // Opened read-only, an empty file (no schema is created) has no table at all.
+                guard try db.tableExists("novaStore") else { return nil }
+                return try String.fetchOne(db, sql: "SELECT value FROM novaStore WHERE key = 'storeId'")
             }
-            guard let storeId else { throw StoreError(.unusable, "\(path): not a NOVA store (no storeId)") }
+            guard let storeId else {
+                throw StoreError(.unusable, "\(path): not a NOVA store (empty, or no storeId); nova schema create or nova record makes one")
+            }
             logger.info("store opened", metadata: ["path": "\(path)", "storeId": "\(storeId)", "durability": "\(synchronous)"])
             return SQLiteStore(path: path, storeId: storeId, pool: pool, maxBytes: options.maxBytes, logger: logger)
         } catch let error as StoreError {

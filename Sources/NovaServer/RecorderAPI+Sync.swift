@@ -195,7 +195,7 @@ extension DigestRequest {
         guard from <= to else { throw APIError(.badRequest, "from: must not be after to") }
         let bucketText = try p.required("bucket")
         guard let bucket = DigestRequest.parseBucket(bucketText) else {
-            throw APIError(.badRequest, "bucket: must be a positive width such as 1m, 30s, 500ms, 1h or 1d, found \(quotedParameter(bucketText))")
+            throw APIError(.badRequest, "bucket: must be a positive width up to 36500d, such as 1m, 30s, 500ms, 1h or 1d, found \(quotedParameter(bucketText))")
         }
         let (timebase, lanes, filters) = try p.selection()
         guard filters.isEmpty else { throw APIError(.badRequest, "\(filters.keys.sorted()[0].filterField): digests take no filters") }

@@ -22,7 +22,8 @@ struct MigrateCommand: AsyncParsableCommand {
             watermark of site "\(MigrateCommand.siteId)" for the source's storeId, in `GET /v1/sync/sites` \
             and `nova sync status --sites`), so running the same command again after a kill resumes, \
             and after success changes nothing. It ends with `nova verify`'s bucket-by-bucket \
-            comparison of what it copied; exit status 1 on any difference.
+            comparison of what it copied; exit status 1 on any difference, 2 when it could not \
+            run or stopped (a refused source or target, a failure mid-copy: run it again to resume).
             Example:
               NOVA_DB_PASSWORD=... nova migrate --from sqlite:data/nova.db --to postgres://nova@db:5432/nova --batch-size 10000
             """
@@ -34,28 +35,47 @@ struct MigrateCommand: AsyncParsableCommand {
     @Option(help: "The source store: sqlite:PATH (or postgres://…).") var from: String
     @Option(help: "The target store: postgres://USER@HOST:PORT/DB (password from NOVA_DB_PASSWORD), or sqlite:PATH.") var to: String
     @Option(help: "Events per batch (and per target transaction).") var batchSize = 10_000
-    @Option(help: "Validation bucket width: 30s, 1m, 1h, 1d, … (default 1h).") var bucket = "1h"
+    @Option(help: "Validation bucket width: 30s, 1m, 1h, 1d, …") var bucket = "1h"
     @Flag(help: "Skip the validation at the end.") var noVerify = false
 
     func validate() throws {
         guard (1...100_000).contains(batchSize) else { throw ValidationError("--batch-size: must be 1 to 100000, found \(batchSize)") }
-        guard DigestRequest.parseBucket(bucket) != nil else { throw ValidationError("--bucket: a width such as 1m or 1h, found \(bucket)") }
+        guard DigestRequest.parseBucket(bucket) != nil else { throw ValidationError("--bucket: must be a positive width up to 36500d, such as 1m or 1h, found \(bucket)") }
         guard from != to else { throw ValidationError("--from and --to: the same store") }
     }
 
     func run() async throws {
+        let status = StatusLine()
+        try await exitingTwoOnError(status) { try await migrate(status) }
+    }
+
+    private func migrate(_ status: StatusLine) async throws {
         let source = try StoreLocator(from)
         let target = try StoreLocator(to)
         let logger = toolLogger()
-        let status = StatusLine()
         try await source.withStore(create: false, readOnly: true, logger: logger) { src in
+            // Read the source's positions and counts before the target is touched: a source
+            // whose damage shows on these reads is refused with nothing written.
+            do {
+                _ = try await src.committedCounts(after: 0)
+            } catch {
+                throw CLIError("--from \(from): \((error as? StoreError)?.message ?? "\(error)")")
+            }
             try await target.withStore(create: true, logger: logger) { dst in
                 let startedAt = Timestamp.now()
                 let copied = try await copy(from: src, to: dst, status: status)
                 status.finish()
-                print("copied: \(copied.events) events in \(String(format: "%.1f", copied.seconds)) s (\(Int(Double(copied.events) / max(copied.seconds, 0.001))) events/s); by lane: "
+                print("copied: \(copied.events) events (\(copied.accepted) new in the target, \(copied.events - copied.accepted) already there) in "
+                    + "\(String(format: "%.1f", copied.seconds)) s (\(Int(Double(copied.events) / max(copied.seconds, 0.001))) events/s); by lane: "
                     + Lane.allCases.map { "\($0.rawValue) \(copied.byLane[$0, default: 0])" }.joined(separator: ", "))
                 print("checkpoint: \(Self.siteId) / \(copied.storeId) at \(copied.through) of \(copied.head)")
+                if case .postgres = target, let oldest = try await src.stats().lanes.map(\.firstCanonicalTruthTime).min(),
+                   oldest.microseconds < Timestamp.now().microseconds - 90 * 86_400_000_000 {
+                    // The hub's retention (default 90 days) deletes older events when `nova serve`
+                    // or dual mode first starts on this store; say so while it can still be set.
+                    print("note: the oldest event copied is from \(oldest); set database.timescaledb.hypertable.retentionAfter to cover it "
+                        + "before running nova serve or dual mode on this store, whose retention (default 90 days) deletes older events")
+                }
                 guard !noVerify else { return }
                 var verification = Verification()
                 verification.bucketMicros = DigestRequest.parseBucket(bucket)!
@@ -78,6 +98,8 @@ struct MigrateCommand: AsyncParsableCommand {
     struct Copied {
         var storeId: String
         var events = 0
+        /// Of `events`, those the target did not hold yet.
+        var accepted = 0
         var byLane = [Lane: Int]()
         var through: Int64 = 0
         var head: Int64 = 0
@@ -92,7 +114,7 @@ struct MigrateCommand: AsyncParsableCommand {
         var events: Int
         var byLane: [Lane: Int]
         var lastSeq: Int64
-        var task: Task<SyncWatermark, any Error>
+        var task: Task<(watermark: SyncWatermark, accepted: Int), any Error>
     }
 
     /// Copies the source's events after the target's checkpoint, through the source's head as it
@@ -130,11 +152,12 @@ struct MigrateCommand: AsyncParsableCommand {
                 inFlight.append(InFlight(
                     events: events.count, byLane: byLane, lastSeq: last.seq,
                     task: Task {
-                        let watermark = try await dst.applySync(batch) {
+                        let outcome = try await dst.applySync(batch) {
                             await sequencer.waitTurn(batch) { try? await dst.syncWatermark(siteId: batch.siteId, storeId: batch.storeId).ackedSeq }
-                        }.outcome.watermark
-                        sequencer.finished(batch, ackedSeq: watermark.ackedSeq)
-                        return watermark
+                        }.outcome
+                        sequencer.finished(batch, ackedSeq: outcome.watermark.ackedSeq)
+                        if case .applied(_, let accepted, _) = outcome { return (outcome.watermark, accepted) }
+                        return (outcome.watermark, 0)
                     }))
                 read = last.seq
             }
@@ -142,7 +165,9 @@ struct MigrateCommand: AsyncParsableCommand {
             let done = inFlight.removeFirst()
             let watermark: SyncWatermark
             do {
-                watermark = try await done.task.value
+                let applied = try await done.task.value
+                watermark = applied.watermark
+                if watermark.ackedSeq >= done.lastSeq { copied.accepted += applied.accepted }
             } catch {
                 throw CLIError("\((error as? StoreError)?.message ?? "\(error)"); the target is consistent up to its checkpoint (\(acked)): run the same command again to resume")
             }

@@ -107,16 +107,7 @@ struct SyncRepairCommand: AsyncParsableCommand {
 
     func run() async throws {
         let status = StatusLine()
-        do {
-            try await repair(status)
-        } catch let exit as ExitCode {
-            throw exit
-        } catch {
-            // Exit 1 means "the stores still differ"; a repair that could not run is not that.
-            status.finish()
-            FileHandle.standardError.write(Data("Error: \(error)\n".utf8))
-            throw ExitCode(2)
-        }
+        try await exitingTwoOnError(status) { try await repair(status) }
     }
 
     private func repair(_ status: StatusLine) async throws {

@@ -35,18 +35,12 @@ struct VerifyCommand: AsyncParsableCommand {
 
     func run() async throws {
         let status = StatusLine()
-        let results: [Verification.ScopeResult]
-        do {
-            results = try await withSide(left, token: token(leftTokenEnv), caFile: selection.caFile) { a in
+        let results = try await exitingTwoOnError(status) {
+            try await withSide(left, token: token(leftTokenEnv), caFile: selection.caFile) { a in
                 try await withSide(right, token: token(rightTokenEnv), caFile: selection.caFile) { b in
                     try await selection.verification.run(a, b) { status.update($0) }
                 }
             }
-        } catch {
-            // Exit 1 means "the stores differ"; a comparison that could not run is not that.
-            status.finish()
-            FileHandle.standardError.write(Data("Error: \(error)\n".utf8))
-            throw ExitCode(2)
         }
         status.finish()
         let differences = report(results, left: left, right: right, bucket: selection.bucket)
@@ -60,7 +54,7 @@ struct DigestSelection: ParsableArguments {
     @Option(help: "A scope to compare (repeatable; default: every scope either side holds).") var scope: [String] = []
     @Option(help: "Start of the compared range (RFC 3339; default: the scope's first event).") var from: String?
     @Option(help: "End of the compared range, exclusive (RFC 3339; default: after the scope's last event).") var to: String?
-    @Option(help: "Bucket width: 30s, 1m, 1h, 1d, … (default 1m).") var bucket: String = "1m"
+    @Option(help: "Bucket width: 30s, 1m, 1h, 1d, …") var bucket: String = "1m"
     @Option(help: "canonical (default) or source.") var timebase: String = "canonical"
     @Option(help: "One lane or a comma list (default: all five).") var lane: String?
     @Option(help: "Environment variable holding a bearer token for a server URL.") var tokenEnv: String = "NOVA_TOKEN"
@@ -75,7 +69,7 @@ struct DigestSelection: ParsableArguments {
     private func verificationOrError() throws -> Verification {
         var v = Verification()
         guard let width = DigestRequest.parseBucket(bucket) else {
-            throw ValidationError("--bucket: must be a positive width such as 30s, 1m, 1h or 1d, found \(bucket)")
+            throw ValidationError("--bucket: must be a positive width up to 36500d, such as 30s, 1m, 1h or 1d, found \(bucket)")
         }
         v.bucketMicros = width
         guard let tb = Timebase(rawValue: timebase) else { throw ValidationError("--timebase: must be canonical or source, found \(timebase)") }
@@ -113,6 +107,20 @@ struct DigestSelection: ParsableArguments {
 }
 
 extension AsyncParsableCommand {
+    /// Runs `body`; an error other than an exit code is printed and exits 2. The comparing
+    /// commands keep exit 1 for "the stores differ", which a comparison that could not run is not.
+    func exitingTwoOnError<T>(_ status: StatusLine, _ body: () async throws -> T) async throws -> T {
+        do {
+            return try await body()
+        } catch let exit as ExitCode {
+            throw exit
+        } catch {
+            status.finish()
+            FileHandle.standardError.write(Data("Error: \(error)\n".utf8))
+            throw ExitCode(2)
+        }
+    }
+
     /// Runs `body` with one side of a comparison open: a store locator, or a server URL.
     func withSide<T>(_ text: String, token: String?, caFile: String?, _ body: (DigestSide) async throws -> T) async throws -> T {
         if text.hasPrefix("http://") || text.hasPrefix("https://") {
@@ -133,7 +141,9 @@ extension AsyncParsableCommand {
                 continue
             }
             let verdict = r.differences.isEmpty ? "equal" : "\(r.differences.count) differing buckets"
-            print("  scope \(r.scopeId): \(r.leftEvents) vs \(r.rightEvents) events in \(r.buckets) buckets, \(r.range.lowerBound) to \(r.range.upperBound): \(verdict)")
+            // The end is exclusive; after the last representable time it has no RFC 3339 form.
+            let end = r.range.upperBound > Timestamp.max ? "\(Timestamp.max) (inclusive)" : "\(r.range.upperBound)"
+            print("  scope \(r.scopeId): \(r.leftEvents) vs \(r.rightEvents) events in \(r.buckets) buckets, \(r.range.lowerBound) to \(end): \(verdict)")
             for d in r.differences.prefix(100) {
                 print("    \(d.lane.rawValue.padding(toLength: 8, withPad: " ", startingAt: 0)) \(d.bucketStart)  left \(d.left)  right \(d.right)")
             }

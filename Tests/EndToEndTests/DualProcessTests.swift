@@ -49,6 +49,7 @@ import Testing
         }
         try await waitFor("dual mode to find the backfill's checkpoint") { await shadowCaughtUp() }
         #expect(Self.metric("nova_dual_shadow_written_events_total", in: await metrics()) == 0, "the backfilled events are not copied again")
+        #expect(Self.metric("nova_dual_shadow_failures_total", in: await metrics()) == 0, "a shadow still connecting at start is no failure")
         #expect(try await HTTP.post("\(base)/v1/events", ndjson: RecorderProcessTests.batch(100, offset: 50).lines).status == 200)
         try await waitFor("the shadow to take the next batch") {
             let m = await metrics()

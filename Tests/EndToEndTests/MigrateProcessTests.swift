@@ -37,6 +37,7 @@ import Testing
         let run = try await NovaProcess.run(["migrate", "--from", "sqlite:\(path)", "--to", locator(location), "--batch-size", "700"], directory: dir, environment: env)
         #expect(run.status == 0, "\(run.stdout)\(run.stderr)")
         #expect(run.stdout.contains("result: equal"), "\(run.stdout)")
+        #expect(run.stdout.contains(" new in the target, 0 already there)"), "\(run.stdout)")
 
         let edge = try SQLiteStore.open(path: path, options: .init(createIfMissing: false, readOnly: true), logger: quietLogger)
         let hub = PostgresStore(location: location, maintainsPartitions: false, logger: quietLogger)
@@ -65,6 +66,26 @@ import Testing
         #expect(again.status == 0, "\(again.stderr)")
         #expect(again.stdout.contains("copied: 0 events"), "a finished migration copies nothing: \(again.stdout)")
         #expect(again.stdout.contains("result: equal"))
+
+        // Two events ten thousand years apart: the comparison crosses the empty stretch in
+        // widening windows (at 1-minute buckets, one window at a time took about 40 minutes).
+        let far = [Timestamp(microseconds: 1), Timestamp.max].map { time in
+            Event(scopeId: "far", sourceTruthTime: time, canonicalTruthTime: time, fields: .metadata(metadataType: "clock", payload: CanonicalPayload([])))
+        }
+        let writer = try SQLiteStore.open(path: path, logger: quietLogger)
+        _ = try await writer.append(far)
+        await writer.close()
+        let started = ContinuousClock.now
+        let extremes = try await NovaProcess.run(["migrate", "--from", "sqlite:\(path)", "--to", locator(location), "--bucket", "1m"], directory: dir, environment: env)
+        #expect(extremes.status == 0 && extremes.stdout.contains("copied: 2 events (2 new in the target"), "\(extremes.stdout)\(extremes.stderr)")
+        #expect(extremes.stdout.contains("scope far: 2 vs 2 events in 2 buckets, \(Timestamp(microseconds: 1)) to \(Timestamp.max) (inclusive): equal"), "\(extremes.stdout)")
+        #expect(ContinuousClock.now - started < .seconds(60), "took \(ContinuousClock.now - started)")
+        #expect(extremes.stdout.contains("note: the oldest event copied is from 1970-01-01"), "a hub's retention would delete it: \(extremes.stdout)")
+        // A bucket too wide to be of use is refused, not an arithmetic overflow.
+        let wide = try await NovaProcess.run(["verify", "sqlite:\(path)", locator(location), "--bucket", "1000000d"], directory: dir, environment: env)
+        #expect(wide.status != 0 && wide.stderr.contains("--bucket: must be a positive width up to 36500d"), "\(wide.stderr)")
+        let widest = try await NovaProcess.run(["verify", "sqlite:\(path)", locator(location), "--bucket", "36500d"], directory: dir, environment: env)
+        #expect(widest.status == 0 && widest.stdout.contains("result: equal"), "\(widest.stdout)\(widest.stderr)")
     }
 
     @Test func killedRunsResumeFromTheirCheckpointAndComplete() async throws {
@@ -149,13 +170,18 @@ import Testing
         let text = dir.file("notes.txt")
         try Data("not a database".utf8).write(to: URL(fileURLWithPath: text))
         let foreign = try await NovaProcess.run(["migrate", "--from", "sqlite:\(text)", "--to", target], directory: dir, environment: env)
-        #expect(foreign.status != 0 && foreign.stderr.contains("not a SQLite database"), "\(foreign.stderr)")
+        // Exit 2: could not run, which a script tells apart from 1, "the stores differ".
+        #expect(foreign.status == 2 && foreign.stderr.contains("not a SQLite database"), "\(foreign.stderr)")
         let missing = try await NovaProcess.run(["migrate", "--from", "sqlite:\(dir.file("none.db"))", "--to", target], directory: dir, environment: env)
-        #expect(missing.status != 0 && missing.stderr.contains("no such file"), "\(missing.stderr)")
+        #expect(missing.status == 2 && missing.stderr.contains("no such file"), "\(missing.stderr)")
+        let emptyFile = dir.file("empty.db")
+        FileManager.default.createFile(atPath: emptyFile, contents: Data())
+        let empty = try await NovaProcess.run(["migrate", "--from", "sqlite:\(emptyFile)", "--to", target], directory: dir, environment: env)
+        #expect(empty.status == 2 && empty.stderr.contains("not a NOVA store (empty, or no storeId)"), "\(empty.stderr)")
         let (path, _) = try await edgeStore(dir, random: 10)
         let unreachable = try await NovaProcess.run(
             ["migrate", "--from", "sqlite:\(path)", "--to", "postgres://nova@127.0.0.1:\(try freePort())/nova"], directory: dir, environment: env)
-        #expect(unreachable.status != 0 && unreachable.stderr.contains("127.0.0.1"), "\(unreachable.stderr)")
+        #expect(unreachable.status == 2 && unreachable.stderr.contains("127.0.0.1"), "\(unreachable.stderr)")
         #expect(try await TestPostgres.withConnection(location) { conn in
             try await conn.query("SELECT count(*) FROM pg_tables WHERE tablename = 'eventIndex'", logger: quietLogger).collect().first!.decode(Int64.self)
         } == 0, "a refused source leaves the target untouched")
