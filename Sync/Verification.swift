@@ -66,27 +66,33 @@ public struct Verification: Sendable {
             // Windows widen (up to `maxWidening` times) over stretches where neither side holds
             // anything: the cost follows the events, not the span. One event in 1970 and one in
             // 9999 took 34 s at 1-hour buckets, and would have taken 40 minutes at 1-minute ones.
-            // A widened window that finds events is not used: the comparison goes back to the
-            // first of them at the normal width, so a response never holds more than a normal
-            // window's buckets plus what one widened window found.
+            // A widened window is only a probe, in buckets a normal window wide (a few hundred at
+            // most, whatever it holds); where it finds events, the comparison goes on from the
+            // first of them at the normal width.
             var widening: Int64 = 1
             var start = DigestRequest.bucketStart(range.lowerBound.microseconds, width: bucketMicros)
             while start < range.upperBound.microseconds {
                 let width = Self.saturatingProduct(base, widening)
                 let end = start > range.upperBound.microseconds - width ? range.upperBound.microseconds : start + width
                 let window = Swift.max(start, range.lowerBound.microseconds)
+                let probing = widening > 1
                 let request = DigestRequest(
                     scopeId: scope, range: Timestamp(microseconds: window)..<Timestamp(microseconds: end), timebase: timebase, lanes: lanes,
-                    bucketMicros: bucketMicros)
+                    bucketMicros: probing ? Swift.min(base, DigestRequest.maxBucketMicros) : bucketMicros)
                 async let left = a.digests(request)
                 async let right = b.digests(request)
                 let (l, r) = try await (left, right)
-                if widening > 1, let first = (l + r).map(\.bucketStart).min() {
+                if probing, let first = (l + r).map(\.bucketStart).min() {
                     widening = 1
-                    start = Swift.max(start, first.microseconds)
+                    start = Swift.max(start, DigestRequest.bucketStart(first.microseconds, width: bucketMicros))
                     continue
                 }
-                widening = l.isEmpty && r.isEmpty ? Swift.min(widening * 2, Self.maxWidening) : 1
+                if probing {
+                    start = end
+                    widening = Swift.min(widening * 2, Self.maxWidening)
+                    continue
+                }
+                if l.isEmpty && r.isEmpty { widening = 2 }
                 result.leftEvents += l.reduce(0) { $0 + $1.count }
                 result.rightEvents += r.reduce(0) { $0 + $1.count }
                 result.buckets += Set(l.map(\.bucketStart) + r.map(\.bucketStart)).count
