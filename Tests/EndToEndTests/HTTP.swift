@@ -2,6 +2,7 @@ import AsyncHTTPClient
 import Foundation
 import NIOCore
 import NovaCore
+import NovaTestSupport
 
 /// Minimal HTTP for end-to-end tests, over a real socket.
 enum HTTP {
@@ -19,15 +20,42 @@ enum HTTP {
         if let token { request.headers.add(name: "Authorization", value: "Bearer \(token)") }
         request.headers.add(name: "Content-Type", value: "application/x-ndjson")
         request.body = .bytes(ByteBuffer(string: body))
-        let response = try await client.execute(request, timeout: timeout)
-        return (response.status.code, String(buffer: try await response.body.collect(upTo: 1 << 26)))
+        let sent = request
+        let answer = try await bounded(timeout, "POST \(url)") {
+            let response = try await client.execute(sent, timeout: timeout)
+            return (response.status.code, try await response.body.collect(upTo: 1 << 26))
+        }
+        return (answer.0, String(buffer: answer.1))
     }
 
     static func get(_ url: String, token: String? = nil) async throws -> (status: UInt, body: String, cursor: String?) {
         var request = HTTPClientRequest(url: url)
         if let token { request.headers.add(name: "Authorization", value: "Bearer \(token)") }
-        let response = try await client.execute(request, timeout: .seconds(30))
-        return (response.status.code, String(buffer: try await response.body.collect(upTo: 1 << 28)), response.headers.first(name: "Nova-Next-Cursor"))
+        let sent = request
+        let answer = try await bounded(.seconds(30), "GET \(url)") {
+            let response = try await client.execute(sent, timeout: .seconds(30))
+            return (response.status.code, try await response.body.collect(upTo: 1 << 28), response.headers.first(name: "Nova-Next-Cursor"))
+        }
+        return (answer.0, String(buffer: answer.1), answer.2)
+    }
+
+    /// The whole exchange within `timeout` and a margin, body included: the client's own
+    /// deadline ends at the response head, and a crash-campaign run was seen frozen with one
+    /// socket to a killed recorder in CLOSE_WAIT and nothing left running. Past the bound the
+    /// exchange is left behind (cancelled) and the call fails.
+    private static func bounded<T: Sendable>(_ timeout: TimeAmount, _ what: String, _ exchange: @escaping @Sendable () async throws -> T) async throws -> T {
+        let task = Task { try await exchange() }
+        let limit = Duration.nanoseconds(timeout.nanoseconds) + .seconds(5)
+        let ended = await withTaskCancellationHandler {
+            await awaitEnd(of: task, within: limit, "\(what)")
+        } onCancel: {
+            task.cancel()
+        }
+        guard let ended else {
+            task.cancel()
+            throw ProcessError("\(what): no whole answer within \(limit)")
+        }
+        return try ended.get()
     }
 
     /// Every event id of a scope, following cursors.
