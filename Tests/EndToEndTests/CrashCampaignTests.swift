@@ -8,7 +8,7 @@ import Testing
 ///
 /// The suite runs a few rounds; `Scripts/crash-campaign [ROUNDS]` runs as many as asked
 /// (`NOVA_CRASH_ROUNDS`), and `NOVA_CRASH_SEED` replays a campaign's kill moments.
-@Suite struct CrashCampaignTests {
+@Suite(.timeLimit(.minutes(4))) struct CrashCampaignTests {
     @Test func killNineAtRandomMomentsLosesNothingAcknowledgedAndKeepsTheFileSound() async throws {
         let environment = ProcessInfo.processInfo.environment
         let rounds = environment["NOVA_CRASH_ROUNDS"].flatMap(Int.init) ?? 4
