@@ -32,6 +32,13 @@ struct SchemaCommand: AsyncParsableCommand {
         @Flag(help: "SQLite: also read every page (PRAGMA integrity_check); exit 1 on any problem.")
         var integrity = false
 
+        func validate() throws {
+            // Refused before connecting, not after the whole report.
+            if integrity, case .postgres = try StoreLocator(store) {
+                throw ValidationError("--integrity: for sqlite: stores (PostgreSQL checks its own pages; see amcheck)")
+            }
+        }
+
         func run() async throws {
             try await StoreLocator(store).withStore(create: false, readOnly: true, logger: toolLogger()) { store in
                 try await printReport(store)
@@ -41,9 +48,7 @@ struct SchemaCommand: AsyncParsableCommand {
                     throw CLIError("\(error)")
                 }
                 guard integrity else { return }
-                guard let sqlite = store as? SQLiteStore else {
-                    throw CLIError("--integrity: for sqlite: stores (PostgreSQL checks its own pages; see amcheck)")
-                }
+                guard let sqlite = store as? SQLiteStore else { return }
                 let problems: [String]
                 do {
                     problems = try await sqlite.integrityProblems()

@@ -182,6 +182,9 @@ import Testing
         #expect(rows.count == 121)
         let check = try await NovaProcess.run(["schema", "check", "sqlite:\(dir.file("nova.db"))"], directory: dir)
         #expect(check.status == 0 && check.stdout.contains("schema: v3"), "\(check.stdout)\(check.stderr)")
+        // Refused before connecting (nothing listens on port 1; a connection attempt would say so).
+        let pgIntegrity = try await NovaProcess.run(["schema", "check", "postgres://nova@127.0.0.1:1/nova", "--integrity"], directory: dir)
+        #expect(pgIntegrity.status != 0 && pgIntegrity.stderr.contains("--integrity: for sqlite: stores"), "\(pgIntegrity.stderr)")
         let missing = try await NovaProcess.run(["schema", "check", "sqlite:\(dir.file("none.db"))"], directory: dir)
         #expect(missing.status != 0 && missing.stderr.contains("no such file"))
         let create = try await NovaProcess.run(["schema", "create", "sqlite:\(dir.file("new.db"))"], directory: dir)
