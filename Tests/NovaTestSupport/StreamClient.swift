@@ -172,7 +172,7 @@ public func withStream(
     var headers = HTTPFields()
     if let token { headers[.authorization] = "Bearer \(token)" }
     let failure = Mutex<(any Error)?>(nil)
-    let scriptEnded = Mutex(false)
+    let scriptEnded = TestCounter()
     let url = "\(tls == nil ? "ws" : "wss")://127.0.0.1:\(port)/v1/stream?\(query)"
     // Its own task, so that a close handshake that never ends (below) cannot hold the test.
     let client = Task {
@@ -196,7 +196,7 @@ public func withStream(
                 } catch {
                     failure.withLock { $0 = error }
                 }
-                scriptEnded.withLock { $0 = true }
+                scriptEnded.set(1)
                 group.cancelAll()
             }
         }
@@ -205,7 +205,7 @@ public func withStream(
     // client waits for the server's close frame (15 s at most, unless its task was cancelled) and
     // was seen to wait forever on a server that had died, its socket in CLOSE_WAIT.
     let ended = await withTaskCancellationHandler {
-        await awaitEnd(of: client, within: .seconds(20), once: { scriptEnded.withLock { $0 } }, "a WebSocket client's close handshake (\(url))")
+        await awaitEnd(of: client, within: .seconds(20), once: { scriptEnded.value > 0 }, "a WebSocket client's close handshake (\(url))")
     } onCancel: {
         client.cancel()
     }
