@@ -1,3 +1,5 @@
+import Foundation
+
 /// The values of the sync protocol (sync.md) that stores keep and both ends exchange. The shipper
 /// (NovaSync) and the hub's receiver (NovaServer) meet only here and in ``SyncBatchCodec``.
 
@@ -340,4 +342,17 @@ extension DigestRequest {
         }
         return nil
     }
+}
+
+extension SyncBatch {
+    /// A `storeId` as both ends exchange it: sync.md makes it a UUID, which is read in either case
+    /// (RFC 9562) and kept in lowercase, as the stores create it, so that one edge store never
+    /// has two watermarks at the hub. Nil when `text` is not a UUID.
+    public static func storeId(_ text: String) -> String? {
+        guard text.utf8.count == 36, let uuid = UUID(uuidString: text) else { return nil }
+        return uuid.uuidString.lowercased()
+    }
+
+    /// The rule ``storeId(_:)`` checks, for error messages.
+    public static let storeIdRule = "must be a UUID such as 0b5c1a8e-3f4d-4a5b-9c6d-7e8f9a0b1c2d (a new edge store makes one)"
 }

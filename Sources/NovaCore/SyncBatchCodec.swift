@@ -126,9 +126,11 @@ public enum SyncBatchCodec {
             throw SyncBatchError("header.kind: must be \"outbox\", \"repair\" or \"heartbeat\"")
         }
         let siteId = try fields.string("siteId")
-        let storeId = try fields.string("storeId")
+        let storeIdText = try fields.string("storeId")
         guard (1...256).contains(siteId.utf8.count) else { throw SyncBatchError("header.siteId: must be 1 to 256 bytes") }
-        guard (1...256).contains(storeId.utf8.count) else { throw SyncBatchError("header.storeId: must be 1 to 256 bytes") }
+        guard let storeId = SyncBatch.storeId(storeIdText) else {
+            throw SyncBatchError("header.storeId: \(SyncBatch.storeIdRule), found \(quoted(storeIdText))")
+        }
         let firstSeq = try fields.int("firstSeq")
         let lastSeq = try fields.int("lastSeq")
         let outboxSize = try fields.int("outboxSize")

@@ -80,8 +80,11 @@ extension RecorderAPI {
     func syncWatermark(_ request: Request, context: NovaRequestContext) async throws -> Response {
         var p = try QueryParameters(request.uri)
         let siteId = try p.required("siteId")
-        let storeId = try p.required("storeId")
+        let storeIdText = try p.required("storeId")
         try p.finish()
+        guard let storeId = SyncBatch.storeId(storeIdText) else {
+            throw APIError(.badRequest, "storeId: \(SyncBatch.storeIdRule), found \(quotedParameter(storeIdText))")
+        }
         if let bound = context.syncSiteId, bound != siteId {
             throw APIError(.forbidden, "siteId: this token ships for site \(quotedParameter(bound)), not \(quotedParameter(siteId))")
         }

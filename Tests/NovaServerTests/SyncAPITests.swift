@@ -29,7 +29,7 @@ import Testing
 
     static func batch(_ events: [CommittedEvent], site: String = "site-a", kind: SyncBatch.Kind = .outbox, pendingFrom: Timestamp? = nil) -> SyncBatch {
         SyncBatch(
-            kind: kind, siteId: site, storeId: "store-1", firstSeq: events.first?.seq ?? 0, lastSeq: events.last?.seq ?? 0,
+            kind: kind, siteId: site, storeId: "5a000000-0000-4000-8000-000000000001", firstSeq: events.first?.seq ?? 0, lastSeq: events.last?.seq ?? 0,
             pendingFrom: pendingFrom, outboxSize: 0, events: events)
     }
 
@@ -67,14 +67,18 @@ import Testing
             #expect(gap.json["ackedSeq"] == .number(JSONNumber(10)))
             #expect(gap.errorMessage.contains("resume from 11"), "\(gap.text)")
 
-            let watermark = try await client.get("/v1/sync/watermark?siteId=site-a&storeId=store-1")
+            let watermark = try await client.get("/v1/sync/watermark?siteId=site-a&storeId=5a000000-0000-4000-8000-000000000001")
             #expect(watermark.json["ackedSeq"] == .number(JSONNumber(10)))
-            let unknown = try await client.get("/v1/sync/watermark?siteId=site-a&storeId=other")
+            let unknown = try await client.get("/v1/sync/watermark?siteId=site-a&storeId=51000000-0000-4000-8000-0000000000ff")
             #expect(unknown.json["ackedSeq"] == .number(JSONNumber(0)))
             #expect(unknown.json["lastEventId"] == .null)
+            let capitals = try await client.get("/v1/sync/watermark?siteId=site-a&storeId=5A000000-0000-4000-8000-000000000001")
+            #expect(capitals.json["ackedSeq"] == .number(JSONNumber(10)), "the same store in capitals")
+            let notUUID = try await client.get("/v1/sync/watermark?siteId=site-a&storeId=edge-1")
+            #expect(notUUID.status == .badRequest && notUUID.errorMessage.hasPrefix("storeId: must be a UUID"), "\(notUUID.text)")
 
             let claim = Timestamp(microseconds: 1_790_000_000_000_000)
-            let heartbeat = SyncBatch(kind: .heartbeat, siteId: "site-a", storeId: "store-1", firstSeq: 0, lastSeq: 10, pendingFrom: claim, outboxSize: 0, events: [])
+            let heartbeat = SyncBatch(kind: .heartbeat, siteId: "site-a", storeId: "5a000000-0000-4000-8000-000000000001", firstSeq: 0, lastSeq: 10, pendingFrom: claim, outboxSize: 0, events: [])
             #expect(try await ship(heartbeat).status == .ok)
             let sites = try await client.get("/v1/sync/sites").json
             guard case .array(let list)? = sites["sites"], let site = list.first else { Issue.record("\(sites)"); return }
@@ -96,7 +100,7 @@ import Testing
             let old = Timestamp(microseconds: 1_700_000_000_000_000)
             let later = Timestamp(microseconds: 1_795_000_000_000_000)
             let siteB = SyncBatch(
-                kind: .heartbeat, siteId: "site-b", storeId: "store-b", firstSeq: 0, lastSeq: 0,
+                kind: .heartbeat, siteId: "site-b", storeId: "51000000-0000-4000-8000-00000000000b", firstSeq: 0, lastSeq: 0,
                 pending: PendingFrom(site: old, scopes: ["late": old], otherScopes: later), outboxSize: 0, events: [])
             #expect(try await ship(siteB).status == .ok)
             try await Task.sleep(for: .milliseconds(1_100))  // the hub reads the sites at most once a second
@@ -137,7 +141,7 @@ import Testing
             // hub never vouches for time nobody has recorded yet.
             let future = Timestamp(microseconds: 253_402_300_799_000_000)
             let ahead = SyncBatch(
-                kind: .heartbeat, siteId: "site-c", storeId: "store-c", firstSeq: 0, lastSeq: 0,
+                kind: .heartbeat, siteId: "site-c", storeId: "51000000-0000-4000-8000-00000000000c", firstSeq: 0, lastSeq: 0,
                 pending: PendingFrom(site: future, scopes: ["c": future], otherScopes: future), outboxSize: 0, events: [])
             let shippedAt = Timestamp.now()
             #expect(try await ship(ahead).status == .ok)
@@ -202,6 +206,8 @@ import Testing
                 ("seq outside the batch", .badRequest, "events[4].seq", try await post(text.replacingOccurrences(of: #"{"seq":5,"#, with: #"{"seq":7,"#))),
                 ("tampered event", .badRequest, "eventId", try await post(text.replacingOccurrences(of: #""connectionId":"c""#, with: #""connectionId":"d""#))),
                 ("no canonical time", .badRequest, "canonicalTruthTime", try await post(text.replacingOccurrences(of: #","canonicalTruthTime":"2026-05-28T20:26:40.000000Z""#, with: ""))),
+                ("storeId not a UUID", .badRequest, "header.storeId: must be a UUID",
+                 try await post(text.replacingOccurrences(of: "5a000000-0000-4000-8000-000000000001", with: "edge-1"))),
                 ("not JSON", .badRequest, "header: invalid JSON", try await post("hello\n")),
                 ("empty", .badRequest, "empty", try await post("")),
                 ("a stray per-scope claim", .badRequest, "header.otherScopesPendingFrom",
@@ -244,9 +250,9 @@ import Testing
             #expect(try await ship(Self.batch(events), token: Self.siteToken).status == .ok)
 
             let bearer: (String) -> HTTPFields = { [.authorization: "Bearer \($0)"] }
-            #expect(try await client.get("/v1/sync/watermark?siteId=site-b&storeId=x", headers: bearer(Self.siteToken)).status == .forbidden)
-            #expect(try await client.get("/v1/sync/watermark?siteId=site-a&storeId=x", headers: bearer(Self.siteToken)).status == .ok)
-            #expect(try await client.get("/v1/sync/watermark?siteId=site-a&storeId=x", headers: bearer(Self.readToken)).status == .forbidden)
+            #expect(try await client.get("/v1/sync/watermark?siteId=site-b&storeId=51000000-0000-4000-8000-000000000099", headers: bearer(Self.siteToken)).status == .forbidden)
+            #expect(try await client.get("/v1/sync/watermark?siteId=site-a&storeId=51000000-0000-4000-8000-000000000099", headers: bearer(Self.siteToken)).status == .ok)
+            #expect(try await client.get("/v1/sync/watermark?siteId=site-a&storeId=51000000-0000-4000-8000-000000000099", headers: bearer(Self.readToken)).status == .forbidden)
             // A site token reads the digests and stats that repair compares, and nothing else.
             #expect(try await client.get("/v1/digests?scope=s&\(everything)&bucket=1m", headers: bearer(Self.siteToken)).status == .ok)
             #expect(try await client.get("/v1/stats", headers: bearer(Self.siteToken)).status == .ok)
@@ -274,7 +280,7 @@ import Testing
                 try await withThrowingTaskGroup(of: (HTTPResponse.Status, String?).self) { group in
                     for k in 0..<8 {
                         let events = Self.events(3_000, offset: (round * 8 + k) * 3_000)
-                        let b = SyncBatch(siteId: "site-\(k)", storeId: "store-\(round)", firstSeq: 1, lastSeq: 3_000, pendingFrom: nil, outboxSize: 0,
+                        let b = SyncBatch(siteId: "site-\(k)", storeId: "51000000-0000-4000-8000-\(String(format: "%012d", round))", firstSeq: 1, lastSeq: 3_000, pendingFrom: nil, outboxSize: 0,
                                           events: events.enumerated().map { CommittedEvent(seq: Int64($0.offset + 1), event: $0.element.event) })
                         let (body, _) = try Self.body(b, gzip: false)
                         group.addTask {

@@ -5,7 +5,7 @@ import Testing
 /// The store side of sync.md on every backend: applying batches with watermarks (replays, gaps,
 /// overlaps, repairs), the outbox's state, and bucket digests.
 @Suite struct SyncStoreTests {
-    func batch(_ events: [CommittedEvent], first: Int64, last: Int64, site: String = "site-a", store: String = "edge-1", kind: SyncBatch.Kind = .outbox)
+    func batch(_ events: [CommittedEvent], first: Int64, last: Int64, site: String = "site-a", store: String = "e0000000-0000-4000-8000-000000000001", kind: SyncBatch.Kind = .outbox)
         -> SyncBatch
     {
         SyncBatch(
@@ -33,7 +33,7 @@ import Testing
         let (store, cleanup) = try await backend.makeStore()
         defer { Task { await cleanup() } }
         let events = numbered(uniqueEvents(30, seed: 1))
-        #expect(try await store.syncWatermark(siteId: "site-a", storeId: "edge-1").ackedSeq == 0)
+        #expect(try await store.syncWatermark(siteId: "site-a", storeId: "e0000000-0000-4000-8000-000000000001").ackedSeq == 0)
 
         let first = try await store.applySync(batch(Array(events[0..<10]), first: 1, last: 10)).outcome
         guard case .applied(let w1, accepted: 10, duplicates: 0) = first else { Issue.record("\(first)"); return }
@@ -47,10 +47,10 @@ import Testing
         let overlap = try await store.applySync(batch(Array(events[5..<20]), first: 6, last: 20)).outcome
         guard case .applied(let w2, accepted: 10, duplicates: 0) = overlap else { Issue.record("\(overlap)"); return }
         #expect(w2.ackedSeq == 20)
-        #expect(try await store.syncWatermark(siteId: "site-a", storeId: "edge-1") == w2)
+        #expect(try await store.syncWatermark(siteId: "site-a", storeId: "e0000000-0000-4000-8000-000000000001") == w2)
 
         // Another store of the same site has its own sequence; its copies are deduped.
-        let replacedResult = try await store.applySync(batch(Array(events[0..<25]), first: 1, last: 25, store: "edge-2"))
+        let replacedResult = try await store.applySync(batch(Array(events[0..<25]), first: 1, last: 25, store: "e0000000-0000-4000-8000-000000000002"))
         let replaced = replacedResult.outcome
         guard case .applied(_, accepted: 5, duplicates: 20) = replaced else { Issue.record("\(replaced)"); return }
         // The stored part comes back with the hub's own positions, for its LIVE streams.
@@ -60,8 +60,8 @@ import Testing
         let stored = try await store.stats().totalEvents
         #expect(stored == 25)
         let sites = try await store.syncSites()
-        #expect(sites.map(\.storeId).sorted() == ["edge-1", "edge-2"])
-        let one = try #require(sites.first { $0.storeId == "edge-1" })
+        #expect(sites.map(\.storeId).sorted() == ["e0000000-0000-4000-8000-000000000001", "e0000000-0000-4000-8000-000000000002"])
+        let one = try #require(sites.first { $0.storeId == "e0000000-0000-4000-8000-000000000001" })
         #expect(one.ackedSeq == 20)
         #expect(one.batchesApplied == 2)
         #expect(one.eventsApplied == 20)
@@ -87,7 +87,7 @@ import Testing
 
         // The next report: only b is pending now.
         let heartbeat = SyncBatch(
-            kind: .heartbeat, siteId: "site-a", storeId: "edge-1", firstSeq: 0, lastSeq: 5,
+            kind: .heartbeat, siteId: "site-a", storeId: "e0000000-0000-4000-8000-000000000001", firstSeq: 0, lastSeq: 5,
             pending: PendingFrom(site: t(25), scopes: ["b": t(25)], otherScopes: t(40)), outboxSize: 0, events: [])
         _ = try await store.applySync(heartbeat)
         site = try #require(try await store.syncSites().first)
@@ -115,12 +115,12 @@ import Testing
         defer { Task { await cleanup() } }
         let events = numbered(uniqueEvents(20, seed: 9))
         _ = try await store.applySync(batch(Array(events[0..<5]), first: 1, last: 5))
-        _ = try await store.applySync(batch(Array(events[5..<10]), first: 1, last: 5, store: "edge-2"))
+        _ = try await store.applySync(batch(Array(events[5..<10]), first: 1, last: 5, store: "e0000000-0000-4000-8000-000000000002"))
         _ = try await store.applySync(batch(Array(events[10..<15]), first: 1, last: 5, site: "site-b"))
         #expect(try await store.forgetSyncSite("site-a") == 2)
         #expect(try await store.forgetSyncSite("site-a") == 0)
         #expect(try await store.syncSites().map(\.siteId) == ["site-b"])
-        #expect(try await store.syncWatermark(siteId: "site-a", storeId: "edge-1").ackedSeq == 0)
+        #expect(try await store.syncWatermark(siteId: "site-a", storeId: "e0000000-0000-4000-8000-000000000001").ackedSeq == 0)
         #expect(try await store.stats().totalEvents == 15)
         // Still shipping, it is answered with a gap at 0, and re-sends from its start what its
         // retention left (here, 6...10).
@@ -147,7 +147,7 @@ import Testing
         try await Task.sleep(for: .milliseconds(200))
         guard case .applied(_, accepted: 10, duplicates: 0) = try await store.applySync(batch(Array(events[0..<10]), first: 1, last: 10)).outcome
         else { Issue.record("first batch not applied"); return }
-        #expect(try await store.syncWatermark(siteId: "site-a", storeId: "edge-1").ackedSeq == 10)
+        #expect(try await store.syncWatermark(siteId: "site-a", storeId: "e0000000-0000-4000-8000-000000000001").ackedSeq == 10)
         open()
         #expect(try await second.value == .applied(SyncWatermark(ackedSeq: 20, lastEventId: events[19].event.eventId), accepted: 10, duplicates: 0))
 
@@ -170,7 +170,7 @@ import Testing
         guard case .applied(_, accepted: 10, duplicates: 0) = try await store.applySync(batch(Array(events[30..<40]), first: 31, last: 40)).outcome
         else { Issue.record("31...40 not applied after its predecessor"); return }
         #expect(try await store.stats().totalEvents == 40)
-        #expect(try await store.syncWatermark(siteId: "site-a", storeId: "edge-1").ackedSeq == 40)
+        #expect(try await store.syncWatermark(siteId: "site-a", storeId: "e0000000-0000-4000-8000-000000000001").ackedSeq == 40)
     }
 
     @Test(arguments: Backend.allCases)
@@ -183,7 +183,7 @@ import Testing
         let outcome = try await store.applySync(repair).outcome
         guard case .applied(let w, accepted: 3, duplicates: 3) = outcome else { Issue.record("\(outcome)"); return }
         #expect(w.ackedSeq == 3)
-        #expect(try await store.syncWatermark(siteId: "site-a", storeId: "edge-1").ackedSeq == 3)
+        #expect(try await store.syncWatermark(siteId: "site-a", storeId: "e0000000-0000-4000-8000-000000000001").ackedSeq == 3)
         #expect(try await store.stats().totalEvents == 6)
     }
 
@@ -279,19 +279,19 @@ import Testing
         let events = Self.events(seed: 9)
         #expect(Set(events.map(\.event.lane)) == Set(Lane.allCases))
         let batch = SyncBatch(
-            siteId: "site-a", storeId: "u-1", firstSeq: 9, lastSeq: events.last!.seq, pendingFrom: Timestamp(microseconds: 5), outboxSize: 3, events: events)
+            siteId: "site-a", storeId: "e0000000-0000-4000-8000-000000000003", firstSeq: 9, lastSeq: events.last!.seq, pendingFrom: Timestamp(microseconds: 5), outboxSize: 3, events: events)
         let bytes = SyncBatchCodec.encode(batch, version: version)
         let back = try bytes.withUnsafeBufferPointer { try SyncBatchCodec.decode($0, version: version, decoder: EventDecoder()) }
         #expect(back.events.map(\.seq) == events.map(\.seq))
         #expect(back.events.map(\.event) == events.map(\.event))
-        #expect(back.siteId == "site-a" && back.storeId == "u-1" && back.firstSeq == 9 && back.lastSeq == batch.lastSeq)
+        #expect(back.siteId == "site-a" && back.storeId == "e0000000-0000-4000-8000-000000000003" && back.firstSeq == 9 && back.lastSeq == batch.lastSeq)
         #expect(back.pendingFrom == Timestamp(microseconds: 5) && back.outboxSize == 3)
         #expect(back.scopePendingFrom == nil && back.otherScopesPendingFrom == nil, "optional: a batch without them decodes as before")
         #expect(Self.fault(bytes, version: 3 - version).contains("header.version: \(version), but the Content-Type is that of version \(3 - version)"))
 
         // Per-scope completeness travels in the header, and is checked like the rest of it.
         let pending = PendingFrom(site: Timestamp(microseconds: 5), scopes: ["a": Timestamp(microseconds: 5), "b b": Timestamp(microseconds: 7)], otherScopes: Timestamp(microseconds: 9))
-        let scoped = SyncBatch(siteId: "site-a", storeId: "u-1", firstSeq: 9, lastSeq: events.last!.seq, pending: pending, outboxSize: 3, events: events)
+        let scoped = SyncBatch(siteId: "site-a", storeId: "e0000000-0000-4000-8000-000000000003", firstSeq: 9, lastSeq: events.last!.seq, pending: pending, outboxSize: 3, events: events)
         let scopedBytes = SyncBatchCodec.encode(scoped, version: version)
         let decoded = try scopedBytes.withUnsafeBufferPointer { try SyncBatchCodec.decode($0, version: version, decoder: EventDecoder()) }
         #expect(decoded.scopePendingFrom == pending.scopes && decoded.otherScopesPendingFrom == pending.otherScopes && decoded.pendingFrom == pending.site)
@@ -306,6 +306,12 @@ import Testing
             .contains("header.otherScopesPendingFrom"))
         #expect(Self.fault(replacingInHeader(#""version":\#(version)"#, #""version":7"#), version: version).contains("header.version: 7 is not supported"))
         #expect(Self.fault(replacingInHeader(#""firstSeq":9"#, #""firstSeq":-4"#), version: version).contains("header.firstSeq/lastSeq"))
+        #expect(Self.fault(replacingInHeader("e0000000-0000-4000-8000-000000000003", "edge-1"), version: version)
+            .contains(#"header.storeId: must be a UUID such as 0b5c1a8e-3f4d-4a5b-9c6d-7e8f9a0b1c2d (a new edge store makes one), found "edge-1""#))
+        // A UUID in capitals is the same store (RFC 9562 reads either case): one watermark.
+        let capitals = try replacingInHeader("e0000000-0000-4000-8000-000000000003", "E0000000-0000-4000-8000-000000000003")
+            .withUnsafeBufferPointer { try SyncBatchCodec.decode($0, version: version, decoder: EventDecoder()) }
+        #expect(capitals.storeId == "e0000000-0000-4000-8000-000000000003")
         #expect(Self.fault([], version: version).contains("empty"))
         #expect(Self.fault(Array("garbage\n".utf8), version: version).contains("header: invalid JSON"))
     }
@@ -314,7 +320,7 @@ import Testing
     @Test func recordSizesAreExactAndBoundBatches() throws {
         let events = Self.events(seed: 9)
         #expect(Set(events.map(\.event.lane)) == Set(Lane.allCases))
-        let batch = SyncBatch(siteId: "site-a", storeId: "u-1", firstSeq: 9, lastSeq: events.last!.seq, pendingFrom: nil, outboxSize: 3, events: events)
+        let batch = SyncBatch(siteId: "site-a", storeId: "e0000000-0000-4000-8000-000000000003", firstSeq: 9, lastSeq: events.last!.seq, pendingFrom: nil, outboxSize: 3, events: events)
         let bytes = SyncBatchCodec.encode(batch)
         let header = bytes.firstIndex(of: UInt8(ascii: "\n"))! + 1
         #expect(events.reduce(0) { $0 + SyncBatchCodec.recordBytes($1.event) } == bytes.count - header)
@@ -330,7 +336,7 @@ import Testing
 
     @Test func ndjsonFaultsAreNamed() throws {
         let events = Self.events(seed: 9)
-        let batch = SyncBatch(siteId: "site-a", storeId: "u-1", firstSeq: 9, lastSeq: events.last!.seq, pendingFrom: nil, outboxSize: 3, events: events)
+        let batch = SyncBatch(siteId: "site-a", storeId: "e0000000-0000-4000-8000-000000000003", firstSeq: 9, lastSeq: events.last!.seq, pendingFrom: nil, outboxSize: 3, events: events)
         let text = String(decoding: SyncBatchCodec.encode(batch, version: 1), as: UTF8.self)
         var lines = text.split(separator: "\n").map(String.init)
         #expect(Self.fault(Array(lines.dropLast().joined(separator: "\n").utf8), version: 1).contains("announces 20 events but 19 follow"))
@@ -344,7 +350,7 @@ import Testing
     /// id but break a rule of the event model, are refused naming the event and the field.
     @Test func binaryFaultsAreNamed() throws {
         let events = Self.events(seed: 9)
-        let batch = SyncBatch(siteId: "site-a", storeId: "u-1", firstSeq: 9, lastSeq: events.last!.seq, pendingFrom: nil, outboxSize: 3, events: events)
+        let batch = SyncBatch(siteId: "site-a", storeId: "e0000000-0000-4000-8000-000000000003", firstSeq: 9, lastSeq: events.last!.seq, pendingFrom: nil, outboxSize: 3, events: events)
         let bytes = SyncBatchCodec.encode(batch)
         let headerEnd = bytes.firstIndex(of: UInt8(ascii: "\n"))! + 1
         #expect(Self.fault(Array(bytes.dropLast())).contains("events[19]: its pre-image of"))
@@ -359,7 +365,7 @@ import Testing
 
         /// One record whose id is its pre-image's hash, in a batch of one.
         func single(_ preimage: [UInt8], canonical: Int64 = 1_000) -> [UInt8] {
-            let one = SyncBatch(siteId: "s", storeId: "u", firstSeq: 1, lastSeq: 1, pendingFrom: nil, outboxSize: 0, events: [events[0]])
+            let one = SyncBatch(siteId: "s", storeId: "e0000000-0000-4000-8000-000000000004", firstSeq: 1, lastSeq: 1, pendingFrom: nil, outboxSize: 0, events: [events[0]])
             let encoded = SyncBatchCodec.encode(one)
             var out = Array(encoded[..<(encoded.firstIndex(of: UInt8(ascii: "\n"))! + 1)])
             func int(_ v: UInt64, _ width: Int) { for k in (0..<width).reversed() { out.append(UInt8(truncatingIfNeeded: v >> UInt64(8 * k))) } }
@@ -400,7 +406,7 @@ import Testing
     /// decoder, and whatever it accepts holds only events whose content hashes to their id.
     @Test func damagedBinaryBatchesAreRefusedOrIntact() {
         let events = Self.events(seed: 11)
-        let bytes = SyncBatchCodec.encode(SyncBatch(siteId: "s", storeId: "u", firstSeq: 9, lastSeq: events.last!.seq, pendingFrom: nil, outboxSize: 0, events: events))
+        let bytes = SyncBatchCodec.encode(SyncBatch(siteId: "s", storeId: "e0000000-0000-4000-8000-000000000004", firstSeq: 9, lastSeq: events.last!.seq, pendingFrom: nil, outboxSize: 0, events: events))
         var rng = SeededGenerator(seed: 5)
         var refused = 0
         for _ in 0..<3_000 {
