@@ -44,14 +44,22 @@ public final class PostgresStore: EventStore, Service, Sendable {
     let createIfMissing: Bool
     /// Whether `run()` maintains partitions (the server does; one-shot tools must not drop data).
     let maintainsPartitions: Bool
+    /// Whether `run()` keeps retrying when the server refuses the credentials or has no such
+    /// database. A server (`nova serve`) does, since an operator may fix either while it waits and
+    /// says why on `/readyz`; a one-shot tool gives up at once, since neither passes by retrying.
+    let retriesRefusals: Bool
     /// Marks this process's commit notifications, which its own feed has no use for.
     let instance = String(UUID().uuidString.prefix(8)).lowercased()
     let notifications = CommitNotifications()
 
-    public init(location: PostgresLocation, createIfMissing: Bool = true, maintainsPartitions: Bool = true, logger: Logger = Logger(label: "nova.postgres")) {
+    public init(
+        location: PostgresLocation, createIfMissing: Bool = true, maintainsPartitions: Bool = true, retriesRefusals: Bool = true,
+        logger: Logger = Logger(label: "nova.postgres")
+    ) {
         self.location = location
         self.createIfMissing = createIfMissing
         self.maintainsPartitions = maintainsPartitions
+        self.retriesRefusals = retriesRefusals
         self.logger = logger
         var configuration = location.clientConfiguration()
         configuration.options.minimumConnections = location.pool.minSize
@@ -152,6 +160,9 @@ public final class PostgresStore: EventStore, Service, Sendable {
         }
     }
 
+    /// Wrong password, no such role or no such database (mapped in ``mapError(_:)``).
+    static let refusals: Set<String> = ["28P01", "28000", "3D000"]
+
     private func prepareWithRetry() async throws {
         var delay = Duration.milliseconds(250)
         while !Task.isCancelled {
@@ -164,9 +175,10 @@ public final class PostgresStore: EventStore, Service, Sendable {
                 return
             } catch {
                 let storeError = mapError(error)
-                if storeError.kind == .unusable {
+                if storeError.kind == .unusable || (!retriesRefusals && Self.refusals.contains(sqlState(error) ?? "")) {
                     state.withLock { $0 = .failed(storeError) }
-                    logger.error("store refused", metadata: ["error": "\(storeError.message)"])
+                    // A tool reports the error it is thrown; a server logs why it stopped.
+                    logger.log(level: retriesRefusals ? .error : .debug, "store refused", metadata: ["error": "\(storeError.message)"])
                     throw storeError
                 }
                 state.withLock { $0 = .starting(lastError: storeError.message) }
@@ -318,7 +330,7 @@ public final class PostgresStore: EventStore, Service, Sendable {
             case "28P01", "28000":
                 return StoreError(.unavailable, "\(location): the server refused the credentials of user \(location.user) (\(message)); check \(location.passwordEnv)")
             case "3D000":
-                return StoreError(.unavailable, "\(location): \(message); create it, or fix database.timescaledb.database")
+                return StoreError(.unavailable, "\(location): \(message); create it, or name another (database.timescaledb.database in config.json, the path of a postgres:// locator)")
             case "53100":
                 return StoreError(.full, "\(location): the server's disk is full (\(message))")
             case "57014", "57P01", "57P02", "57P03", "53300", "40001", "40P01":

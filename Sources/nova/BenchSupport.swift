@@ -346,7 +346,7 @@ final class BenchStore {
         let store: any EventStore
         var running: Task<Void, any Error>?
         if let database {
-            let pg = PostgresStore(location: database, maintainsPartitions: false, logger: logger)
+            let pg = PostgresStore(location: database, maintainsPartitions: false, retriesRefusals: false, logger: logger)
             running = Task { try await pg.run() }
             try await pg.waitUntilReady()
             store = pg

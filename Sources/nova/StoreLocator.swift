@@ -52,7 +52,7 @@ enum StoreLocator: CustomStringConvertible {
                 throw error
             }
         case .postgres(let location):
-            let store = PostgresStore(location: location, createIfMissing: create, maintainsPartitions: false, logger: logger)
+            let store = PostgresStore(location: location, createIfMissing: create, maintainsPartitions: false, retriesRefusals: false, logger: logger)
             let running = Task { try await store.run() }
             defer { running.cancel() }
             do {

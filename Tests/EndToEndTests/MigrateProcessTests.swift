@@ -182,6 +182,17 @@ import Testing
         let unreachable = try await NovaProcess.run(
             ["migrate", "--from", "sqlite:\(path)", "--to", "postgres://nova@127.0.0.1:\(try freePort())/nova"], directory: dir, environment: env)
         #expect(unreachable.status == 2 && unreachable.stderr.contains("127.0.0.1"), "\(unreachable.stderr)")
+        // Refusals that no retry can pass end the command at once (a server retries them).
+        var started = ContinuousClock.now
+        let wrongPassword = try await NovaProcess.run(["migrate", "--from", "sqlite:\(path)", "--to", target], directory: dir, environment: ["NOVA_DB_PASSWORD": "wrong"])
+        #expect(wrongPassword.status == 2 && wrongPassword.stderr.contains("refused the credentials"), "\(wrongPassword.stderr)")
+        #expect(ContinuousClock.now - started < .seconds(8), "gave up at once, not after retrying")
+        started = ContinuousClock.now
+        let noDatabase = try await NovaProcess.run(
+            ["migrate", "--from", "sqlite:\(path)", "--to", target.replacingOccurrences(of: "/\(location.database)", with: "/none_\(location.database)")],
+            directory: dir, environment: env)
+        #expect(noDatabase.status == 2 && noDatabase.stderr.contains("does not exist"), "\(noDatabase.stderr)")
+        #expect(ContinuousClock.now - started < .seconds(8), "gave up at once, not after retrying")
         #expect(try await TestPostgres.withConnection(location) { conn in
             try await conn.query("SELECT count(*) FROM pg_tables WHERE tablename = 'eventIndex'", logger: quietLogger).collect().first!.decode(Int64.self)
         } == 0, "a refused source leaves the target untouched")
