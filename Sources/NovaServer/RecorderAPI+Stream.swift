@@ -1,5 +1,6 @@
 import Hummingbird
 import HummingbirdWebSocket
+import NIOCore
 import NIOWebSocket
 import NovaCore
 import Prometheus
@@ -10,7 +11,8 @@ extension RecorderAPI {
     ///
     /// Bad parameters and bad messages are answered on the socket, as the contract asks: an
     /// `error` message naming the problem, then a close with 1008 (policy violation), 1003 for
-    /// binary messages, 1009 for oversized ones, 1011 when the store fails. Reading the client
+    /// binary messages, 1009 for oversized ones, 1007 for invalid UTF-8, 1002 for broken
+    /// fragmentation or an unmasked frame, 1011 when the store fails. Reading the client
     /// runs beside sending, so commands act mid-stream and a close is noticed at once.
     func stream(_ inbound: WebSocketInboundStream, _ outbound: WebSocketOutboundWriter, _ context: WebSocketRouterContext<NovaRequestContext>) async throws {
         if let refusal = context.requestContext.refusal {
@@ -39,38 +41,23 @@ extension RecorderAPI {
             return
         }
         let control = StreamControl()
+        let channel = context.requestContext.channel
+        try? await channel.eventLoop.submit {
+            let decoder = try channel.pipeline.syncOperations.handler(type: ByteToMessageHandler<WebSocketFrameDecoder>.self)
+            try channel.pipeline.syncOperations.addHandler(MaskedClientFrames(control: control), position: .after(decoder))
+        }.get()
         let store = store
         let feed = feed
         let metrics = metrics
         let handOverDistance = handOverDistance
         let inFlight = inFlight
         let pageBytes = configuration.server.maxPageBytes
-        let channel = context.requestContext.channel
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
                 do {
-                    for try await message in inbound.messages(maxSize: maxMessage) {
-                        switch message {
-                        case .text(let text) where text.utf8.count > maxMessage:
-                            // `maxSize` bounds messages of several frames; a single frame up to
-                            // the socket's frame limit arrives whole, so it is measured here.
-                            control.fail(.messageTooLarge, "message: larger than \(maxMessage) bytes (server.maxStreamMessageBytes)")
-                            return
-                        case .text(let text):
-                            do {
-                                control.post(try StreamCommand(parsing: text))
-                            } catch let error as APIError {
-                                control.fail(.policyViolation, error.message)
-                                return
-                            }
-                        case .binary:
-                            control.fail(.unacceptableData, "message: must be a JSON text message, not binary")
-                            return
-                        }
-                    }
+                    try await Self.readCommands(inbound, maxBytes: maxMessage, into: control)
                 } catch {
-                    control.fail(.messageTooLarge, "message: larger than \(maxMessage) bytes (server.maxStreamMessageBytes) or malformed (\(error))")
-                    return
+                    // The connection failed; the sender finds out when it next writes.
                 }
                 control.close()
             }
@@ -92,6 +79,52 @@ extension RecorderAPI {
             group.cancelAll()
         }
     }
+
+    /// Reads the client's commands into `control` until it closes, or until one is refused.
+    ///
+    /// Messages are collated from frames here rather than by `messages(maxSize:)`, which closes
+    /// an oversized message or one of invalid UTF-8 itself, with no word of why; here each
+    /// refusal is an `error` naming it and its own close code. A single frame over the socket's
+    /// frame limit (``maxFrameBytes(message:)``) is still closed by the decoder alone with 1009.
+    static func readCommands(_ inbound: WebSocketInboundStream, maxBytes: Int, into control: StreamControl) async throws {
+        var message = ByteBuffer()
+        var kind: WebSocketDataFrame.Opcode?
+        for try await frame in inbound {
+            switch (frame.opcode, kind) {
+            case (.text, nil), (.binary, nil):
+                kind = frame.opcode
+                message.clear()
+            case (.continuation, .some): break
+            case (.continuation, nil):
+                return control.fail(.protocolError, "message: a continuation frame with no message to continue (RFC 6455 section 5.4)")
+            default:
+                return control.fail(.protocolError, "message: a new message began before the last one's final frame (RFC 6455 section 5.4)")
+            }
+            guard message.readableBytes + frame.data.readableBytes <= maxBytes else {
+                return control.fail(.messageTooLarge, "message: larger than \(maxBytes) bytes (server.maxStreamMessageBytes)")
+            }
+            var data = frame.data
+            message.writeBuffer(&data)
+            guard frame.fin else { continue }
+            defer { kind = nil }
+            guard kind == .text else {
+                return control.fail(.unacceptableData, "message: must be a JSON text message, not binary")
+            }
+            guard let text = String(validating: message.readableBytesView, as: UTF8.self) else {
+                return control.fail(.dataInconsistentWithMessage, "message: not valid UTF-8")
+            }
+            do throws(APIError) {
+                control.post(try StreamCommand(parsing: text))
+            } catch {
+                return control.fail(.policyViolation, error.message)
+            }
+        }
+    }
+
+    /// The WebSocket frame limit for a largest message of `message` bytes: well above it, so that
+    /// a client sending a message over the limit in one frame is told so (``readCommands``), and
+    /// still a bound on what one frame makes the decoder buffer.
+    static func maxFrameBytes(message: Int) -> Int { max(1 << 16, 4 * message) }
 }
 
 /// Open streams per token, for `server.maxStreamsPerToken`.
@@ -111,5 +144,29 @@ final class StreamAdmission: Sendable {
             open[token, default: 1] -= 1
             if open[token] == 0 { open[token] = nil }
         }
+    }
+}
+
+/// Fails a stream whose client sends an unmasked frame, which RFC 6455 (section 5.1) says a
+/// server must not accept and which swift-websocket takes as it is: the frame and any after it
+/// are dropped, and the stream ends with an `error` naming the rule and 1002. It joins the
+/// pipeline when the stream starts, so a frame the client sent before that moment (right after
+/// the upgrade's answer) is not looked at.
+final class MaskedClientFrames: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = WebSocketFrame
+    typealias InboundOut = WebSocketFrame
+    let control: StreamControl
+    private var failed = false
+
+    init(control: StreamControl) { self.control = control }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !failed else { return }
+        guard unwrapInboundIn(data).maskKey != nil else {
+            failed = true
+            control.fail(.protocolError, "frame: a client's frames must be masked (RFC 6455 section 5.1)")
+            return
+        }
+        context.fireChannelRead(data)
     }
 }

@@ -81,7 +81,9 @@ public struct RecorderAPI: Sendable {
             FirstRequestDeadline(
                 base: HTTP1WebSocketUpgradeChannel(
                     responder: responder, webSocketResponder: webSocketResponder,
-                    configuration: .init(http1: .init(idleTimeout: .seconds(idle)), ws: .init(autoPing: .enabled(timePeriod: .seconds(60))))),
+                    configuration: .init(http1: .init(idleTimeout: .seconds(idle)), ws: .init(
+                        maxFrameSize: Self.maxFrameBytes(message: configuration.server.maxStreamMessageBytes),
+                        autoPing: .enabled(timePeriod: .seconds(60))))),
                 idle: .seconds(idle))
         }
         if let tls = configuration.server.tls {

@@ -4,6 +4,7 @@ import HTTPTypes
 import HummingbirdTesting
 import HummingbirdWSClient
 import NIOCore
+import NIOWebSocket
 import NovaCore
 import NovaServer
 import NovaTestSupport
@@ -122,6 +123,86 @@ import Testing
                 try await stream.waitUntilClosedByServer()
             }
             #expect(close?.closeCode == .messageTooLarge)
+        }
+    }
+
+    /// Messages that a client library would never send are refused with their own close code
+    /// and an `error` naming the rule: invalid UTF-8 (1007), a continuation with nothing to
+    /// continue and a new message inside another (1002), and a message over the limit in
+    /// several frames (1009).
+    @Test func malformedStreamMessagesAreNamedAndClosedWithTheirCode() async throws {
+        try await withRecorder(.sqlite, configure: { $0.server.maxStreamMessageBytes = 256 }) { client, _, _ in
+            let port = try #require(client.port)
+            let pause = Array(#"{"type":"pause"}"#.utf8)
+            let cases: [(String, WebSocketErrorCode, [(WebSocketOpcode, Bool, [UInt8])])] = [
+                ("message: not valid UTF-8", .dataInconsistentWithMessage, [(.text, true, [0x7b, 0xff, 0x7d])]),
+                ("continuation frame with no message", .protocolError, [(.continuation, true, pause)]),
+                ("a new message began", .protocolError, [(.text, false, Array(pause[..<4])), (.text, true, pause)]),
+                ("larger than 256 bytes", .messageTooLarge, [(.text, false, Array(repeating: 0x20, count: 200)), (.continuation, true, Array(repeating: 0x20, count: 200))]),
+                // Fragmented but whole: read as one message (here one of an unknown type).
+                ("type: must be pause", .policyViolation, [(.text, false, Array(#"{"type":"#.utf8)), (.continuation, true, Array(#""rewind"}"#.utf8))]),
+            ]
+            for (message, code, frames) in cases {
+                let close = try await withStream(port: port, query: "scope=s&mode=live") { stream in
+                    try await stream.wait(forType: "caughtUp")
+                    for (opcode, fin, bytes) in frames { try await stream.send(frame: opcode, fin: fin, bytes) }
+                    let error = try await stream.wait(forType: "error").last?.json["error"]?.stringValue ?? ""
+                    #expect(error.contains(message), "\(error)")
+                    try await stream.waitUntilClosedByServer()
+                }
+                #expect(close?.closeCode == code, "\(message)")
+            }
+        }
+    }
+
+    /// A client frame without a mask (RFC 6455 requires one) ends the stream with an `error`
+    /// naming the rule and 1002. Sent over plain TCP: client libraries always mask.
+    @Test func unmaskedClientFramesCloseWith1002() async throws {
+        try await withRecorder(.sqlite) { client, _, _ in
+            let port = try #require(client.port)
+            let upgrade = "GET /v1/stream?scope=s&mode=live HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            let pause = Array(#"{"type":"pause"}"#.utf8)
+            let received = try await Self.exchange(port: port, sending: Array(upgrade.utf8), thenOn: "caughtUp", sending: [0x81, UInt8(pause.count)] + pause)
+            let text = String(decoding: received, as: UTF8.self)
+            #expect(text.contains("a client's frames must be masked (RFC 6455 section 5.1)"), "\(text)")
+            let close = try #require(received.lastIndex(of: 0x88))
+            #expect(Array(received[close...].prefix(4)) == [0x88, 0x02 + UInt8(received.count - close - 4), 0x03, 0xea], "a close frame with 1002: \(Array(received[close...]))")
+        }
+    }
+
+    /// Connects over plain TCP, sends `first`, and once what it received contains `marker`,
+    /// sends `then`; returns everything received until the server closed (at most 20 s).
+    static func exchange(port: Int, sending first: [UInt8], thenOn marker: String, sending then: [UInt8]) async throws -> [UInt8] {
+        try await withCheckedThrowingContinuation { done in
+            Thread.detachNewThread {
+                let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+                defer { close(fd) }
+                var address = sockaddr_in()
+                address.sin_family = sa_family_t(AF_INET)
+                address.sin_port = in_port_t(UInt16(port).bigEndian)
+                address.sin_addr.s_addr = inet_addr("127.0.0.1")
+                let connected = withUnsafePointer(to: &address) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+                }
+                guard connected == 0 else { return done.resume(throwing: StreamTestError("connect failed: \(errno)")) }
+                _ = send(fd, first, first.count, 0)
+                var limit = timeval(tv_sec: 20, tv_usec: 0)
+                setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
+                var received = [UInt8]()
+                var sent = false
+                var buffer = [UInt8](repeating: 0, count: 4096)
+                while true {
+                    let n = recv(fd, &buffer, buffer.count, 0)
+                    guard n > 0 else { break }
+                    received += buffer[..<n]
+                    if !sent, String(decoding: received, as: UTF8.self).contains(marker) {
+                        sent = true
+                        _ = send(fd, then, then.count, 0)
+                    }
+                }
+                done.resume(returning: received)
+            }
         }
     }
 

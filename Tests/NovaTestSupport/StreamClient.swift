@@ -4,6 +4,7 @@ import HummingbirdWSClient
 import Logging
 import NIOCore
 import NIOSSL
+import NIOWebSocket
 import NovaCore
 import Synchronization
 
@@ -91,6 +92,12 @@ public final class StreamConnection: Sendable {
     /// A binary message, which the contract does not allow.
     public func send(binary bytes: [UInt8]) async throws {
         try await outbound.write(.binary(ByteBuffer(bytes: bytes)))
+    }
+
+    /// One frame as it is, for the frames a client library would never send (invalid UTF-8,
+    /// broken fragmentation); the client's handler masks it, as every client frame is.
+    public func send(frame opcode: WebSocketOpcode, fin: Bool = true, _ bytes: [UInt8]) async throws {
+        try await outbound.write(.custom(WebSocketFrame(fin: fin, opcode: opcode, data: ByteBuffer(bytes: bytes))))
     }
 
     public func stall(_ on: Bool) { stalled.withLock { $0 = on } }
