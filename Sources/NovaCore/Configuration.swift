@@ -165,7 +165,7 @@ public struct NovaConfiguration: Sendable, Equatable {
         public var upstream = "http://127.0.0.1:8081"
         /// The environment variable that holds this site's sync token.
         public var tokenEnv = "NOVA_SYNC_TOKEN"
-        public var batchSize = 5000
+        public var batchSize = 20_000
         /// The most bytes of events one batch carries (before compression), so that large
         /// events still fit the hub's `server.maxBodyBytes` (64 MiB by default).
         public var maxBatchBytes = 8 << 20

@@ -25,7 +25,7 @@ struct BenchSync: AsyncParsableCommand {
     )
 
     @Option(help: "Backlog events for the catch-up.") var events = 5_000_000
-    @Option(help: "Sync batch size (sync.batchSize).") var batchSize = 5_000
+    @Option(help: "Sync batch size (sync.batchSize).") var batchSize = 20_000
     @Option(help: "LAG: ingest rate, events per second.") var rate = 50_000
     @Option(help: "LAG: seconds of ingest.") var seconds = 20
     @Option(help: "Devices (connections).") var devices = 500
