@@ -163,7 +163,7 @@ import Testing
             let upgrade = "GET /v1/stream?scope=s&mode=live HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                 + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
             let pause = Array(#"{"type":"pause"}"#.utf8)
-            let received = try await Self.exchange(port: port, sending: Array(upgrade.utf8), thenOn: "caughtUp", sending: [0x81, UInt8(pause.count)] + pause)
+            let received = try await Self.exchange(port: port, sending: Array(upgrade.utf8), thenOn: "caughtUp", sending: [0x81, UInt8(pause.count)] + pause).received
             let text = String(decoding: received, as: UTF8.self)
             #expect(text.contains("a client's frames must be masked (RFC 6455 section 5.1)"), "\(text)")
             let close = try #require(received.lastIndex(of: 0x88))
@@ -172,8 +172,11 @@ import Testing
     }
 
     /// Connects over plain TCP, sends `first`, and once what it received contains `marker`,
-    /// sends `then`; returns everything received until the server closed (at most 20 s).
-    static func exchange(port: Int, sending first: [UInt8], thenOn marker: String, sending then: [UInt8]) async throws -> [UInt8] {
+    /// sends `then`; returns everything received until the server closed (at most 20 s, on a
+    /// thread of its own) and the seconds that took from the first send.
+    static func exchange(
+        port: Int, sending first: [UInt8], thenOn marker: String? = nil, sending then: [UInt8] = []
+    ) async throws -> (received: [UInt8], seconds: Double) {
         try await withCheckedThrowingContinuation { done in
             Thread.detachNewThread {
                 let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
@@ -186,51 +189,32 @@ import Testing
                     $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
                 }
                 guard connected == 0 else { return done.resume(throwing: StreamTestError("connect failed: \(errno)")) }
-                _ = send(fd, first, first.count, 0)
+                if !first.isEmpty { _ = send(fd, first, first.count, 0) }
                 var limit = timeval(tv_sec: 20, tv_usec: 0)
                 setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
+                let started = ContinuousClock.now
                 var received = [UInt8]()
-                var sent = false
+                var sent = marker == nil
                 var buffer = [UInt8](repeating: 0, count: 4096)
                 while true {
                     let n = recv(fd, &buffer, buffer.count, 0)
                     guard n > 0 else { break }
                     received += buffer[..<n]
-                    if !sent, String(decoding: received, as: UTF8.self).contains(marker) {
+                    if !sent, let marker, String(decoding: received, as: UTF8.self).contains(marker) {
                         sent = true
                         _ = send(fd, then, then.count, 0)
                     }
                 }
-                done.resume(returning: received)
+                let took = ContinuousClock.now - started
+                done.resume(returning: (received, Double(took.components.seconds) + Double(took.components.attoseconds) / 1e18))
             }
         }
     }
 
-    /// Connects over plain TCP, sends `bytes`, and waits (at most 20 s, on a thread of its own)
-    /// for the server to close the connection; the seconds it took (20 when it did not).
+    /// Connects over plain TCP, sends `bytes`, and waits (at most 20 s) for the server to close
+    /// the connection, whatever it answers; the seconds it took (20 when it did not).
     static func secondsUntilClosed(port: Int, sending bytes: [UInt8]) async throws -> Double {
-        try await withCheckedThrowingContinuation { done in
-            Thread.detachNewThread {
-                let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-                defer { close(fd) }
-                var address = sockaddr_in()
-                address.sin_family = sa_family_t(AF_INET)
-                address.sin_port = in_port_t(UInt16(port).bigEndian)
-                address.sin_addr.s_addr = inet_addr("127.0.0.1")
-                let connected = withUnsafePointer(to: &address) {
-                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-                }
-                guard connected == 0 else { return done.resume(throwing: StreamTestError("connect failed: \(errno)")) }
-                if !bytes.isEmpty { _ = send(fd, bytes, bytes.count, 0) }
-                var limit = timeval(tv_sec: 20, tv_usec: 0)
-                setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
-                let started = ContinuousClock.now
-                var buffer = [UInt8](repeating: 0, count: 4096)
-                while recv(fd, &buffer, buffer.count, 0) > 0 {}  // whatever it answers, then the close
-                let took = ContinuousClock.now - started
-                done.resume(returning: Double(took.components.seconds) + Double(took.components.attoseconds) / 1e18)
-            }
-        }
+        try await exchange(port: port, sending: bytes).seconds
     }
 
     /// A client that stops sending mid-request is disconnected after `idleTimeoutSeconds`,
