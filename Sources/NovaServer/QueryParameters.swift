@@ -27,6 +27,11 @@ struct QueryParameters {
     /// digits, UTF-8 once decoded, no NUL (which no field of an event may hold).
     static func decode(_ text: Substring, of name: String?) throws(APIError) -> String {
         let what = name ?? "a parameter name"
+        // Most values have no escape; Foundation's decoding was 1% of a query's time in perf.
+        guard text.utf8.contains(UInt8(ascii: "%")) else {
+            guard !text.utf8.contains(0) else { throw APIError(.badRequest, "\(what): must not contain NUL") }
+            return String(text)
+        }
         guard let decoded = String(text).removingPercentEncoding else {
             throw APIError(.badRequest, "\(what): not valid percent-encoding (a \"%\" takes two hex digits, and the bytes must be UTF-8)")
         }
