@@ -1,5 +1,4 @@
 import ArgumentParser
-import AsyncHTTPClient
 import Foundation
 import NIOCore
 import NIOHTTP1
@@ -65,49 +64,46 @@ struct BenchQuery: AsyncParsableCommand {
         let child = try await RecorderChild(directory: work, database: childDatabase)
         try await child.waitUntilReady()
 
-        var httpConfig = HTTPClient.Configuration()
-        httpConfig.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: clients)
         var groups = [BenchGroup]()
         var errors = [String]()
         var checked = 0
-        let base = child.base
-        try await withHTTPClient(httpConfig) { http in
-            for w in windowSeconds {
-                let window = Int64(w) * 1_000_000
-                let novaQuery: @Sendable (LaneRead) async throws -> ByteBuffer = { read in
-                    let url = "\(base)/v1/events?scope=\(DeviceFrames.scope)&from=\(read.from.rfc3339)&to=\(read.to.rfc3339)&lane=raw&limit=\(read.limit)"
-                    let response = try await http.execute(HTTPClientRequest(url: url), timeout: .seconds(60))
-                    let body = try await response.body.collect(upTo: 1 << 30)
-                    guard response.status == .ok else { throw CLIError("HTTP \(response.status.code): \(String(buffer: body).prefix(200))") }
+        let port = child.port
+        for w in windowSeconds {
+            let window = Int64(w) * 1_000_000
+            var capacity: Double?
+            for load in [nil] + loadFractions.map(Optional.init) {
+                let rate = load.flatMap { f in capacity.map { $0 * f } }
+                if load != nil, (rate ?? 0) < 1 { continue }  // under one query a second: no such row
+                let pace = rate.map { String(format: ", %.0f queries/s offered (%.0f%% of capacity)", $0, load! * 100) } ?? ", as fast as they can"
+                let group = "\(w)-second windows over \(events) events, \(clients) clients\(pace)"
+                FileHandle.standardError.write(Data("\(group): \(seconds) s through the HTTP API, then \(seconds) s through the bare driver...\n".utf8))
+                var connections = [BenchHTTPConnection]()
+                defer { connections.forEach { $0.close() } }
+                for _ in 0..<clients { connections.append(try await BenchHTTPConnection.connect(port: port)) }
+                let nova = try await measure("nova HTTP, \(clients) clients", window: window, layout: layout, rate: rate) { [connections] client, read in
+                    let (status, body) = try await connections[client].get(
+                        "/v1/events?scope=\(DeviceFrames.scope)&from=\(read.from.rfc3339)&to=\(read.to.rfc3339)&lane=raw&limit=\(read.limit)")
+                    guard status == 200 else { throw CLIError("HTTP \(status): \(String(buffer: body).prefix(200))") }
                     return body
                 }
-                var capacity: Double?
-                for load in [nil] + loadFractions.map(Optional.init) {
-                    let rate = load.flatMap { f in capacity.map { $0 * f } }
-                    if load != nil, (rate ?? 0) < 1 { continue }  // under one query a second: no such row
-                    let pace = rate.map { String(format: ", %.0f queries/s offered (%.0f%% of capacity)", $0, load! * 100) } ?? ", as fast as they can"
-                    let group = "\(w)-second windows over \(events) events, \(clients) clients\(pace)"
-                    FileHandle.standardError.write(Data("\(group): \(seconds) s through the HTTP API, then \(seconds) s through the bare driver...\n".utf8))
-                    let nova = try await measure("nova HTTP, \(clients) clients", window: window, layout: layout, rate: rate, query: novaQuery)
-                    errors += nova.errors
-                    checked += nova.figure.queries ?? 0
-                    if load == nil { capacity = nova.figure.queriesPerSecond }
-                    let bare: BenchFigure
-                    if let database {
-                        let pg = PostgresBareQuery(location: database, connections: clients, logger: logger)
-                        bare = try await measure("baseline: same SQL, bare postgres-nio", window: window, layout: layout, rate: rate) { read in
-                            ByteBuffer(integer: Int64(try await pg.count(read)))
-                        }.figure
-                        pg.close()
-                    } else {
-                        let sqlite = try SQLiteBareQuery(path: sqlitePath)
-                        bare = try await measure("baseline: same SQL, bare GRDB", window: window, layout: layout, rate: rate) { read in
-                            ByteBuffer(integer: Int64(try await sqlite.count(read)))
-                        }.figure
-                        try sqlite.close()
-                    }
-                    groups.append(BenchGroup(group, figure: nova.figure, baselines: [bare]))
+                errors += nova.errors
+                checked += nova.figure.queries ?? 0
+                if load == nil { capacity = nova.figure.queriesPerSecond }
+                let bare: BenchFigure
+                if let database {
+                    let pg = PostgresBareQuery(location: database, connections: clients, logger: logger)
+                    bare = try await measure("baseline: same SQL, bare postgres-nio", window: window, layout: layout, rate: rate) { _, read in
+                        ByteBuffer(integer: Int64(try await pg.count(read)))
+                    }.figure
+                    pg.close()
+                } else {
+                    let sqlite = try SQLiteBareQuery(path: sqlitePath)
+                    bare = try await measure("baseline: same SQL, bare GRDB", window: window, layout: layout, rate: rate) { _, read in
+                        ByteBuffer(integer: Int64(try await sqlite.count(read)))
+                    }.figure
+                    try sqlite.close()
                 }
+                groups.append(BenchGroup(group, figure: nova.figure, baselines: [bare]))
             }
         }
         let rss = peakRSS(pid: child.pid)
@@ -120,13 +116,14 @@ struct BenchQuery: AsyncParsableCommand {
         if !errors.isEmpty { throw ExitCode(1) }
     }
 
-    /// Runs `clients` concurrent loops of random `window` queries for `seconds`; an answer is a
-    /// ByteBuffer of NDJSON (checked) or of one Int64 row count (a baseline's, also checked).
+    /// Runs `clients` concurrent loops of random `window` queries for `seconds` (`query` is told
+    /// its client's number); an answer is a ByteBuffer of NDJSON (checked) or of one Int64 row
+    /// count (a baseline's, also checked).
     /// With a `rate` (queries/s over all clients), each client's queries fall due on a fixed
     /// schedule (its own phase, then every `clients / rate` seconds) and a latency runs from when
     /// its query was due, not from when it was sent.
     private func measure(
-        _ name: String, window: Int64, layout: Layout, rate: Double? = nil, query: @escaping @Sendable (LaneRead) async throws -> ByteBuffer
+        _ name: String, window: Int64, layout: Layout, rate: Double? = nil, query: @escaping @Sendable (Int, LaneRead) async throws -> ByteBuffer
     ) async throws -> (figure: BenchFigure, errors: [String]) {
         let deadline = ContinuousClock.now + .seconds(seconds)
         let start = ContinuousClock.now
@@ -149,7 +146,7 @@ struct BenchQuery: AsyncParsableCommand {
                         let read = LaneRead(lane: .raw, scopeId: DeviceFrames.scope, timebase: .canonical, from: from,
                                             to: Timestamp(microseconds: from.microseconds + window), limit: 100_000)
                         let t0 = interval == nil ? ContinuousClock.now : due
-                        let answer = try await query(read)
+                        let answer = try await query(client, read)
                         samples.append((ContinuousClock.now - t0).seconds)
                         if let interval { due += interval }
                         let expected = layout.count(from: read.from, to: read.to)

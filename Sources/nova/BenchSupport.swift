@@ -220,6 +220,7 @@ final class RecorderChild {
     let process = Process()
     let directory: String
     let base: String
+    var port: Int { Int(base.split(separator: ":").last!)! }
 
     /// A recorder on a SQLite file in `directory`, or with `database` (a `database` configuration
     /// object), `nova serve` on that store. `extra`: more top-level keys (`, "sync": {…}`);
