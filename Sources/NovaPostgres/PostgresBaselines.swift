@@ -123,22 +123,32 @@ public enum PostgresBaselines {
     }
 }
 
-/// The query benchmark's baseline on PostgreSQL: the same ordered range SQL the store runs, through
-/// a bare `PostgresClient`, counting rows without decoding them into events.
+/// The query benchmark's baseline on PostgreSQL: the same ordered range SQL the store runs (the
+/// same prepared statements, on a pool set up as the store's read pool), through a bare
+/// `PostgresClient`, counting rows without decoding them into events.
 public final class PostgresBareQuery: Sendable {
     let client: PostgresClient
+    let logger: Logger
     private let running: Task<Void, Never>
 
     public init(location: PostgresLocation, connections: Int, logger: Logger) {
-        let client = PostgresClient(configuration: location.clientConfiguration(maximumConnections: connections), backgroundLogger: adminLogger(logger))
+        let configuration = location.clientConfiguration(maximumConnections: connections, reads: true)
+        let client = PostgresClient(configuration: configuration, backgroundLogger: adminLogger(logger))
         self.client = client
+        self.logger = logger
         running = Task { await client.run() }
     }
 
     public func count(_ read: LaneRead) async throws -> Int {
-        var n = 0
-        for try await _ in try await client.query(try PostgresStore.query(read)) { n += 1 }
-        return n
+        let logger = logger
+        return try await client.withConnection { conn in
+            var n = 0
+            try await PostgresStore.forEachRow(of: read, on: conn, logger: logger) { _ in
+                n += 1
+                return true
+            }
+            return n
+        }
     }
 
     public func close() {

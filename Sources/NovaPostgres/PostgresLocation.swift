@@ -65,13 +65,19 @@ public struct PostgresLocation: Sendable, CustomStringConvertible {
 
     /// The pool's settings for this location: one place, so that the store, the tools and the
     /// baselines all connect the same way (TLS included).
-    public func clientConfiguration(maximumConnections: Int? = nil) -> PostgresClient.Configuration {
+    ///
+    /// `reads`: a pool for the ordered reads alone, whose sessions keep a generic plan for each
+    /// prepared statement (`plan_cache_mode`). PostgreSQL's own choice kept planning every read
+    /// afresh (the generic plan's estimate for an unknown time range is far above a custom plan
+    /// for a known one), and the setting is the whole session's, so it gets sessions of its own:
+    /// the hub's other statements stay planned per call.
+    public func clientConfiguration(maximumConnections: Int? = nil, reads: Bool = false) -> PostgresClient.Configuration {
         var configuration = PostgresClient.Configuration(
             host: host, port: port, username: user, password: password, database: database,
             tls: tlsConfiguration.map { .require($0) } ?? .disable)
         configuration.options.maximumConnections = maximumConnections ?? pool.maxSize
         configuration.options.connectTimeout = .seconds(pool.connectionTimeout)
-        configuration.options.additionalStartupParameters = Self.sessionSettings
+        configuration.options.additionalStartupParameters = Self.sessionSettings + (reads ? [("plan_cache_mode", "force_generic_plan")] : [])
         return configuration
     }
 

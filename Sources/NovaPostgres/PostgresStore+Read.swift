@@ -10,19 +10,17 @@ extension PostgresStore {
         if read.limit <= 0 || read.from >= read.to { return [] }
         do {
             let logger = logger
-            return try await connection { conn in
-                let rows = try await conn.query(try Self.query(read), logger: logger)
+            return try await connection(reads: true) { conn in
                 var events = [Event]()
                 events.reserveCapacity(min(read.limit, 1024))
                 var bytes = 0
-                for try await row in rows {
+                try await Self.forEachRow(of: read, on: conn, logger: logger) { row in
                     // Measured before it is appended: read back from the array, each event was
                     // copied (perf of a REWIND: the event's copy went from 0.4% to 1.4%).
                     let event = try Self.decode(row, lane: read.lane)
                     if let maxBytes = read.maxBytes { bytes += event.preimageLength }
                     events.append(event)
-                    // The rest of the answer is discarded by the driver.
-                    if let maxBytes = read.maxBytes, bytes >= maxBytes { break }
+                    return !(read.maxBytes.map { bytes >= $0 } ?? false)
                 }
                 return events
             }
@@ -31,16 +29,13 @@ extension PostgresStore {
         }
     }
 
-    /// The ordered read of `read` with its parameters bound in `LaneSQL` order.
-    public static func query(_ read: LaneRead, prefix: String = "") throws -> PostgresQuery {
-        let after = read.effectiveAfter
-        let sql = LaneSQL(read.lane).select(
-            read.timebase, keyset: after != nil, hasFilter: read.filter != nil, hasSnapshot: read.throughSeq != nil, dialect: dialect)
+    /// `read`'s parameters in `LaneSQL.select`'s order.
+    static func binds(_ read: LaneRead) -> PostgresBindings {
         var binds = PostgresBindings()
         binds.append(read.scopeId)
         binds.append(PostgresTimestamp(value: read.to))
         binds.append(Int64(read.limit))
-        if let after {
+        if let after = read.effectiveAfter {
             binds.append(PostgresTimestamp(value: after.time))
             if after.lane == .raw {
                 binds.append(after.connectionId)
@@ -52,7 +47,7 @@ extension PostgresStore {
         }
         if let filter = read.filter { binds.append(filter) }
         if let seq = read.throughSeq { binds.append(seq) }
-        return PostgresQuery(unsafeSQL: prefix + sql, binds: binds)
+        return binds
     }
 
     public func readCommitted(_ lane: Lane, seqs: ClosedRange<Int64>, maxBytes: Int?) async throws(StoreError) -> [CommittedEvent] {
@@ -147,13 +142,16 @@ extension PostgresStore {
         return cell
     }
 
-    /// PostgreSQL's plan for an ordered lane read (`EXPLAIN`, text format), one line per node.
+    /// PostgreSQL's plan for an ordered lane read with its values (`EXPLAIN`, text format), one
+    /// line per node. Reads run the generic plan of a prepared statement (``LaneReadStatement``),
+    /// which the conformance tests check for the same shape.
     public func explain(_ read: LaneRead) async throws(StoreError) -> [String] {
         _ = try ensureReady()
         do {
             let logger = logger
             return try await connection { conn in
-                let rows = try await conn.query(try Self.query(read, prefix: "EXPLAIN "), logger: logger)
+                let sql = type(of: Self.statement(read)).sql
+                let rows = try await conn.query(PostgresQuery(unsafeSQL: "EXPLAIN " + sql, binds: Self.binds(read)), logger: logger)
                 var lines = [String]()
                 for try await line in rows.decode(String.self) { lines.append(line) }
                 return lines

@@ -29,6 +29,9 @@ func sqlState(_ error: any Error) -> String? {
 public final class PostgresStore: EventStore, Service, Sendable {
     public let location: PostgresLocation
     let client: PostgresClient
+    /// The ordered reads' own pool (``LaneReadStatement``), of up to `pool.maxSize` connections
+    /// beside `client`'s.
+    let readClient: PostgresClient
     let logger: Logger
     let partitions: PartitionCatalog
     let state: Mutex<State>
@@ -61,12 +64,16 @@ public final class PostgresStore: EventStore, Service, Sendable {
         self.maintainsPartitions = maintainsPartitions
         self.retriesRefusals = retriesRefusals
         self.logger = logger
-        var configuration = location.clientConfiguration()
-        configuration.options.minimumConnections = location.pool.minSize
-        configuration.options.additionalStartupParameters += [
-            ("statement_timeout", "\(location.pool.commandTimeout)s"), ("application_name", "nova"), ("TimeZone", "UTC"),
-        ]
-        client = PostgresClient(configuration: configuration, backgroundLogger: logger)
+        func pool(reads: Bool) -> PostgresClient {
+            var configuration = location.clientConfiguration(reads: reads)
+            configuration.options.minimumConnections = location.pool.minSize
+            configuration.options.additionalStartupParameters += [
+                ("statement_timeout", "\(location.pool.commandTimeout)s"), ("application_name", "nova"), ("TimeZone", "UTC"),
+            ]
+            return PostgresClient(configuration: configuration, backgroundLogger: logger)
+        }
+        client = pool(reads: false)
+        readClient = pool(reads: true)
         partitions = PartitionCatalog()
         state = Mutex(.starting(lastError: nil))
     }
@@ -95,6 +102,7 @@ public final class PostgresStore: EventStore, Service, Sendable {
     public func run() async throws {
         try await withThrowingDiscardingTaskGroup { group in
             group.addTask { await self.client.run() }
+            group.addTask { await self.readClient.run() }
             do {
                 try await cancelWhenGracefulShutdown {
                     try await self.prepareWithRetry()
@@ -189,16 +197,16 @@ public final class PostgresStore: EventStore, Service, Sendable {
         }
     }
 
-    /// Runs `body` on a pooled connection, but gives up with `.unavailable` when none can be had
+    /// Runs `body` on a pooled connection (of the read pool with `reads`), but gives up with `.unavailable` when none can be had
     /// within `connectionTimeout`: while the server is down the pool keeps trying to connect, and a
     /// request must fail (503) rather than wait for it.
     ///
     /// The deadline is an event-loop timer that cancels the lease, not a racing child task: this
     /// wraps every query, and a sleeping task per query cost a third of the hub's query throughput.
-    func connection<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
+    func connection<T: Sendable>(reads: Bool = false, _ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
         let acquired = Flag()
         let timedOut = Flag()
-        let client = client
+        let client = reads ? readClient : client
         // The operation resumes the caller itself (one task per query, not a second one waiting
         // on the first); `outcome` takes whichever comes first, the answer or the bound below.
         let outcome = Resumed<T>()

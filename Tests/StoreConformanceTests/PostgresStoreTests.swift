@@ -16,8 +16,9 @@ import Testing
         }
     }
 
-    /// With realistic statistics, an ordered range read is a (merge of) per-partition index scans
-    /// and never a Sort node, for both timebases, with and without a cursor and a filter.
+    /// With realistic statistics, an ordered range read, as reads run it (prepared, with the
+    /// generic plan the read pool keeps), is a (merge of) per-partition index scans and never a
+    /// Sort node, for both timebases, with and without a cursor and a filter.
     @Test func orderedReadsUseIndexScansWithoutSort() async throws {
         let (store, cleanup) = try await TestPostgres.makeStore()
         defer { Task { await cleanup() } }
@@ -48,12 +49,41 @@ import Testing
                         let nodes = plan.map { $0.trimmingCharacters(in: .whitespaces) }.map { $0.hasPrefix("->") ? String($0.dropFirst(2)).trimmingCharacters(in: .whitespaces) : $0 }
                         #expect(!nodes.contains { $0.hasPrefix("Sort  (") || $0.hasPrefix("Incremental Sort  (") }, "\(lane) \(timebase) keyset=\(keyset) filter=\(filter ?? "-"):\n\(text)")
                         #expect(text.contains("Index Scan") || text.contains("Index Only Scan"), "\(text)")
+                        // As reads run it: the generic plan that the read pool's sessions keep.
+                        let generic = try await Self.genericPlan(read, store: store)
+                        let genericText = generic.joined(separator: "\n")
+                        #expect(genericText.contains("= $1"), "a generic plan (parameters, not values):\n\(genericText)")
+                        #expect(!generic.contains { $0.contains("Sort  (") }, "\(lane) \(timebase) keyset=\(keyset) filter=\(filter ?? "-"):\n\(genericText)")
+                        #expect(genericText.contains("Index Scan") || genericText.contains("Index Only Scan"), "\(genericText)")
                         if timebase == .source {
                             #expect(text.contains("Merge Append"), "a merge of per-partition index scans:\n\(text)")
                         }
                     }
                 }
             }
+        }
+    }
+
+    /// `EXPLAIN EXECUTE` of `read`'s prepared statement on a read-pool session, after running it
+    /// there. EXECUTE takes no parameters inside EXPLAIN, so the values are written out as
+    /// literals here (test values, in the order of `PostgresStore.binds`).
+    static func genericPlan(_ read: LaneRead, store: PostgresStore) async throws -> [String] {
+        var values = ["'\(read.scopeId)'", "'\(read.to.rfc3339)'", "\(read.limit)"]
+        if let after = read.effectiveAfter {
+            values.append("'\(after.time.rfc3339)'")
+            if after.lane == .raw { values += ["'\(after.connectionId)'", "\(after.sequence)"] }
+            values.append("'\\x\(after.eventId.hex)'::bytea")
+        } else {
+            values.append("'\(read.from.rfc3339)'")
+        }
+        if let filter = read.filter { values.append("'\(filter)'") }
+        let sql = "EXPLAIN EXECUTE \"\(type(of: PostgresStore.statement(read)).name)\"(\(values.joined(separator: ", ")))"
+        let logger = store.logger
+        return try await store.connection(reads: true) { conn in
+            try await PostgresStore.forEachRow(of: read, on: conn, logger: logger) { _ in false }
+            var lines = [String]()
+            for try await line in try await conn.query(PostgresQuery(unsafeSQL: sql), logger: logger).decode(String.self) { lines.append(line) }
+            return lines
         }
     }
 
