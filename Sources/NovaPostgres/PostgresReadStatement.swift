@@ -9,9 +9,9 @@ import PostgresNIO
 /// showed PostgreSQL spending a quarter to a third of its time parsing and planning each read
 /// afresh, as it does for an unnamed statement. Prepared and planned once per connection, the
 /// read's plan prunes partitions when it runs (`EXPLAIN EXECUTE` shows "Subplans Removed") over
-/// the same ordered index scans, with no Sort. Measured (2,000,000 events, alternating): 2,323
-/// and 2,253 queries/s through the HTTP API against 1,973 and 2,099; the bare driver 6,032 and
-/// 5,812 against 4,337 and 5,147. postgres-nio names a prepared statement by its type and takes
+/// the same ordered index scans, with no Sort. Measured (2,000,000 events, alternating): 2,263
+/// and 2,269 queries/s through the HTTP API against 1,942 and 1,971; the bare driver 6,503 and
+/// 6,163 against 4,933 and 4,655. postgres-nio names a prepared statement by its type and takes
 /// its SQL from the type, so the shape's parts are type parameters, chosen by
 /// ``PostgresStore/statement(_:)``.
 protocol LaneReadStatement: PostgresPreparedStatement where Row == PostgresRow {
@@ -57,7 +57,7 @@ struct ShapedRead<
 extension PostgresStore {
     /// Runs the ordered read of `read` on `conn` (of a read pool) as its shape's prepared
     /// statement, handing each row to `body` until it returns false; the driver discards the rest.
-    public static func forEachRow(
+    static func forEachRow(
         of read: LaneRead, on conn: PostgresConnection, logger: Logger, _ body: (PostgresRow) throws -> Bool
     ) async throws {
         try await run(Self.statement(read), on: conn, logger: logger, body)

@@ -197,9 +197,9 @@ public final class PostgresStore: EventStore, Service, Sendable {
         }
     }
 
-    /// Runs `body` on a pooled connection (of the read pool with `reads`), but gives up with `.unavailable` when none can be had
-    /// within `connectionTimeout`: while the server is down the pool keeps trying to connect, and a
-    /// request must fail (503) rather than wait for it.
+    /// Runs `body` on a pooled connection (of the read pool with `reads`), but gives up with
+    /// `.unavailable` when none can be had within `connectionTimeout`: while the server is down the
+    /// pool keeps trying to connect, and a request must fail (503) rather than wait for it.
     ///
     /// The deadline is an event-loop timer that cancels the lease, not a racing child task: this
     /// wraps every query, and a sleeping task per query cost a third of the hub's query throughput.
