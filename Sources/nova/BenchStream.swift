@@ -55,7 +55,7 @@ struct BenchStream: AsyncParsableCommand {
         try await child.waitUntilReady()
         let live: (delivery: BenchFigure, ack: BenchFigure, events: Int, errors: [String], note: String)
         do {
-            live = try await measureLive(base: child.base)
+            live = try await measureLive(base: child.base, port: child.port)
         } catch {
             // The child must not outlive a benchmark that gives up.
             await child.stop()
@@ -78,7 +78,7 @@ struct BenchStream: AsyncParsableCommand {
         try await child.waitUntilReady()
         let from = generated[0].canonicalTruthTime
         let to = Timestamp(microseconds: generated[events - 1].canonicalTruthTime.microseconds + 1)
-        let rewind = try await measureRewind(base: child.base, from: from, to: to, expected: generated)
+        let rewind = try await measureRewind(port: child.port, from: from, to: to, expected: generated)
         errors += rewind.errors
         if rewind.errors.isEmpty { checks.append("REWIND: \(events) events counted, every tenth id checked against the contract order, then `end`") }
         rss = max(rss ?? 0, peakRSS(pid: child.pid) ?? 0)
@@ -111,7 +111,7 @@ struct BenchStream: AsyncParsableCommand {
     }
 
     /// Ingest at `rate` while `clients` LIVE clients count what they receive, per batch.
-    private func measureLive(base: String) async throws -> (delivery: BenchFigure, ack: BenchFigure, events: Int, errors: [String], note: String) {
+    private func measureLive(base: String, port: Int) async throws -> (delivery: BenchFigure, ack: BenchFigure, events: Int, errors: [String], note: String) {
         let batch = batch
         let devices = devices
         let rate = rate
@@ -123,7 +123,6 @@ struct BenchStream: AsyncParsableCommand {
             for event in frames[(b * batch)..<min(total, (b + 1) * batch)] { DeviceFrames.writeIngestLine(event, into: &out) }
             return ByteBuffer(bytes: out)
         }
-        let port = Int(base.split(separator: ":").last!)!
         let acks = Shared([ContinuousClock.Instant?](repeating: nil, count: batches))
         let ready = Shared(0)
         // A client that ends before the ingest starts (refused, or over the server's
@@ -210,8 +209,7 @@ struct BenchStream: AsyncParsableCommand {
     }
 
     /// One client rewinds [from, to) at speed 0 and checks count and order.
-    private func measureRewind(base: String, from: Timestamp, to: Timestamp, expected: [Event]) async throws -> (figure: BenchFigure, errors: [String]) {
-        let port = Int(base.split(separator: ":").last!)!
+    private func measureRewind(port: Int, from: Timestamp, to: Timestamp, expected: [Event]) async throws -> (figure: BenchFigure, errors: [String]) {
         let progress = Progress("REWIND", total: expected.count)
         let ids = expected.map(\.eventId)
         let started = ContinuousClock.now
