@@ -80,11 +80,15 @@ struct BenchQuery: AsyncParsableCommand {
                 var connections = [BenchHTTPConnection]()
                 defer { connections.forEach { $0.close() } }
                 for _ in 0..<clients { connections.append(try await BenchHTTPConnection.connect(port: port)) }
-                let nova = try await measure("nova HTTP, \(clients) clients", window: window, layout: layout, rate: rate) { [connections] client, read in
+                let cpuBefore = cpuSeconds(pid: child.pid)
+                var nova = try await measure("nova HTTP, \(clients) clients", window: window, layout: layout, rate: rate) { [connections] client, read in
                     let (status, body) = try await connections[client].get(
                         "/v1/events?scope=\(DeviceFrames.scope)&from=\(read.from.rfc3339)&to=\(read.to.rfc3339)&lane=raw&limit=\(read.limit)")
                     guard status == 200 else { throw CLIError("HTTP \(status): \(String(buffer: body).prefix(200))") }
                     return body
+                }
+                if let cpuBefore, let cpuAfter = cpuSeconds(pid: child.pid), let queries = nova.figure.queries, queries > 0 {
+                    nova.figure.serverCPUPerQueryMs = (cpuAfter - cpuBefore) * 1000 / Double(queries)
                 }
                 errors += nova.errors
                 checked += nova.figure.queries ?? 0

@@ -42,6 +42,10 @@ struct BenchFigure: Codable {
     var p50Ms: Double?
     var p95Ms: Double?
     var p99Ms: Double?
+    /// The server process's CPU time (user and system, all threads) per query over the run: what
+    /// each query costs the server, which a shared machine's speed changes far less than it
+    /// changes queries/s.
+    var serverCPUPerQueryMs: Double?
 
     static func throughput(_ name: String, events: Int, time: Duration) -> BenchFigure {
         BenchFigure(name: name, events: events, seconds: time.seconds, eventsPerSecond: Double(events) / time.seconds)
@@ -59,6 +63,7 @@ struct BenchFigure: Codable {
     var summary: String {
         if let p95Ms, let p50Ms, let p99Ms, let queriesPerSecond {
             return String(format: "p50 %7.2f ms  p95 %7.2f ms  p99 %7.2f ms  %8.0f q/s", p50Ms, p95Ms, p99Ms, queriesPerSecond)
+                + (serverCPUPerQueryMs.map { String(format: "  server CPU %.3f ms/q", $0) } ?? "")
         }
         return String(format: "%12.0f ev/s  %8.2f s", eventsPerSecond ?? 0, seconds ?? 0)
     }
@@ -172,6 +177,19 @@ extension Duration {
 }
 
 /// Peak resident memory of a process (VmHWM), in bytes.
+/// The CPU time a process has used so far (user and system, all its threads), from
+/// `/proc/PID/stat`.
+func cpuSeconds(pid: Int32) -> Double? {
+    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+          let close = stat.lastIndex(of: ")")
+    else { return nil }
+    // After the command's closing parenthesis: state (field 3) onwards; utime and stime are
+    // fields 14 and 15, in clock ticks.
+    let fields = stat[stat.index(after: close)...].split(separator: " ")
+    guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
+    return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
+}
+
 func peakRSS(pid: Int32) -> Int? {
     guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
           let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),

@@ -56,6 +56,7 @@ struct BenchTable: ParsableCommand {
     static func cell(_ f: BenchFigure) -> String {
         if let p50 = f.p50Ms, let p95 = f.p95Ms, let p99 = f.p99Ms, let qps = f.queriesPerSecond {
             return String(format: "p50 %.2f / p95 %.2f / p99 %.2f ms, %.0f q/s", p50, p95, p99, qps)
+                + (f.serverCPUPerQueryMs.map { String(format: ", server CPU %.3f ms/q", $0) } ?? "")
         }
         return String(format: "%.0f ev/s", f.eventsPerSecond ?? 0)
     }
