@@ -1,3 +1,5 @@
+import Foundation
+
 /// The effective configuration of a `nova` process: the keys of api.md, each with a default.
 ///
 /// Loaded from JSON by ``NovaConfiguration/load(json:)``: an unknown key, a wrong type or a value
@@ -39,6 +41,14 @@ public struct NovaConfiguration: Sendable, Equatable {
     public struct Pool: Sendable, Equatable {
         public var minSize = 2
         public var maxSize = 20
+        /// The ordered reads' own pool. More reads at once than the server has cores to run them
+        /// only adds contention, and a pool sized to its clients parks a connection after nearly
+        /// every read, which in postgres-nio starts keep-alive and idle timer tasks each time; a
+        /// small pool stays leased under load and queues the rest in order. The default follows
+        /// PostgreSQL's rule of thumb (twice the cores), taken from this machine, where a small
+        /// hub's server usually runs.
+        public var readMaxSize = Pool.defaultReadMaxSize
+        public static let defaultReadMaxSize = max(2, 2 * ProcessInfo.processInfo.activeProcessorCount)
         /// Seconds.
         public var commandTimeout = 60
         /// Seconds.
@@ -269,6 +279,7 @@ extension NovaConfiguration {
                 if let pool = try p.object("pool") {
                     pg.pool.minSize = try pool.int("minSize", default: pg.pool.minSize, in: 0...1000)
                     pg.pool.maxSize = try pool.int("maxSize", default: pg.pool.maxSize, in: 1...1000)
+                    pg.pool.readMaxSize = try pool.int("readMaxSize", default: pg.pool.readMaxSize, in: 1...1000)
                     pg.pool.commandTimeout = try pool.int("commandTimeout", default: pg.pool.commandTimeout, in: 1...86_400)
                     pg.pool.connectionTimeout = try pool.int("connectionTimeout", default: pg.pool.connectionTimeout, in: 1...3600)
                     guard pg.pool.minSize <= pg.pool.maxSize else {
@@ -413,7 +424,7 @@ extension NovaConfiguration {
             "timescaledb": {
               "host": \(s(pg.host)), "port": \(pg.port), "database": \(s(pg.database)), "user": \(s(pg.user)),
               "password_env": \(s(pg.passwordEnv)),
-              "pool": { "minSize": \(pg.pool.minSize), "maxSize": \(pg.pool.maxSize), "commandTimeout": \(pg.pool.commandTimeout), "connectionTimeout": \(pg.pool.connectionTimeout) },
+              "pool": { "minSize": \(pg.pool.minSize), "maxSize": \(pg.pool.maxSize), "readMaxSize": \(pg.pool.readMaxSize), "commandTimeout": \(pg.pool.commandTimeout), "connectionTimeout": \(pg.pool.connectionTimeout) },
               "hypertable": { "chunkInterval": \(s(pg.hypertable.chunkInterval)), "compressionAfter": \(s(pg.hypertable.compressionAfter)), "retentionAfter": \(s(pg.hypertable.retentionAfter)) },
               "tls": \(s(pg.tls.rawValue)), "caFile": \(pg.caFile.map(s) ?? "null")
             },

@@ -75,7 +75,8 @@ public struct PostgresLocation: Sendable, CustomStringConvertible {
         var configuration = PostgresClient.Configuration(
             host: host, port: port, username: user, password: password, database: database,
             tls: tlsConfiguration.map { .require($0) } ?? .disable)
-        configuration.options.maximumConnections = maximumConnections ?? pool.maxSize
+        configuration.options.maximumConnections = maximumConnections ?? (reads ? pool.readMaxSize : pool.maxSize)
+        configuration.options.minimumConnections = min(pool.minSize, configuration.options.maximumConnections)
         configuration.options.connectTimeout = .seconds(pool.connectionTimeout)
         configuration.options.additionalStartupParameters = Self.sessionSettings + (reads ? [("plan_cache_mode", "force_generic_plan")] : [])
         return configuration

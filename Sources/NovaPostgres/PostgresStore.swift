@@ -29,8 +29,8 @@ func sqlState(_ error: any Error) -> String? {
 public final class PostgresStore: EventStore, Service, Sendable {
     public let location: PostgresLocation
     let client: PostgresClient
-    /// The ordered reads' own pool (``LaneReadStatement``), of up to `pool.maxSize` connections
-    /// beside `client`'s.
+    /// The ordered reads' own pool (``LaneReadStatement``), of up to `pool.readMaxSize`
+    /// connections beside `client`'s.
     let readClient: PostgresClient
     let logger: Logger
     let partitions: PartitionCatalog
@@ -66,7 +66,6 @@ public final class PostgresStore: EventStore, Service, Sendable {
         self.logger = logger
         func pool(reads: Bool) -> PostgresClient {
             var configuration = location.clientConfiguration(reads: reads)
-            configuration.options.minimumConnections = location.pool.minSize
             configuration.options.additionalStartupParameters += [
                 ("statement_timeout", "\(location.pool.commandTimeout)s"), ("application_name", "nova"), ("TimeZone", "UTC"),
             ]

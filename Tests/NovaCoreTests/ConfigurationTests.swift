@@ -33,6 +33,7 @@ import Testing
         (#"{"server": {"tokens": [{"sha256": "\#(String(repeating: "a", count: 64))", "roles": ["root"]}]}}"#, "server.tokens[0].roles: unknown role"),
         (#"{"server": {"tokens": [{"sha256": "\#(String(repeating: "a", count: 64))", "roles": ["sync"]}]}}"#, "server.tokens[0].siteId: required"),
         (#"{"database": {"timescaledb": {"pool": {"minSize": 30, "maxSize": 20}}}}"#, "database.timescaledb.pool.minSize: must not exceed"),
+        (#"{"database": {"timescaledb": {"pool": {"readMaxSize": 0}}}}"#, "database.timescaledb.pool.readMaxSize: must be between 1 and 1000"),
         (#"{"database": {"timescaledb": {"hypertable": {"chunkInterval": "daily"}}}}"#, "database.timescaledb.hypertable.chunkInterval: must be"),
         (#"{"limits": {"maxStringBytes": 1000}}"#, "limits.maxStringBytes: must be between 1 and 256"),
         (#"{"core": []}"#, "core: must be an object"),

@@ -64,6 +64,20 @@ import Testing
         }
     }
 
+    /// Ordered reads get a pool of `pool.readMaxSize` connections (the minimum kept open never
+    /// above it); everything else keeps `maxSize`.
+    @Test func readsHaveAPoolOfTheirOwnSize() throws {
+        var location = try PostgresLocation(locator: "postgres://nova@127.0.0.1:5432/nova", environment: ["NOVA_DB_PASSWORD": "x"])
+        location.pool.minSize = 6
+        location.pool.maxSize = 20
+        location.pool.readMaxSize = 4
+        #expect(location.clientConfiguration(reads: true).options.maximumConnections == 4)
+        #expect(location.clientConfiguration(reads: true).options.minimumConnections == 4)
+        #expect(location.clientConfiguration().options.maximumConnections == 20)
+        #expect(location.clientConfiguration().options.minimumConnections == 6)
+        #expect(NovaConfiguration.Pool().readMaxSize == max(2, 2 * ProcessInfo.processInfo.activeProcessorCount))
+    }
+
     /// `EXPLAIN EXECUTE` of `read`'s prepared statement on a read-pool session, after running it
     /// there. EXECUTE takes no parameters inside EXPLAIN, so the values are written out as
     /// literals here (test values, in the order of `PostgresStore.binds`).
