@@ -9,8 +9,8 @@ extension EventStore {
     public func page(_ query: EventQuery) async throws(StoreError) -> EventPage {
         let want = query.limit + 1
         if query.lanes.count == 1 {
-            let events = try await read(query.laneRead(query.lanes[0], after: query.after, limit: want))
-            return EventPage(events: events, limit: query.limit, timebase: query.timebase, cut: events.reachesBytes(query.maxBytes))
+            let read = try await read(query.laneRead(query.lanes[0], after: query.after, limit: want))
+            return EventPage(events: read.events, limit: query.limit, timebase: query.timebase, cut: read.reachedBytes)
         }
         var heads = [LaneCursor]()
         let firstChunk = Swift.min(want, Swift.max(64, want / query.lanes.count + 1))
@@ -82,9 +82,10 @@ private struct LaneCursor {
     mutating func refill(from store: some EventStore, timebase: Timebase, cap: Int) async throws(StoreError) {
         guard !exhausted else { return }
         if let last = buffer.last { read.after = last.orderingKey(timebase) }
-        buffer = try await store.read(read)
+        let result = try await store.read(read)
+        buffer = result.events
         position = 0
-        exhausted = buffer.count < read.limit && !buffer.reachesBytes(read.maxBytes)
+        exhausted = buffer.count < read.limit && !result.reachedBytes
         read.limit = Swift.min(cap, read.limit * 2)
         if let first = buffer.first { headKey = first.orderingKey(timebase) }
     }

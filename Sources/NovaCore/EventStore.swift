@@ -5,8 +5,9 @@ public protocol EventStore: Sendable {
     /// the accepted events are durably committed.
     func append(_ events: [Event]) async throws(StoreError) -> AppendResult
 
-    /// One lane's events in contract order, at most `read.limit` of them.
-    func read(_ read: LaneRead) async throws(StoreError) -> [Event]
+    /// One lane's events in contract order, at most `read.limit` of them, and whether they
+    /// stopped at `read.maxBytes`.
+    func read(_ read: LaneRead) async throws(StoreError) -> LaneReadResult
 
     /// One lane's events with `ingestSeq` in `seqs`, in commit order (every scope), stopping once
     /// their content reaches `maxBytes` when given. Streams, the feed and the shipper use it

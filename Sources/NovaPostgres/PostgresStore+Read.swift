@@ -5,24 +5,26 @@ import PostgresNIO
 extension PostgresStore {
     static let dialect = LaneSQL.Dialect(quote: { "\"\($0)\"" }, placeholder: { "$\($0)" }, filterPrefix: "")
 
-    public func read(_ read: LaneRead) async throws(StoreError) -> [Event] {
+    public func read(_ read: LaneRead) async throws(StoreError) -> LaneReadResult {
         _ = try ensureReady()
-        if read.limit <= 0 || read.from >= read.to { return [] }
+        if read.limit <= 0 || read.from >= read.to { return LaneReadResult(events: [], reachedBytes: false) }
         do {
             let logger = logger
             return try await connection(reads: true) { conn in
                 var events = [Event]()
                 events.reserveCapacity(min(read.limit, 1024))
                 var bytes = 0
+                var reached = false
                 try await Self.forEachRow(of: read, on: conn, logger: logger) { row in
                     // Measured before it is appended: read back from the array, each event was
                     // copied (perf of a REWIND: the event's copy went from 0.4% to 1.4%).
                     let event = try Self.decode(row, lane: read.lane)
-                    if let maxBytes = read.maxBytes { bytes += event.preimageLength }
+                    if read.maxBytes != nil { bytes += event.preimageLength }
                     events.append(event)
-                    return !(read.maxBytes.map { bytes >= $0 } ?? false)
+                    reached = read.maxBytes.map { bytes >= $0 } ?? false
+                    return !reached
                 }
-                return events
+                return LaneReadResult(events: events, reachedBytes: reached)
             }
         } catch {
             throw mapError(error)

@@ -4,8 +4,8 @@ import NovaCore
 extension SQLiteStore {
     static let dialect = LaneSQL.Dialect(quote: { $0 }, placeholder: { "?\($0)" }, filterPrefix: "+")
 
-    public func read(_ read: LaneRead) async throws(StoreError) -> [Event] {
-        if read.limit <= 0 || read.from >= read.to { return [] }
+    public func read(_ read: LaneRead) async throws(StoreError) -> LaneReadResult {
+        if read.limit <= 0 || read.from >= read.to { return LaneReadResult(events: [], reachedBytes: false) }
         do {
             return try await pool.read { db in try Self.read(read, db: db) }
         } catch {
@@ -19,20 +19,24 @@ extension SQLiteStore {
             read.timebase, keyset: read.effectiveAfter != nil, hasFilter: read.filter != nil, hasSnapshot: read.throughSeq != nil, dialect: dialect)
     }
 
-    private static func read(_ read: LaneRead, db: Database) throws -> [Event] {
+    private static func read(_ read: LaneRead, db: Database) throws -> LaneReadResult {
         let s = try prepare(read, sql: selectSQL(read), db: db)
         var events = [Event]()
         events.reserveCapacity(min(read.limit, 1024))
         var bytes = 0
+        var reached = false
         while try s.step(db) {
             // Measured before it is appended, not read back (which copies it).
             let event = try decode(s, lane: read.lane)
             if read.maxBytes != nil { bytes += event.preimageLength }
             events.append(event)
-            if let maxBytes = read.maxBytes, bytes >= maxBytes { break }
+            if let maxBytes = read.maxBytes, bytes >= maxBytes {
+                reached = true
+                break
+            }
         }
         s.reset()
-        return events
+        return LaneReadResult(events: events, reachedBytes: reached)
     }
 
     /// The cached statement of `sql` with the parameters of `read` bound in `LaneSQL` order.

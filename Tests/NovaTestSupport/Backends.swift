@@ -51,7 +51,9 @@ extension EventStore {
             pages += 1
             out += page.events
             guard let next = page.next else { break }
-            precondition(page.events.count == q.limit || page.events.reachesBytes(q.maxBytes), "a page before the last is short")
+            precondition(
+                page.events.count == q.limit || q.maxBytes.map { max in page.events.reduce(0) { $0 + $1.preimageLength } >= max } == true,
+                "a page before the last is short")
             q.after = next
         }
         return (out, pages)
