@@ -78,6 +78,33 @@ import Testing
         #expect(NovaConfiguration.Pool().readMaxSize == max(2, 2 * ProcessInfo.processInfo.activeProcessorCount))
     }
 
+    /// Each read shape finds its own statement in the table built once (its name and SQL are
+    /// looked up by an index computed from the shape's type parameters).
+    @Test func everyReadShapeRunsItsOwnStatement() {
+        var names = Set<String>()
+        let key = OrderingKey(time: Timestamp(microseconds: 5), lane: .raw, connectionId: "c", sequence: 1, eventId: .zero)
+        for lane in Lane.allCases {
+            for timebase in Timebase.allCases {
+                for keyset in [false, true] {
+                    for filter in [false, true] {
+                        for snapshot in [false, true] {
+                            let read = LaneRead(
+                                lane: lane, scopeId: "p", timebase: timebase, from: Timestamp(microseconds: 1), to: Timestamp(microseconds: 9),
+                                filter: filter ? "f" : nil, after: keyset ? OrderingKey(time: key.time, lane: lane, connectionId: "c", sequence: 1, eventId: .zero) : nil,
+                                limit: 10, throughSeq: snapshot ? 7 : nil)
+                            let statement = type(of: PostgresStore.statement(read))
+                            let expected = ReadShape(lane: lane, timebase: timebase, keyset: keyset, filter: filter, snapshot: snapshot)
+                            #expect(statement.name == expected.name)
+                            #expect(statement.sql == expected.sql)
+                            names.insert(statement.name)
+                        }
+                    }
+                }
+            }
+        }
+        #expect(names.count == readShapes.count)
+    }
+
     /// `EXPLAIN EXECUTE` of `read`'s prepared statement on a read-pool session, after running it
     /// there. EXECUTE takes no parameters inside EXPLAIN, so the values are written out as
     /// literals here (test values, in the order of `PostgresStore.binds`).
