@@ -6,8 +6,11 @@ import NovaCore
 /// The query string of a request, read parameter by parameter: a missing, repeated, malformed or
 /// unknown parameter is a 400 that names it.
 struct QueryParameters {
-    private var values: [String: String] = [:]
-    private var used = Set<String>()
+    /// In the order given, with whether a reader asked for each. A handful per request: searched
+    /// in place, they cost less than hashing each name into a dictionary and a set (about 2% of
+    /// the hub's query CPU in perf).
+    private var parameters: [(name: String, value: String, used: Bool)] = []
+    static let maxCount = 32
 
     /// Decoded here, strictly: Hummingbird's decoding keeps a bad escape (`%zz`) as it is and
     /// turns bytes that are not UTF-8 into something else, so such a scope matched nothing and the
@@ -18,8 +21,12 @@ struct QueryParameters {
             let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             let k = try Self.decode(parts[0], of: nil)
             let value = parts.count > 1 ? try Self.decode(parts[1], of: k) : ""
-            guard values[k] == nil else { throw APIError(.badRequest, "\(k): given more than once") }
-            values[k] = value
+            guard !parameters.contains(where: { $0.name == k }) else { throw APIError(.badRequest, "\(k): given more than once") }
+            // No request takes more; the bound keeps the searches above short.
+            guard parameters.count < Self.maxCount else {
+                throw APIError(.badRequest, "query string: at most \(Self.maxCount) parameters (no request takes more)")
+            }
+            parameters.append((k, value, false))
         }
     }
 
@@ -40,8 +47,9 @@ struct QueryParameters {
     }
 
     mutating func string(_ name: String) -> String? {
-        used.insert(name)
-        return values[name]
+        guard let k = parameters.firstIndex(where: { $0.name == name }) else { return nil }
+        parameters[k].used = true
+        return parameters[k].value
     }
 
     mutating func required(_ name: String) throws(APIError) -> String {
@@ -84,7 +92,7 @@ struct QueryParameters {
 
     /// Rejects any parameter that no reader asked for.
     func finish() throws(APIError) {
-        if let unknown = values.keys.sorted().first(where: { !used.contains($0) }) {
+        if let unknown = parameters.filter({ !$0.used }).map(\.name).sorted().first {
             throw APIError(.badRequest, "\(quotedParameter(unknown)): unknown parameter")
         }
     }

@@ -90,6 +90,7 @@ import Testing
         ("/v1/events?scope=s&\(everything)&after=%27%3B%20DROP%20TABLE%20rawEvents%3B--", "after: not a cursor issued by this API"),
         ("/v1/events?scope=s&scope=t&\(everything)", "scope: given more than once"),
         ("/v1/events?scope=s&\(everything)&sort=desc", "\"sort\": unknown parameter"),
+        ("/v1/events?scope=s&\(everything)&" + (1...40).map { "p\($0)=1" }.joined(separator: "&"), "query string: at most 32 parameters"),
         ("/v1/stats?verbose=1", "\"verbose\": unknown parameter"),
         // Values no event can hold, or that are not percent-encoded UTF-8, are named, not
         // answered with nothing.
