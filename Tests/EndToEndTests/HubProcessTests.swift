@@ -98,8 +98,8 @@ import Testing
         #expect(create.status == 0, "\(create.stderr)")
         #expect(create.stdout.contains("mode: partitioned"), "\(create.stdout)")
         let check = try await NovaProcess.run(["schema", "check", locator], directory: dir, environment: env)
-        #expect(check.status == 0 && check.stdout.contains("schema: v4, current"), "\(check.stdout)")
-        // A v1 store (no commit-order indexes, no sync watermarks) is migrated to v4.
+        #expect(check.status == 0 && check.stdout.contains("schema: v5, current"), "\(check.stdout)")
+        // A v1 store (no commit-order indexes, no sync watermarks) is migrated to v5.
         for lane in Lane.allCases { try await cluster.execute(#"DROP INDEX "\#(lane.rawValue)Events_commit_order""#) }
         try await cluster.execute(#"DROP TABLE "syncSites""#)
         try await cluster.execute(#"DROP TABLE "syncSiteScopes""#)
@@ -107,14 +107,14 @@ import Testing
         let migrate = try await NovaProcess.run(["schema", "create", locator], directory: dir, environment: env)
         #expect(migrate.status == 0, "\(migrate.stderr)")
         let migrated = try await NovaProcess.run(["schema", "check", locator], directory: dir, environment: env)
-        #expect(migrated.status == 0 && migrated.stdout.contains("schema: v4, current"), "\(migrated.stdout)")
+        #expect(migrated.status == 0 && migrated.stdout.contains("schema: v5, current"), "\(migrated.stdout)")
         let sites = try await cluster.rows(#"SELECT count(*)::text FROM "syncSites""#)
         #expect(sites == [["0"]], "the migration created the watermarks table")
-        try await cluster.execute(#"UPDATE "novaStore" SET "value" = '5' WHERE "key" = 'schemaVersion'"#)
+        try await cluster.execute(#"UPDATE "novaStore" SET "value" = '6' WHERE "key" = 'schemaVersion'"#)
         let hub = try NovaProcess(["serve", "--config", try hubConfig(dir, cluster: cluster)], directory: dir, environment: env)
         let status = try await hub.wait(timeout: .seconds(60))
         #expect(status != 0)
-        #expect(hub.stderr.contains("schema v5 is newer than this nova"), "\(hub.stderr)")
+        #expect(hub.stderr.contains("schema v6 is newer than this nova"), "\(hub.stderr)")
         let refused = try await NovaProcess.run(["schema", "check", locator], directory: dir, environment: env)
         #expect(refused.status != 0 && refused.stderr.contains("newer"), "\(refused.stderr)")
     }

@@ -71,6 +71,50 @@ struct TimescaleDBTests {
         }
     }
 
+    /// Reads run generic plans (the read pool's sessions): on uncompressed chunks, each is the
+    /// scope-leading ordering index in order (ChunkAppend or a merge), with the scope in the index
+    /// condition and no Sort, also with many scopes in the range. The time-only index that
+    /// `create_hypertable` adds by default, which such plans preferred, is not there, and a
+    /// store from before (v4) loses it when opened.
+    @Test func orderedReadsOnHypertablesUseTheOrderingIndexes() async throws {
+        try await withHypertableStore { store, cluster in
+            let start = Timestamp(microseconds: 1_780_000_000_000_000)
+            let frames = PostgresStoreTests.frames(days: 3, perDay: 4000, start: start)
+            let others = (0..<9).flatMap { k in
+                frames.prefix(3000).map { Event(scopeId: "q\(k)", sourceTruthTime: $0.sourceTruthTime, canonicalTruthTime: $0.canonicalTruthTime, fields: $0.fields) }
+            }
+            let events = frames + others
+            for batch in stride(from: 0, to: events.count, by: 5000) {
+                _ = try await store.append(Array(events[batch..<min(events.count, batch + 5000)]))
+            }
+            _ = try await cluster.rows("ANALYZE")
+            let defaultIndexes = #"SELECT indexname::text FROM pg_indexes WHERE indexname LIKE '%\_canonicalTruthTime\_idx' OR indexname = 'eventIndex_sourceTruthTime_idx'"#
+            #expect(try await cluster.rows(defaultIndexes).isEmpty)
+            for timebase in Timebase.allCases {
+                let read = LaneRead(
+                    lane: .raw, scopeId: "p", timebase: timebase, from: Timestamp(microseconds: start.microseconds + 86_400_000_000),
+                    to: Timestamp(microseconds: start.microseconds + 86_401_000_000), limit: 1000)
+                let plan = try await PostgresStoreTests.genericPlan(read, store: store)
+                let text = plan.joined(separator: "\n")
+                #expect(!plan.contains { $0.contains("Sort  (") }, "\(timebase):\n\(text)")
+                #expect(plan.contains { $0.contains("Index Cond") && $0.contains(#"("scopeId" = $1)"#) }, "\(timebase):\n\(text)")
+                #expect(text.contains("_order\" on _hyper_"), "the ordering index, chunk by chunk:\n\(text)")
+                #expect(try await store.read(read).events.map(\.eventId) == expectedOrder(events, scopeId: "p", timebase: timebase, lanes: [.raw], range: read.from..<read.to).map(\.eventId))
+            }
+
+            // A v4 store, which has the default index, loses it when opened.
+            _ = try await cluster.rows(#"CREATE INDEX "rawEvents_canonicalTruthTime_idx" ON "rawEvents" ("canonicalTruthTime" DESC)"#)
+            _ = try await cluster.rows(#"UPDATE "novaStore" SET "value" = '4' WHERE "key" = 'schemaVersion'"#)
+            #expect(!(try await cluster.rows(defaultIndexes).isEmpty))
+            let reopened = PostgresStore(location: store.location, logger: quietLogger)
+            let running = Task { try await reopened.run() }
+            defer { running.cancel() }
+            try await reopened.waitUntilReady(timeout: .seconds(60))
+            #expect(try await cluster.rows(defaultIndexes).isEmpty)
+            #expect(try await cluster.rows(#"SELECT "value" FROM "novaStore" WHERE "key" = 'schemaVersion'"#) == [[String(PostgresSchema.version)]])
+        }
+    }
+
     /// The conformance vectors on hypertables too.
     @Test func orderingVectorsOnHypertables() async throws {
         try await withHypertableStore { store, _ in
