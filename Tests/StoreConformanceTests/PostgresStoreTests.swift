@@ -82,7 +82,6 @@ import Testing
     /// looked up by an index computed from the shape's type parameters).
     @Test func everyReadShapeRunsItsOwnStatement() {
         var names = Set<String>()
-        let key = OrderingKey(time: Timestamp(microseconds: 5), lane: .raw, connectionId: "c", sequence: 1, eventId: .zero)
         for lane in Lane.allCases {
             for timebase in Timebase.allCases {
                 for keyset in [false, true] {
@@ -90,7 +89,7 @@ import Testing
                         for snapshot in [false, true] {
                             let read = LaneRead(
                                 lane: lane, scopeId: "p", timebase: timebase, from: Timestamp(microseconds: 1), to: Timestamp(microseconds: 9),
-                                filter: filter ? "f" : nil, after: keyset ? OrderingKey(time: key.time, lane: lane, connectionId: "c", sequence: 1, eventId: .zero) : nil,
+                                filter: filter ? "f" : nil, after: keyset ? OrderingKey(time: Timestamp(microseconds: 5), lane: lane, connectionId: "c", sequence: 1, eventId: .zero) : nil,
                                 limit: 10, throughSeq: snapshot ? 7 : nil)
                             let statement = type(of: PostgresStore.statement(read))
                             let expected = ReadShape(lane: lane, timebase: timebase, keyset: keyset, filter: filter, snapshot: snapshot)
