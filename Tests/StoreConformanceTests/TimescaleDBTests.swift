@@ -102,8 +102,9 @@ struct TimescaleDBTests {
                 #expect(try await store.read(read).events.map(\.eventId) == expectedOrder(events, scopeId: "p", timebase: timebase, lanes: [.raw], range: read.from..<read.to).map(\.eventId))
             }
 
-            // A v4 store, which has the default index, loses it when opened.
+            // A v4 store, which has the default index, loses it when opened, compressed chunks and all.
             _ = try await cluster.rows(#"CREATE INDEX "rawEvents_canonicalTruthTime_idx" ON "rawEvents" ("canonicalTruthTime" DESC)"#)
+            _ = try await cluster.rows(#"SELECT compress_chunk(c, if_not_compressed => true)::text FROM show_chunks('"rawEvents"') c"#)
             _ = try await cluster.rows(#"UPDATE "novaStore" SET "value" = '4' WHERE "key" = 'schemaVersion'"#)
             #expect(!(try await cluster.rows(defaultIndexes).isEmpty))
             let reopened = PostgresStore(location: store.location, logger: quietLogger)
@@ -112,6 +113,8 @@ struct TimescaleDBTests {
             try await reopened.waitUntilReady(timeout: .seconds(60))
             #expect(try await cluster.rows(defaultIndexes).isEmpty)
             #expect(try await cluster.rows(#"SELECT "value" FROM "novaStore" WHERE "key" = 'schemaVersion'"#) == [[String(PostgresSchema.version)]])
+            let read = LaneRead(lane: .raw, scopeId: "p", timebase: .canonical, from: .min, to: .endOfTime, limit: 100_000)
+            #expect(try await reopened.read(read).events.map(\.eventId) == expectedOrder(events, scopeId: "p", timebase: .canonical, lanes: [.raw], range: .min ..< .endOfTime).map(\.eventId))
         }
     }
 
