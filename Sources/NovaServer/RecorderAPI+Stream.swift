@@ -44,7 +44,8 @@ extension RecorderAPI {
         let channel = context.requestContext.channel
         try? await channel.eventLoop.submit {
             let decoder = try channel.pipeline.syncOperations.handler(type: ByteToMessageHandler<WebSocketFrameDecoder>.self)
-            try channel.pipeline.syncOperations.addHandler(MaskedClientFrames(control: control), position: .after(decoder))
+            try channel.pipeline.syncOperations.addHandler(
+                ClientFrameChecks(control: control, maxFrameBytes: Self.maxFrameBytes(message: maxMessage)), position: .after(decoder))
         }.get()
         let store = store
         let feed = feed
@@ -84,8 +85,8 @@ extension RecorderAPI {
     ///
     /// Messages are collated from frames here rather than by `messages(maxSize:)`, which closes
     /// an oversized message or one of invalid UTF-8 itself, with no word of why; here each
-    /// refusal is an `error` naming it and its own close code. A single frame over the socket's
-    /// frame limit (``maxFrameBytes(message:)``) is still closed by the decoder alone with 1009.
+    /// refusal is an `error` naming it and its own close code (a single frame over the socket's
+    /// frame limit, ``maxFrameBytes(message:)``, is refused by ``ClientFrameChecks``).
     static func readCommands(_ inbound: WebSocketInboundStream, maxBytes: Int, into control: StreamControl) async throws {
         var message = ByteBuffer()
         var kind: WebSocketDataFrame.Opcode?
@@ -147,18 +148,27 @@ final class StreamAdmission: Sendable {
     }
 }
 
-/// Fails a stream whose client sends an unmasked frame, which RFC 6455 (section 5.1) says a
-/// server must not accept and which swift-websocket takes as it is: the frame and any after it
-/// are dropped, and the stream ends with an `error` naming the rule and 1002. It joins the
-/// pipeline when the stream starts, so a frame the client sent before that moment (right after
-/// the upgrade's answer) is not looked at.
-final class MaskedClientFrames: ChannelInboundHandler, RemovableChannelHandler {
+/// Fails a stream on a client frame that breaks a rule of the socket rather than of a message,
+/// with an `error` naming it before the close:
+/// - a frame without a mask, which RFC 6455 (section 5.1) says a server must not accept and which
+///   swift-websocket takes as it is: the frame and any after it are dropped, and the stream ends
+///   with 1002;
+/// - a single frame over the socket's frame limit (``RecorderAPI/maxFrameBytes(message:)``),
+///   which the frame decoder refuses before any handler sees it, and which the protocol handler
+///   after this one would close with a bare 1009: the stream ends with 1009 and says why.
+/// It joins the pipeline when the stream starts, so a frame the client sent before that moment
+/// (right after the upgrade's answer) is not looked at.
+final class ClientFrameChecks: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = WebSocketFrame
     typealias InboundOut = WebSocketFrame
     let control: StreamControl
+    let maxFrameBytes: Int
     private var failed = false
 
-    init(control: StreamControl) { self.control = control }
+    init(control: StreamControl, maxFrameBytes: Int) {
+        self.control = control
+        self.maxFrameBytes = maxFrameBytes
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !failed else { return }
@@ -168,5 +178,18 @@ final class MaskedClientFrames: ChannelInboundHandler, RemovableChannelHandler {
             return
         }
         context.fireChannelRead(data)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        guard error is NIOWebSocketError || error is ByteToMessageDecoderError else { return context.fireErrorCaught(error) }
+        // Once failed, the decoder's refusals of what still arrives are not news: the stream is
+        // already ending with its reason.
+        if failed { return }
+        if let error = error as? NIOWebSocketError, error == .invalidFrameLength {
+            failed = true
+            control.fail(.messageTooLarge, "frame: larger than \(maxFrameBytes) bytes, the most one frame may hold here (4 × server.maxStreamMessageBytes, at least 64 KiB)")
+            return
+        }
+        context.fireErrorCaught(error)
     }
 }

@@ -139,6 +139,8 @@ import Testing
                 ("continuation frame with no message", .protocolError, [(.continuation, true, pause)]),
                 ("a new message began", .protocolError, [(.text, false, Array(pause[..<4])), (.text, true, pause)]),
                 ("larger than 256 bytes", .messageTooLarge, [(.text, false, Array(repeating: 0x20, count: 200)), (.continuation, true, Array(repeating: 0x20, count: 200))]),
+                // One frame over the socket's frame limit (64 KiB here): the decoder refuses it whole.
+                ("frame: larger than 65536 bytes", .messageTooLarge, [(.text, true, Array(repeating: 0x20, count: 70_000))]),
                 // Fragmented but whole: read as one message (here one of an unknown type).
                 ("type: must be pause", .policyViolation, [(.text, false, Array(#"{"type":"#.utf8)), (.continuation, true, Array(#""rewind"}"#.utf8))]),
             ]
