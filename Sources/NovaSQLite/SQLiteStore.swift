@@ -113,16 +113,16 @@ public final class SQLiteStore: EventStore, Sendable {
         guard let handle = FileHandle(forReadingAtPath: path) else {
             throw StoreError(.unusable, "\(path): cannot be read (check its permissions)")
         }
-        let header = (try? handle.read(upToCount: 16)) ?? Data()
+        let header = [UInt8]((try? handle.read(upToCount: 20)) ?? Data())
         try? handle.close()
         if header.isEmpty { return }  // an empty file is a new database to SQLite
-        guard header == Data("SQLite format 3\0".utf8) else {
+        guard header.starts(with: Array("SQLite format 3\0".utf8)) else {
             throw StoreError(.unusable, "\(path): not a SQLite database (its header is not SQLite's); refusing to touch it")
         }
         var config = Configuration()
         config.readonly = true
         do {
-            let queue = try DatabaseQueue(path: path, configuration: config)
+            let queue = try DatabaseQueue(path: inspectionPath(path, header: header), configuration: config)
             defer { try? queue.close() }
             try queue.read { db in
                 let tables = try String.fetchAll(db, sql: "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
@@ -141,6 +141,19 @@ public final class SQLiteStore: EventStore, Sendable {
         } catch {
             throw storeError(error, path: path)
         }
+    }
+
+    /// Where to open `path` for inspection. A database in WAL mode (header bytes 18 and 19 are 2)
+    /// gets `-wal` and `-shm` files beside it when opened, even read-only, and keeps them when it is
+    /// refused. With no `-wal` the file alone holds the database, so it is opened as an immutable
+    /// URI, which takes no locks and makes no files (where this SQLite reads URIs, as Debian's does).
+    private static func inspectionPath(_ path: String, header: [UInt8]) -> String {
+        guard header.count == 20, header[18] == 2, header[19] == 2,
+              !FileManager.default.fileExists(atPath: path + "-wal"),
+              sqlite3_compileoption_used("USE_URI") == 1,
+              let encoded = path.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed)
+        else { return path }
+        return "file:\(encoded)?immutable=1"
     }
 
     /// Maps a SQLite failure to what callers act on; the message names the file.

@@ -51,6 +51,8 @@ import Testing
 
     func expectRefusedAndUntouched(_ path: String, mentioning phrase: String) throws {
         let before = try Data(contentsOf: URL(fileURLWithPath: path))
+        let directory = (path as NSString).deletingLastPathComponent
+        let files = try FileManager.default.contentsOfDirectory(atPath: directory).sorted()
         do {
             let store = try SQLiteStore.open(path: path, logger: quietLogger)
             Issue.record("opened \(store)")
@@ -60,6 +62,7 @@ import Testing
             #expect(error.message.contains(phrase), "\(error)")
         }
         #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == before)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: directory).sorted() == files, "no file is left beside it")
     }
 
     @Test func refusesAFileThatIsNotSQLite() throws {
@@ -97,6 +100,12 @@ import Testing
         try other.write { try $0.execute(sql: "CREATE TABLE accounts (id INTEGER)") }
         try other.close()
         try expectRefusedAndUntouched(path, mentioning: "not a NOVA store")
+        // In WAL mode too: even a read-only open would leave -wal and -shm files beside it.
+        let wal = try DatabaseQueue(path: path)
+        try wal.writeWithoutTransaction { try $0.execute(sql: "PRAGMA journal_mode = WAL") }
+        try wal.close()
+        #expect(!FileManager.default.fileExists(atPath: path + "-wal"))
+        try expectRefusedAndUntouched(path, mentioning: "not a NOVA store (tables: accounts)")
     }
 
     @Test func refusesASchemaNewerThanTheBinary() async throws {
