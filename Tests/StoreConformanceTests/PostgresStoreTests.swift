@@ -272,6 +272,18 @@ import Testing
         #expect(reason?.contains("CERTIFICATE_VERIFY_FAILED") == true, "\(reason ?? "no reason within 60 s")")
     }
 
+    @Test func locatorPartsLeftOutComeFromTheConfiguration() throws {
+        var configuration = NovaConfiguration.Postgres()
+        configuration.user = "hub"
+        configuration.port = 6432
+        configuration.database = "telemetry"
+        let bare = try PostgresLocation(locator: "postgres://db", configuration: configuration, environment: [:])
+        #expect(bare.description == "postgres://hub@db:6432/telemetry")
+        let full = try PostgresLocation(locator: "postgresql://ops@db:5433/other", configuration: configuration, environment: [:])
+        #expect(full.description == "postgres://ops@db:5433/other")
+        #expect(try PostgresLocation(locator: "postgres://db/", environment: [:]).description == "postgres://nova@db:5432/nova")
+    }
+
     @Test func badTLSLocatorsAreRefusedNamingTheParameter() throws {
         let cases: [(String, String)] = [
             ("postgres://nova@db/nova?sslmode=prefer", "sslmode must be disable, require or verify-full"),
