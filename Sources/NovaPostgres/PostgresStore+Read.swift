@@ -18,7 +18,7 @@ extension PostgresStore {
                 try await Self.forEachRow(of: read, on: conn, logger: logger) { row in
                     // Measured before it is appended: read back from the array, each event was
                     // copied (perf of a REWIND: the event's copy went from 0.4% to 1.4%).
-                    let event = try Self.decode(row, lane: read.lane)
+                    let event = try Self.decode(row, lane: read.lane, scopeId: read.scopeId)
                     if read.maxBytes != nil { bytes += event.preimageLength }
                     events.append(event)
                     reached = read.maxBytes.map { bytes >= $0 } ?? false
@@ -63,10 +63,13 @@ extension PostgresStore {
             return try await connection { conn in
                 var rows = [CommittedEvent]()
                 var bytes = 0
+                let scopeColumn = LaneSQL(lane).readColumns.count
                 for try await row in try await conn.query(query, logger: logger) {
                     var cells = row.makeIterator()
+                    for _ in 0..<scopeColumn { _ = cells.next() }
+                    let scopeId = try Self.nextCell(&cells).string()
                     let seq = try Self.nextCell(&cells).int64()
-                    let event = try Self.decode(&cells, lane: lane)
+                    let event = try Self.decode(row, lane: lane, scopeId: scopeId)
                     if let maxBytes { bytes += event.preimageLength }
                     rows.append(CommittedEvent(seq: seq, event: event))
                     if let maxBytes, bytes >= maxBytes { break }
@@ -106,16 +109,17 @@ extension PostgresStore {
         }
     }
 
-    /// A row of `LaneSQL.columns` back into an event.
-    static func decode(_ row: PostgresRow, lane: Lane) throws -> Event {
+    /// A row of `LaneSQL.readColumns` back into an event of `scopeId`.
+    static func decode(_ row: PostgresRow, lane: Lane, scopeId: String) throws -> Event {
         var cells = row.makeIterator()
-        return try decode(&cells, lane: lane)
+        return try decode(&cells, lane: lane, scopeId: scopeId)
     }
 
-    /// The next `LaneSQL.columns` of a row, cell by cell: reads are the hub's hottest path, and
-    /// gathering a row's cells into an array first cost an allocation per event.
-    static func decode(_ cells: inout PostgresRow.Iterator, lane: Lane) throws -> Event {
-        let scopeId = try nextCell(&cells).string()
+    /// The next `LaneSQL.readColumns` of a row, cell by cell: reads are the hub's hottest path, and
+    /// gathering a row's cells into an array first cost an allocation per event. (postgres-nio's
+    /// `decode` of a tuple of types was slower still: its parameter packs instantiated generic
+    /// metadata for every row, perf.)
+    static func decode(_ cells: inout PostgresRow.Iterator, lane: Lane, scopeId: String) throws -> Event {
         let sourceTruthTime = try nextCell(&cells).timestamp()
         let canonicalTruthTime = try nextCell(&cells).timestamp()
         let eventId = try nextCell(&cells).eventId()

@@ -27,7 +27,7 @@ extension SQLiteStore {
         var reached = false
         while try s.step(db) {
             // Measured before it is appended, not read back (which copies it).
-            let event = try decode(s, lane: read.lane)
+            let event = try decode(s, lane: read.lane, scopeId: read.scopeId)
             if read.maxBytes != nil { bytes += event.preimageLength }
             events.append(event)
             if let maxBytes = read.maxBytes, bytes >= maxBytes {
@@ -73,9 +73,10 @@ extension SQLiteStore {
                 var rows = [CommittedEvent]()
                 var bytes = 0
                 while try s.step(db) {
-                    let event = try Self.decode(s, lane: lane, offset: 1)
+                    let scopeColumn = Int32(LaneSQL(lane).readColumns.count)
+                    let event = try Self.decode(s, lane: lane, scopeId: s.string(scopeColumn))
                     if maxBytes != nil { bytes += event.preimageLength }
-                    rows.append(CommittedEvent(seq: s.int64(0), event: event))
+                    rows.append(CommittedEvent(seq: s.int64(scopeColumn + 1), event: event))
                     if let maxBytes, bytes >= maxBytes { break }
                 }
                 s.reset()
@@ -104,27 +105,27 @@ extension SQLiteStore {
         }
     }
 
-    /// A row of `LaneSQL.columns`, starting at column `offset`, back into an event.
-    static func decode(_ s: RawStatement, lane: Lane, offset o: Int32 = 0) throws -> Event {
-        guard let eventId = s.eventId(o + 3) else {
+    /// A row of `LaneSQL.readColumns` back into an event of `scopeId`.
+    static func decode(_ s: RawStatement, lane: Lane, scopeId: String) throws -> Event {
+        guard let eventId = s.eventId(2) else {
             throw DatabaseError(resultCode: .SQLITE_CORRUPT, message: "an eventId is not 32 bytes")
         }
         let fields: LaneFields
         switch lane {
         case .raw:
-            fields = .raw(connectionId: s.string(o + 4), sequence: s.int64(o + 5), bytes: s.bytes(o + 6))
+            fields = .raw(connectionId: s.string(3), sequence: s.int64(4), bytes: s.bytes(5))
         case .parsed:
-            fields = .parsed(streamId: s.string(o + 4), streamType: s.string(o + 5), schemaVersion: s.string(o + 6), payload: CanonicalPayload(canonicalUTF8: s.bytes(o + 7)))
+            fields = .parsed(streamId: s.string(3), streamType: s.string(4), schemaVersion: s.string(5), payload: CanonicalPayload(canonicalUTF8: s.bytes(6)))
         case .ui:
-            fields = .ui(viewId: s.string(o + 4), payload: CanonicalPayload(canonicalUTF8: s.bytes(o + 5)))
+            fields = .ui(viewId: s.string(3), payload: CanonicalPayload(canonicalUTF8: s.bytes(4)))
         case .command:
-            fields = .command(targetId: s.string(o + 4), commandType: s.string(o + 5), requestedBy: s.string(o + 6), payload: CanonicalPayload(canonicalUTF8: s.bytes(o + 7)))
+            fields = .command(targetId: s.string(3), commandType: s.string(4), requestedBy: s.string(5), payload: CanonicalPayload(canonicalUTF8: s.bytes(6)))
         case .metadata:
-            fields = .metadata(metadataType: s.string(o + 4), payload: CanonicalPayload(canonicalUTF8: s.bytes(o + 5)))
+            fields = .metadata(metadataType: s.string(3), payload: CanonicalPayload(canonicalUTF8: s.bytes(4)))
         }
         return Event(
-            scopeId: s.string(o + 0), sourceTruthTime: Timestamp(microseconds: s.int64(o + 1)),
-            canonicalTruthTime: Timestamp(microseconds: s.int64(o + 2)), eventId: eventId, fields: fields)
+            scopeId: scopeId, sourceTruthTime: Timestamp(microseconds: s.int64(0)),
+            canonicalTruthTime: Timestamp(microseconds: s.int64(1)), eventId: eventId, fields: fields)
     }
 }
 
