@@ -17,10 +17,13 @@ struct QueryParameters {
     /// query answered an empty 200 instead of saying what was wrong.
     init(_ uri: URI) throws(APIError) {
         guard let query = uri.query else { return }
-        for pair in query.split(separator: "&") {
-            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
-            let k = try Self.decode(parts[0], of: nil)
-            let value = parts.count > 1 ? try Self.decode(parts[1], of: k) : ""
+        // Split on the bytes: splitting the String walked it Character by Character (grapheme
+        // breaking), 2-3% of a small query's time in perf; the separators are ASCII either way.
+        for pair in query.utf8.split(separator: UInt8(ascii: "&")) {
+            let equals = pair.firstIndex(of: UInt8(ascii: "="))
+            let k = try Self.decode(Substring(pair[..<(equals ?? pair.endIndex)]), of: nil)
+            var value = ""
+            if let equals { value = try Self.decode(Substring(pair[pair.index(after: equals)...]), of: k) }
             guard !parameters.contains(where: { $0.name == k }) else { throw APIError(.badRequest, "\(k): given more than once") }
             // No request takes more; the bound keeps the searches above short.
             guard parameters.count < Self.maxCount else {

@@ -22,11 +22,13 @@ extension RecorderAPI {
         metrics.queryDuration.record(ContinuousClock.now - started)
         var out = [UInt8]()
         out.reserveCapacity(page.events.count * 200)
-        // By index: a for-in loop copies each event out of the array (a retain and release per
-        // field), which perf showed in the query path.
-        for k in page.events.indices {
-            page.events[k].writeJSON(into: &out)
-            out.append(UInt8(ascii: "\n"))
+        // Through a buffer pointer, whose elements are borrowed: a for-in loop, or the array's
+        // subscript, copies each event out (a retain and release per field, ~1% in perf).
+        page.events.withUnsafeBufferPointer { events in
+            for k in events.indices {
+                events[k].writeJSON(into: &out)
+                out.append(UInt8(ascii: "\n"))
+            }
         }
         var headers: HTTPFields = [.contentType: "application/x-ndjson"]
         if let next = page.next {
