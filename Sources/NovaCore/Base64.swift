@@ -29,6 +29,14 @@ public enum Base64 {
         encode(bytes, into: &out, alphabet: alphabet)
     }
 
+    /// The length of the encoding of `count` bytes.
+    public static func encodedLength(_ count: Int) -> Int { (count + 2) / 3 * 4 }
+
+    /// Appends the encoding of `bytes` to `out`, which has room for ``encodedLength(_:)``.
+    public static func encode(_ bytes: [UInt8], to out: inout OutputSpan<UInt8>) {
+        encode(bytes, to: &out, alphabet: alphabet)
+    }
+
     /// `bytes` in the URL-safe alphabet without padding.
     public static func encodeURL(_ bytes: [UInt8]) -> String {
         var out = [UInt8]()
@@ -46,23 +54,28 @@ public enum Base64 {
     }
 
     private static func encode(_ bytes: [UInt8], into out: inout [UInt8], alphabet: [UInt8]) {
-        out.reserveCapacity(out.count + (bytes.count + 2) / 3 * 4)
-        var k = 0
-        while k + 3 <= bytes.count {
-            let n = UInt32(bytes[k]) << 16 | UInt32(bytes[k + 1]) << 8 | UInt32(bytes[k + 2])
-            out.append(alphabet[Int(n >> 18 & 63)])
-            out.append(alphabet[Int(n >> 12 & 63)])
-            out.append(alphabet[Int(n >> 6 & 63)])
-            out.append(alphabet[Int(n & 63)])
-            k += 3
-        }
-        let rest = bytes.count - k
-        if rest > 0 {
-            let n = UInt32(bytes[k]) << 16 | (rest == 2 ? UInt32(bytes[k + 1]) << 8 : 0)
-            out.append(alphabet[Int(n >> 18 & 63)])
-            out.append(alphabet[Int(n >> 12 & 63)])
-            out.append(rest == 2 ? alphabet[Int(n >> 6 & 63)] : UInt8(ascii: "="))
-            out.append(UInt8(ascii: "="))
+        out.append(atMost: encodedLength(bytes.count)) { encode(bytes, to: &$0, alphabet: alphabet) }
+    }
+
+    private static func encode(_ bytes: [UInt8], to out: inout OutputSpan<UInt8>, alphabet: [UInt8]) {
+        alphabet.withUnsafeBufferPointer { alphabet in
+            var k = 0
+            while k + 3 <= bytes.count {
+                let n = UInt32(bytes[k]) << 16 | UInt32(bytes[k + 1]) << 8 | UInt32(bytes[k + 2])
+                out.append(alphabet[Int(n >> 18 & 63)])
+                out.append(alphabet[Int(n >> 12 & 63)])
+                out.append(alphabet[Int(n >> 6 & 63)])
+                out.append(alphabet[Int(n & 63)])
+                k += 3
+            }
+            let rest = bytes.count - k
+            if rest > 0 {
+                let n = UInt32(bytes[k]) << 16 | (rest == 2 ? UInt32(bytes[k + 1]) << 8 : 0)
+                out.append(alphabet[Int(n >> 18 & 63)])
+                out.append(alphabet[Int(n >> 12 & 63)])
+                out.append(rest == 2 ? alphabet[Int(n >> 6 & 63)] : UInt8(ascii: "="))
+                out.append(UInt8(ascii: "="))
+            }
         }
     }
 

@@ -43,6 +43,14 @@ public enum CanonicalJSON {
     /// JCS string escaping: only `"`, `\` and C0 controls are escaped; everything else is literal
     /// UTF-8, including U+2028 and DEL.
     public static func writeString(_ s: String, into out: inout [UInt8]) {
+        out.append(atMost: stringCapacity(s)) { writeString(s, to: &$0) }
+    }
+
+    /// The most bytes ``writeString(_:to:)`` writes for `s`: quotes, and each byte as `\u00XX`.
+    public static func stringCapacity(_ s: String) -> Int { 2 + 6 * s.utf8.count }
+
+    /// Appends `s` as a JSON string to `out`, which has room for ``stringCapacity(_:)``.
+    public static func writeString(_ s: String, to out: inout OutputSpan<UInt8>) {
         out.append(UInt8(ascii: "\""))
         for byte in s.utf8 {
             switch byte {
@@ -54,7 +62,9 @@ public enum CanonicalJSON {
             case 0x0C: out.append(0x5C); out.append(UInt8(ascii: "f"))
             case 0x0D: out.append(0x5C); out.append(UInt8(ascii: "r"))
             case 0..<0x20:
-                out.append(contentsOf: [0x5C, UInt8(ascii: "u"), 0x30, 0x30, hexDigits[Int(byte >> 4)], hexDigits[Int(byte & 15)]])
+                out.append("\\u00")
+                out.append(hexDigits[Int(byte >> 4)])
+                out.append(hexDigits[Int(byte & 15)])
             default: out.append(byte)
             }
         }

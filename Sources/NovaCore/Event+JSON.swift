@@ -3,55 +3,82 @@ import Foundation
 extension Event {
     /// Appends this event as one JSON object (no newline) in the answer form of api.md: every field,
     /// normalized times, `eventId` as hex, `bytes` as base64, `payload` as canonical JSON.
+    public func writeJSON(into out: inout [UInt8]) {
+        out.append(atMost: jsonCapacity) { writeJSON(to: &$0) }
+    }
+
+    /// The most bytes ``writeJSON(to:)`` writes for this event.
+    public var jsonCapacity: Int {
+        // Keys and punctuation (at most 150 bytes for any lane), two times, the id's hex.
+        var n = 150 + 2 * 27 + 64 + CanonicalJSON.stringCapacity(scopeId)
+        switch fields {
+        case .raw(let connectionId, _, let bytes):
+            n += CanonicalJSON.stringCapacity(connectionId) + 20 + Base64.encodedLength(bytes.count)
+        case .parsed(let streamId, let streamType, let schemaVersion, let payload):
+            n += CanonicalJSON.stringCapacity(streamId) + CanonicalJSON.stringCapacity(streamType)
+                + CanonicalJSON.stringCapacity(schemaVersion) + payload.utf8.count
+        case .ui(let viewId, let payload):
+            n += CanonicalJSON.stringCapacity(viewId) + payload.utf8.count
+        case .command(let targetId, let commandType, let requestedBy, let payload):
+            n += CanonicalJSON.stringCapacity(targetId) + CanonicalJSON.stringCapacity(commandType)
+                + CanonicalJSON.stringCapacity(requestedBy) + payload.utf8.count
+        case .metadata(let metadataType, let payload):
+            n += CanonicalJSON.stringCapacity(metadataType) + payload.utf8.count
+        }
+        return n
+    }
+
+    /// Writes this event as ``writeJSON(into:)`` does, into `out`, which has room for
+    /// ``jsonCapacity``.
     ///
     /// Written straight into bytes in a fixed key order, because query and stream answers are hot
     /// paths and every store must answer with the same bytes.
-    public func writeJSON(into out: inout [UInt8]) {
-        out.append(contentsOf: #"{"lane":""#.utf8)
-        out.append(contentsOf: lane.rawValue.utf8)
-        out.append(contentsOf: #"","scopeId":"#.utf8)
-        CanonicalJSON.writeString(scopeId, into: &out)
-        out.append(contentsOf: #","sourceTruthTime":""#.utf8)
-        sourceTruthTime.writeRFC3339(into: &out)
-        out.append(contentsOf: #"","canonicalTruthTime":""#.utf8)
-        canonicalTruthTime.writeRFC3339(into: &out)
-        out.append(contentsOf: #"","eventId":""#.utf8)
-        eventId.writeHex(into: &out)
+    public func writeJSON(to out: inout OutputSpan<UInt8>) {
+        out.append(#"{"lane":""#)
+        out.append(lane.jsonName)
+        out.append(#"","scopeId":"#)
+        CanonicalJSON.writeString(scopeId, to: &out)
+        out.append(#","sourceTruthTime":""#)
+        sourceTruthTime.writeRFC3339(to: &out)
+        out.append(#"","canonicalTruthTime":""#)
+        canonicalTruthTime.writeRFC3339(to: &out)
+        out.append(#"","eventId":""#)
+        eventId.writeHex(to: &out)
         out.append(UInt8(ascii: "\""))
-        func field(_ name: String, _ value: String) {
-            out.append(contentsOf: #",""#.utf8)
-            out.append(contentsOf: name.utf8)
-            out.append(contentsOf: #"":"#.utf8)
-            CanonicalJSON.writeString(value, into: &out)
-        }
-        func payloadField(_ payload: CanonicalPayload) {
-            out.append(contentsOf: #","payload":"#.utf8)
-            out.append(contentsOf: payload.utf8)
-        }
         switch fields {
         case .raw(let connectionId, let sequence, let bytes):
-            field("connectionId", connectionId)
-            out.append(contentsOf: #","sequence":"#.utf8)
-            out.append(contentsOf: String(sequence).utf8)
-            out.append(contentsOf: #","bytes":""#.utf8)
-            Base64.encode(bytes, into: &out)
+            out.append(#","connectionId":"#)
+            CanonicalJSON.writeString(connectionId, to: &out)
+            out.append(#","sequence":"#)
+            var digits = String(sequence)
+            digits.withUTF8 { out.append(copying: UnsafeRawBufferPointer($0)) }
+            out.append(#","bytes":""#)
+            Base64.encode(bytes, to: &out)
             out.append(UInt8(ascii: "\""))
         case .parsed(let streamId, let streamType, let schemaVersion, let payload):
-            field("streamId", streamId)
-            field("streamType", streamType)
-            field("schemaVersion", schemaVersion)
-            payloadField(payload)
+            out.append(#","streamId":"#)
+            CanonicalJSON.writeString(streamId, to: &out)
+            out.append(#","streamType":"#)
+            CanonicalJSON.writeString(streamType, to: &out)
+            out.append(#","schemaVersion":"#)
+            CanonicalJSON.writeString(schemaVersion, to: &out)
+            payload.write(to: &out)
         case .ui(let viewId, let payload):
-            field("viewId", viewId)
-            payloadField(payload)
+            out.append(#","viewId":"#)
+            CanonicalJSON.writeString(viewId, to: &out)
+            payload.write(to: &out)
         case .command(let targetId, let commandType, let requestedBy, let payload):
-            field("targetId", targetId)
-            field("commandType", commandType)
-            field("requestedBy", requestedBy)
-            payloadField(payload)
+            out.append(#","targetId":"#)
+            CanonicalJSON.writeString(targetId, to: &out)
+            out.append(#","commandType":"#)
+            CanonicalJSON.writeString(commandType, to: &out)
+            out.append(#","requestedBy":"#)
+            CanonicalJSON.writeString(requestedBy, to: &out)
+            payload.write(to: &out)
         case .metadata(let metadataType, let payload):
-            field("metadataType", metadataType)
-            payloadField(payload)
+            out.append(#","metadataType":"#)
+            CanonicalJSON.writeString(metadataType, to: &out)
+            payload.write(to: &out)
         }
         out.append(UInt8(ascii: "}"))
     }
@@ -61,5 +88,26 @@ extension Event {
         var out = [UInt8]()
         writeJSON(into: &out)
         return String(decoding: out, as: UTF8.self)
+    }
+}
+
+extension CanonicalPayload {
+    /// Appends `,"payload":` and the payload.
+    fileprivate func write(to out: inout OutputSpan<UInt8>) {
+        out.append(#","payload":"#)
+        utf8.withUnsafeBufferPointer { out.append(copying: UnsafeRawBufferPointer($0)) }
+    }
+}
+
+extension Lane {
+    /// The lane's name as a literal, for JSON.
+    fileprivate var jsonName: StaticString {
+        switch self {
+        case .raw: "raw"
+        case .parsed: "parsed"
+        case .ui: "ui"
+        case .command: "command"
+        case .metadata: "metadata"
+        }
     }
 }

@@ -68,21 +68,21 @@ public struct EventID: Sendable, Hashable, Comparable, CustomStringConvertible {
 
     /// Appends the 64 lowercase hex digits to `out`.
     public func writeHex(into out: inout [UInt8]) {
-        let digits: StaticString = "0123456789abcdef"
-        let start = out.count
-        out.append(contentsOf: repeatElement(0, count: 64))
-        let words = (w0, w1, w2, w3)
-        out.withUnsafeMutableBufferPointer { b in
-            func put(_ word: UInt64, at offset: Int) {
-                for nibble in 0..<16 {
-                    b[start + offset + nibble] = digits.utf8Start[Int(word >> UInt64(60 - 4 * nibble) & 15)]
-                }
+        out.append(atMost: 64) { writeHex(to: &$0) }
+    }
+
+    /// Appends the 64 lowercase hex digits to `out`.
+    public func writeHex(to out: inout OutputSpan<UInt8>) {
+        func put(_ word: UInt64, _ out: inout OutputSpan<UInt8>) {
+            let digits: StaticString = "0123456789abcdef"
+            for nibble in 0..<16 {
+                out.append(digits.utf8Start[Int(word >> UInt64(60 - 4 * nibble) & 15)])
             }
-            put(words.0, at: 0)
-            put(words.1, at: 16)
-            put(words.2, at: 32)
-            put(words.3, at: 48)
         }
+        put(w0, &out)
+        put(w1, &out)
+        put(w2, &out)
+        put(w3, &out)
     }
 
     public var description: String { hex }

@@ -59,7 +59,7 @@ extension PostgresCell {
 
     func byteArray() throws(StoreError) -> [UInt8] {
         guard let b = bytes else { throw StoreError(.internalError, "column \(columnName) is NULL") }
-        return Array(b.readableBytesView)
+        return b.getBytes(at: b.readerIndex, length: b.readableBytes)!
     }
 
     func eventId() throws(StoreError) -> EventID {
