@@ -52,4 +52,27 @@ import Testing
         #expect(min.int64 == .min)
         #expect(fraction.int64 == nil && !fraction.isIntegerLiteral)
     }
+
+    /// Answers are written into room reserved by `Event.jsonCapacity`: a string of nothing but
+    /// bytes that need escaping (six bytes each at most) must still fit, in every lane.
+    @Test func anEventsJSONFitsItsBoundWithEveryByteEscaped() throws {
+        let worst = String(repeating: "\u{01}\u{1f}\"\\\n", count: 40)
+        let payload = CanonicalPayload([JSONMember(worst, .string(worst))])
+        let at = Timestamp(microseconds: 253_402_300_799_999_999)
+        for fields in [
+            LaneFields.raw(connectionId: worst, sequence: .max, bytes: Array(repeating: 0xFF, count: 1000)),
+            .parsed(streamId: worst, streamType: worst, schemaVersion: worst, payload: payload),
+            .ui(viewId: worst, payload: payload),
+            .command(targetId: worst, commandType: worst, requestedBy: worst, payload: payload),
+            .metadata(metadataType: worst, payload: payload),
+        ] {
+            let event = Event(scopeId: worst, sourceTruthTime: at, canonicalTruthTime: at, fields: fields)
+            var out = Array("prefix".utf8)
+            event.writeJSON(into: &out)
+            #expect(out.count - 6 <= event.jsonCapacity)
+            #expect(String(decoding: out.dropFirst(6), as: UTF8.self) == event.json)
+            let parsed = try JSONParser.parse(event.json)
+            #expect(parsed["scopeId"] == .string(worst))
+        }
+    }
 }
