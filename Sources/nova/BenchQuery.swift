@@ -16,8 +16,8 @@ struct BenchQuery: AsyncParsableCommand {
             Loads --events raw frames of --devices devices spread over --hours hours into a fresh \
             store, starts `nova record` (SQLite) or `nova serve` (PostgreSQL) on it, then for each \
             window size runs --clients concurrent clients for --seconds seconds, each asking for a \
-            random window in contract order, and checks every answer's count (and every tenth \
-            answer's order). The baseline runs the same SQL with the same windows through GRDB or \
+            random window in contract order, and checks every answer's count (and every hundredth \
+            answer's events and their order). The baseline runs the same SQL with the same windows through GRDB or \
             postgres-nio directly. Reports p50/p95/p99 and queries/s; exits 1 on any wrong answer.
 
             Each client first asks as fast as it can: that measures capacity, and its latency is \
@@ -114,7 +114,7 @@ struct BenchQuery: AsyncParsableCommand {
         await child.stop()
         let report = BenchReport(
             benchmark: database == nil ? "query" : "query-postgres", store: await benchStore.describe(), groups: groups, peakRSSBytes: rss,
-            checks: ["\(checked) HTTP answers checked for their count, every tenth also for contract order"], errors: errors)
+            checks: ["\(checked) HTTP answers checked for their count, every hundredth also for valid events in contract order"], errors: errors)
         report.printTable()
         if let json = options.json { try report.write(to: json) }
         if !errors.isEmpty { throw ExitCode(1) }
@@ -156,7 +156,10 @@ struct BenchQuery: AsyncParsableCommand {
                         let expected = layout.count(from: read.from, to: read.to)
                         let got = answer.readableBytes == 8 ? Int(answer.getInteger(at: answer.readerIndex, as: Int64.self)!) : Self.lines(answer)
                         if got != expected, errors.count < 5 { errors.append("\(name): \(got) events for [\(read.from), \(read.to)), expected \(expected)") }
-                        if answer.readableBytes != 8, samples.count % 10 == 0, let order = Self.orderError(answer), errors.count < 5 {
+                        // Each event of the answer is decoded and its id recomputed: on every
+                        // tenth answer that took 4% of the machine that the server is measured on
+                        // (perf), on every hundredth 0.4%. A client's first answer is one of them.
+                        if answer.readableBytes != 8, samples.count % 100 == 1, let order = Self.orderError(answer), errors.count < 5 {
                             errors.append("\(name): \(order)")
                         }
                         events += got
