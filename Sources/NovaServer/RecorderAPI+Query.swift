@@ -20,16 +20,6 @@ extension RecorderAPI {
             throw APIError.store(error)
         }
         metrics.queryDuration.record(ContinuousClock.now - started)
-        var out = [UInt8]()
-        out.reserveCapacity(page.events.count * 200)
-        // Through a buffer pointer, whose elements are borrowed: a for-in loop, or the array's
-        // subscript, copies each event out (a retain and release per field, ~1% in perf).
-        page.events.withUnsafeBufferPointer { events in
-            for k in events.indices {
-                events[k].writeJSON(into: &out)
-                out.append(UInt8(ascii: "\n"))
-            }
-        }
         var headers: HTTPFields = [.contentType: "application/x-ndjson"]
         if let next = page.next {
             headers[.novaNextCursor] = Cursor.encode(next, for: query)
@@ -37,7 +27,29 @@ extension RecorderAPI {
         if let complete = await completeThrough.value(store, scope: query.scopeId) {
             headers[.novaCompleteThrough] = complete.rfc3339
         }
-        return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: out)))
+        return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: Self.ndjson(page.events)))
+    }
+
+    /// `events` as NDJSON, written straight into the answer's buffer (through an array, copying
+    /// the answer into its buffer was 1% of the hub's query time in perf).
+    static func ndjson(_ events: [Event]) -> ByteBuffer {
+        // Through a buffer pointer, whose elements are borrowed: a for-in loop, or the array's
+        // subscript, copies each event out (a retain and release per field, ~1% in perf).
+        events.withUnsafeBufferPointer { events in
+            var capacity = 0
+            for k in events.indices { capacity += events[k].jsonCapacity + 1 }
+            var buffer = ByteBufferAllocator().buffer(capacity: capacity)
+            buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: capacity) { raw in
+                let room = raw.bindMemory(to: UInt8.self)
+                var out = OutputSpan(buffer: room, initializedCount: 0)
+                for k in events.indices {
+                    events[k].writeJSON(to: &out)
+                    out.append(UInt8(ascii: "\n"))
+                }
+                return out.finalize(for: room)
+            }
+            return buffer
+        }
     }
 
     /// `GET /v1/stats`: per scope and lane, the count and the first and last times; the store size.
