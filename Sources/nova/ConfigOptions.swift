@@ -56,11 +56,42 @@ struct ConfigOptions: ParsableArguments {
     func bootstrapLogging() -> Logger {
         let level = Logger.Level(rawValue: logLevel) ?? .info
         LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
+            var handler = DeferredMetadataLogHandler(StreamLogHandler.standardError(label: label))
             handler.logLevel = level
             return handler
         }
         return Logger(label: "nova")
+    }
+}
+
+/// StreamLogHandler with its metadata rendered when a message is logged, not when it is set:
+/// StreamLogHandler renders its metadata into text on every change, and Hummingbird sets a request
+/// id on each request's logger, so every request paid for a text that was almost never logged.
+struct DeferredMetadataLogHandler: LogHandler {
+    private var stream: StreamLogHandler
+    var metadata: Logger.Metadata = [:]
+
+    init(_ stream: StreamLogHandler) { self.stream = stream }
+
+    var logLevel: Logger.Level {
+        get { stream.logLevel }
+        set { stream.logLevel = newValue }
+    }
+
+    var metadataProvider: Logger.MetadataProvider? {
+        get { stream.metadataProvider }
+        set { stream.metadataProvider = newValue }
+    }
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        var stream = stream
+        stream.metadata = metadata
+        stream.log(event: event)
     }
 }
 
