@@ -15,7 +15,7 @@ import Testing
         let dir = try TemporaryDirectory("nova-dual")
         defer { dir.remove() }
         let cluster = try await TestPostgres.PrivateCluster.start()
-        defer { Task { try? await cluster.control("destroy") } }
+        defer { cluster.destroy() }
         let config = dir.file("dual.json")
         let dbPath = dir.file("edge.db")
         try Data(#"""

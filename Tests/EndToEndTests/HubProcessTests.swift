@@ -25,7 +25,7 @@ import Testing
         let dir = try TemporaryDirectory("nova-hub")
         defer { dir.remove() }
         let cluster = try await TestPostgres.PrivateCluster.start()
-        defer { Task { try? await cluster.control("destroy") } }
+        defer { cluster.destroy() }
         try await cluster.control("stop")
         let hub = try NovaProcess(["serve", "--config", try hubConfig(dir, cluster: cluster)], directory: dir, environment: ["NOVA_DB_PASSWORD": cluster.password])
         defer { hub.kill() }
@@ -45,7 +45,7 @@ import Testing
         let dir = try TemporaryDirectory("nova-hub")
         defer { dir.remove() }
         let cluster = try await TestPostgres.PrivateCluster.start()
-        defer { Task { try? await cluster.control("destroy") } }
+        defer { cluster.destroy() }
         let hub = try NovaProcess(["serve", "--config", try hubConfig(dir, cluster: cluster)], directory: dir, environment: ["NOVA_DB_PASSWORD": "wrong"])
         defer { hub.kill() }
         let base = try await hub.waitUntilListening()
@@ -62,7 +62,7 @@ import Testing
         let dir = try TemporaryDirectory("nova-hub")
         defer { dir.remove() }
         let cluster = try await TestPostgres.PrivateCluster.start()
-        defer { Task { try? await cluster.control("destroy") } }
+        defer { cluster.destroy() }
         let hub = try NovaProcess(["serve", "--config", try hubConfig(dir, cluster: cluster)], directory: dir, environment: ["NOVA_DB_PASSWORD": cluster.password])
         defer { hub.kill() }
         let base = try await hub.waitUntilListening()
@@ -91,7 +91,7 @@ import Testing
         let dir = try TemporaryDirectory("nova-hub")
         defer { dir.remove() }
         let cluster = try await TestPostgres.PrivateCluster.start()
-        defer { Task { try? await cluster.control("destroy") } }
+        defer { cluster.destroy() }
         let env = ["NOVA_DB_PASSWORD": cluster.password]
         let locator = cluster.locator
         let create = try await NovaProcess.run(["schema", "create", locator], directory: dir, environment: env)

@@ -136,7 +136,7 @@ import Testing
         defer { dir.remove() }
         let (path, events) = try await edgeStore(dir, random: 30_000)
         let cluster = try await TestPostgres.PrivateCluster.start()
-        defer { Task { try? await cluster.control("destroy") } }
+        defer { cluster.destroy() }
         let env = ["NOVA_DB_PASSWORD": cluster.password]
         let arguments = ["migrate", "--from", "sqlite:\(path)", "--to", cluster.locator, "--batch-size", "300"]
         let run = try NovaProcess(arguments, directory: dir, environment: env)

@@ -70,6 +70,20 @@ public enum TestPostgres {
             }
         }
 
+        /// Kills the server and removes the cluster before returning, for a `defer`. A destroy left
+        /// to a new task there was lost whenever the test process ended first, and the server
+        /// kept running after the tests (found on this machine: a TimescaleDB cluster of a test
+        /// run still up an hour later).
+        public func destroy() {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: ctl)
+            process.arguments = ["destroy"]
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
+            guard (try? process.run()) != nil else { return }
+            process.waitUntilExit()
+        }
+
         /// `stop` (kill), `start`, or `destroy` (kill and remove).
         public func control(_ action: String) async throws {
             let status = try await runTool(ctl, [action])

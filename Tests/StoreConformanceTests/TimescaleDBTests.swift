@@ -14,7 +14,7 @@ struct TimescaleDBTests {
 
     func withHypertableStore(_ body: (PostgresStore, TestPostgres.PrivateCluster) async throws -> Void) async throws {
         let cluster = try await TestPostgres.PrivateCluster.start(options: Self.options)
-        defer { Task { try? await cluster.control("destroy") } }
+        defer { cluster.destroy() }
         var location = try cluster.location()
         location.hypertable.retentionAfter = "1000 years"
         let store = PostgresStore(location: location, logger: quietLogger)
