@@ -36,8 +36,7 @@ extension Event {
     public func writeJSON(to out: inout OutputSpan<UInt8>) {
         out.append(#"{"lane":""#)
         out.append(lane.jsonName)
-        out.append(#"","scopeId":"#)
-        CanonicalJSON.writeString(scopeId, to: &out)
+        out.append(#"","scopeId":"#, string: scopeId)
         out.append(#","sourceTruthTime":""#)
         sourceTruthTime.writeRFC3339(to: &out)
         out.append(#"","canonicalTruthTime":""#)
@@ -47,8 +46,7 @@ extension Event {
         out.append(UInt8(ascii: "\""))
         switch fields {
         case .raw(let connectionId, let sequence, let bytes):
-            out.append(#","connectionId":"#)
-            CanonicalJSON.writeString(connectionId, to: &out)
+            out.append(#","connectionId":"#, string: connectionId)
             out.append(#","sequence":"#)
             var digits = String(sequence)
             digits.withUTF8 { out.append(copying: UnsafeRawBufferPointer($0)) }
@@ -56,28 +54,20 @@ extension Event {
             Base64.encode(bytes, to: &out)
             out.append(UInt8(ascii: "\""))
         case .parsed(let streamId, let streamType, let schemaVersion, let payload):
-            out.append(#","streamId":"#)
-            CanonicalJSON.writeString(streamId, to: &out)
-            out.append(#","streamType":"#)
-            CanonicalJSON.writeString(streamType, to: &out)
-            out.append(#","schemaVersion":"#)
-            CanonicalJSON.writeString(schemaVersion, to: &out)
+            out.append(#","streamId":"#, string: streamId)
+            out.append(#","streamType":"#, string: streamType)
+            out.append(#","schemaVersion":"#, string: schemaVersion)
             payload.write(to: &out)
         case .ui(let viewId, let payload):
-            out.append(#","viewId":"#)
-            CanonicalJSON.writeString(viewId, to: &out)
+            out.append(#","viewId":"#, string: viewId)
             payload.write(to: &out)
         case .command(let targetId, let commandType, let requestedBy, let payload):
-            out.append(#","targetId":"#)
-            CanonicalJSON.writeString(targetId, to: &out)
-            out.append(#","commandType":"#)
-            CanonicalJSON.writeString(commandType, to: &out)
-            out.append(#","requestedBy":"#)
-            CanonicalJSON.writeString(requestedBy, to: &out)
+            out.append(#","targetId":"#, string: targetId)
+            out.append(#","commandType":"#, string: commandType)
+            out.append(#","requestedBy":"#, string: requestedBy)
             payload.write(to: &out)
         case .metadata(let metadataType, let payload):
-            out.append(#","metadataType":"#)
-            CanonicalJSON.writeString(metadataType, to: &out)
+            out.append(#","metadataType":"#, string: metadataType)
             payload.write(to: &out)
         }
         out.append(UInt8(ascii: "}"))
@@ -109,5 +99,13 @@ extension Lane {
         case .command: "command"
         case .metadata: "metadata"
         }
+    }
+}
+
+extension OutputSpan where Element == UInt8 {
+    /// Appends a key (with the punctuation before its value) and a JSON string.
+    fileprivate mutating func append(_ key: StaticString, string value: String) {
+        append(key)
+        CanonicalJSON.writeString(value, to: &self)
     }
 }
