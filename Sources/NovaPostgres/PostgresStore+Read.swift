@@ -65,10 +65,12 @@ extension PostgresStore {
                 var bytes = 0
                 let scopeColumn = LaneSQL(lane).readColumns.count
                 for try await row in try await conn.query(query, logger: logger) {
-                    var cells = row.makeIterator()
-                    for _ in 0..<scopeColumn { _ = cells.next() }
-                    let scopeId = try Self.nextCell(&cells).string()
-                    let seq = try Self.nextCell(&cells).int64()
+                    // `scopeId` and `ingestSeq` follow the read's columns; stepping an index to
+                    // them makes no cells (the LIVE feed reads through here).
+                    guard row.count == scopeColumn + 2 else { throw StoreError(.internalError, "a committed row has \(row.count) columns, not \(scopeColumn + 2)") }
+                    let scopeAt = row.index(row.startIndex, offsetBy: scopeColumn)
+                    let scopeId = try row[scopeAt].string()
+                    let seq = try row[row.index(after: scopeAt)].int64()
                     let event = try Self.decode(row, lane: lane, scopeId: scopeId)
                     if let maxBytes { bytes += event.preimageLength }
                     rows.append(CommittedEvent(seq: seq, event: event))

@@ -72,8 +72,8 @@ extension SQLiteStore {
                 s.bind(2, seqs.upperBound)
                 var rows = [CommittedEvent]()
                 var bytes = 0
+                let scopeColumn = Int32(LaneSQL(lane).readColumns.count)
                 while try s.step(db) {
-                    let scopeColumn = Int32(LaneSQL(lane).readColumns.count)
                     let event = try Self.decode(s, lane: lane, scopeId: s.string(scopeColumn))
                     if maxBytes != nil { bytes += event.preimageLength }
                     rows.append(CommittedEvent(seq: s.int64(scopeColumn + 1), event: event))
