@@ -14,6 +14,8 @@ import Testing
         let rounds = environment["NOVA_CRASH_ROUNDS"].flatMap(Int.init) ?? 4
         let seed = environment["NOVA_CRASH_SEED"].flatMap(UInt64.init) ?? UInt64.random(in: 1...UInt64(UInt32.max))
         var rng = SeededGenerator(seed: seed)
+        // Printed first, so that a run that fails in any way (a time limit included) can be replayed.
+        print("crash campaign: seed \(seed), \(rounds) rounds")
         let dir = try TemporaryDirectory("nova-crash")
         defer { dir.remove() }
         let (hubPort, edgePort) = (try freePort(), try freePort())
@@ -62,7 +64,7 @@ import Testing
                 // froze a whole test run here with the socket to the killed recorder in
                 // CLOSE_WAIT and no task left to run.
                 group.addTask {
-                    _ = try? await withStream(port: edgePort, query: "scope=kill&mode=live") { stream in
+                    _ = try? await withStream(port: edgePort, query: "scope=kill&mode=live", connectTimeout: .seconds(5)) { stream in
                         func count() {
                             let ids = stream.eventIds
                             received.set(ids.count)
@@ -82,6 +84,7 @@ import Testing
                 try await group.waitForAll()
             }
             streamed += received.value
+            print("crash campaign: round \(round) killed after \(killAfter), \(await acked.ids.count) events acknowledged so far, \(received.value) streamed live")
             #expect(repeated.value == 0, "round \(round): the LIVE client got \(repeated.value) events twice")
             // The killed file, before anything opens it for writing again.
             let check = try await NovaProcess.run(["schema", "check", "sqlite:\(edgeDB)", "--integrity"], directory: dir)

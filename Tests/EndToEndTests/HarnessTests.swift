@@ -22,3 +22,59 @@ import Testing
         #expect(await waiting.value == nil, "a cancelled wait ends")
     }
 }
+
+extension HarnessTests {
+    /// A server that reads a WebSocket upgrade request and closes the connection without an
+    /// answer (a recorder killed mid-handshake): the client library would wait for the answer for
+    /// ever (NIO's typed upgrade handler does not fail its promise when the channel goes
+    /// inactive), which froze a crash-campaign run; the harness gives up at its connect timeout.
+    @Test(.timeLimit(.minutes(1))) func aStreamWhoseServerHangsUpBeforeTheUpgradeFailsInsteadOfWaiting() async throws {
+        let listener = try HangUpListener()
+        defer { listener.close() }
+        let started = ContinuousClock.now
+        await #expect(throws: (any Error).self) {
+            try await withStream(port: listener.port, query: "mode=live", connectTimeout: .seconds(2)) { _ in }
+        }
+        #expect(ContinuousClock.now - started < .seconds(30), "the connect timeout ends the wait")
+    }
+}
+
+/// Accepts connections on a loopback port, reads each one's request head and closes it.
+final class HangUpListener: Sendable {
+    let fd: Int32
+    let port: Int
+
+    init() throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        self.fd = fd
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && listen(fd, 8) == 0 && getsockname(fd, $0, &length) == 0 }
+        }
+        guard fd >= 0, bound else { throw ProcessError("a loopback listener could not be opened: errno \(errno)") }
+        port = Int(UInt16(bigEndian: address.sin_port))
+        Thread.detachNewThread {
+            while true {
+                let connection = accept(fd, nil, nil)
+                guard connection >= 0 else { return }
+                var head = [UInt8]()
+                var chunk = [UInt8](repeating: 0, count: 4_096)
+                while !head.suffix(4).elementsEqual(Array("\r\n\r\n".utf8)) {
+                    let n = recv(connection, &chunk, chunk.count, 0)
+                    guard n > 0 else { break }
+                    head += chunk[..<n]
+                }
+                Glibc.close(connection)
+            }
+        }
+    }
+
+    func close() {
+        shutdown(fd, Int32(SHUT_RDWR))
+        Glibc.close(fd)
+    }
+}

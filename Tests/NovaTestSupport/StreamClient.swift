@@ -169,24 +169,30 @@ public struct StreamTestError: Error, CustomStringConvertible {
 
 /// Opens `ws://127.0.0.1:<port>/v1/stream?<query>`, runs `script`, then closes (or returns when
 /// the server closed and the script finished). Returns the server's close frame, if any.
-@discardableResult
+///
 /// `tls`: connect with `wss://` and this client configuration (its trust roots), naming the
 /// server `localhost` (the client would send the address as SNI, which TLS forbids).
+/// `connectTimeout`: how long the connection and upgrade may take before the script starts.
+@discardableResult
 public func withStream(
-    port: Int, query: String, token: String? = nil, tls: TLSConfiguration? = nil,
+    port: Int, query: String, token: String? = nil, tls: TLSConfiguration? = nil, connectTimeout: Duration = .seconds(20),
     _ script: @escaping @Sendable (StreamConnection) async throws -> Void
 ) async throws -> WebSocketCloseFrame? {
     var headers = HTTPFields()
     if let token { headers[.authorization] = "Bearer \(token)" }
     let failure = Mutex<(any Error)?>(nil)
+    let scriptStarted = TestCounter()
     let scriptEnded = TestCounter()
     let url = "\(tls == nil ? "ws" : "wss")://127.0.0.1:\(port)/v1/stream?\(query)"
     // Its own task, so that a close handshake that never ends (below) cannot hold the test.
+    let clientEnded = TestCounter()
     let client = Task {
-        try await WebSocketClient.connect(
+        defer { clientEnded.set(1) }
+        return try await WebSocketClient.connect(
             url: url, configuration: .init(maxFrameSize: 1 << 20, additionalHeaders: headers, sniHostname: tls == nil ? nil : "localhost"),
             tlsConfiguration: tls, logger: quietLogger
         ) { inbound, outbound, _ in
+            scriptStarted.set(1)
             let connection = StreamConnection(outbound: outbound)
             await withTaskGroup(of: Void.self) { group in
                 group.addTask {
@@ -211,6 +217,18 @@ public func withStream(
     // The script has as long as it takes; the close handshake after it, 20 s. swift-websocket's
     // client waits for the server's close frame (15 s at most, unless its task was cancelled) and
     // was seen to wait forever on a server that had died, its socket in CLOSE_WAIT.
+    //
+    // The upgrade is bounded too: a server that hangs up before answering it (a recorder killed
+    // mid-handshake) leaves the client waiting for ever, since NIO's typed upgrade handler does
+    // not fail its promise when the channel goes inactive. That froze a crash-campaign run.
+    let connectBy = ContinuousClock.now + connectTimeout
+    while scriptStarted.value == 0, clientEnded.value == 0 {
+        guard ContinuousClock.now < connectBy, (try? await Task.sleep(for: .milliseconds(20))) != nil else {
+            client.cancel()
+            try Task.checkCancellation()
+            throw StreamTestError("no WebSocket connection to \(url) within \(connectTimeout): the upgrade was not answered")
+        }
+    }
     let ended = await withTaskCancellationHandler {
         await awaitEnd(of: client, within: .seconds(20), once: { scriptEnded.value > 0 }, "a WebSocket client's close handshake (\(url))")
     } onCancel: {
