@@ -81,12 +81,7 @@ struct BenchQuery: AsyncParsableCommand {
                 defer { connections.forEach { $0.close() } }
                 for _ in 0..<clients { connections.append(try await BenchHTTPConnection.connect(port: port)) }
                 let cpuBefore = cpuSeconds(pid: child.pid)
-                var nova = try await measure("nova HTTP, \(clients) clients", window: window, layout: layout, rate: rate) { [connections] client, read in
-                    let (status, body) = try await connections[client].get(
-                        "/v1/events?scope=\(DeviceFrames.scope)&from=\(read.from.rfc3339)&to=\(read.to.rfc3339)&lane=raw&limit=\(read.limit)")
-                    guard status == 200 else { throw CLIError("HTTP \(status): \(String(buffer: body).prefix(200))") }
-                    return body
-                }
+                var nova = try await measureHTTP("nova HTTP, \(clients) clients", window: window, layout: layout, rate: rate, connections: connections)
                 if let cpuBefore, let cpuAfter = cpuSeconds(pid: child.pid), let queries = nova.figure.queries, queries > 0 {
                     nova.figure.serverCPUPerQueryMs = (cpuAfter - cpuBefore) * 1000 / Double(queries)
                 }
@@ -129,53 +124,46 @@ struct BenchQuery: AsyncParsableCommand {
     private func measure(
         _ name: String, window: Int64, layout: Layout, rate: Double? = nil, query: @escaping @Sendable (Int, LaneRead) async throws -> ByteBuffer
     ) async throws -> (figure: BenchFigure, errors: [String]) {
-        let deadline = ContinuousClock.now + .seconds(seconds)
         let start = ContinuousClock.now
-        let results = try await withThrowingTaskGroup(of: ([Double], Int, [String]).self) { group in
+        let (clients, seconds) = (clients, seconds)
+        let tallies = try await withThrowingTaskGroup(of: ClientTally.self) { group in
             for client in 0..<clients {
                 group.addTask {
-                    var rng = Xorshift(seed: UInt64(client + 1) &* 0x9E37_79B9_7F4A_7C15 | 1)
-                    var samples = [Double]()
-                    var events = 0
-                    var errors = [String]()
-                    let interval = rate.map { Duration.seconds(Double(clients) / $0) }
-                    var due = start + (interval.map { $0 * (Double(client) / Double(clients)) } ?? .zero)
-                    while ContinuousClock.now < deadline {
-                        if let interval {
-                            if due > ContinuousClock.now { try await Task.sleep(until: due, clock: .continuous) }
-                            if due >= deadline { break }
-                        }
-                        let offset = Int64(rng.next() % UInt64(max(1, layout.span - window)))
-                        let from = Timestamp(microseconds: layout.start.microseconds + offset)
-                        let read = LaneRead(lane: .raw, scopeId: DeviceFrames.scope, timebase: .canonical, from: from,
-                                            to: Timestamp(microseconds: from.microseconds + window), limit: 100_000)
-                        let t0 = interval == nil ? ContinuousClock.now : due
-                        let answer = try await query(client, read)
-                        samples.append((ContinuousClock.now - t0).seconds)
-                        if let interval { due += interval }
-                        let expected = layout.count(from: read.from, to: read.to)
-                        let got = answer.readableBytes == 8 ? Int(answer.getInteger(at: answer.readerIndex, as: Int64.self)!) : Self.lines(answer)
-                        if got != expected, errors.count < 5 { errors.append("\(name): \(got) events for [\(read.from), \(read.to)), expected \(expected)") }
-                        // Each event of the answer is decoded and its id recomputed: on every
-                        // tenth answer that took 4% of the machine that the server is measured on
-                        // (perf), on every hundredth 0.4%. A client's first answer is one of them.
-                        if answer.readableBytes != 8, samples.count % 100 == 1, let order = Self.orderError(answer), errors.count < 5 {
-                            errors.append("\(name): \(order)")
-                        }
-                        events += got
+                    var tally = ClientTally(name, client: client, of: clients, window: window, layout: layout, rate: rate, start: start, seconds: seconds)
+                    while let (read, due) = tally.next() {
+                        if due > ContinuousClock.now { try await Task.sleep(until: due, clock: .continuous) }
+                        tally.record(try await query(client, read), for: read, dueAt: due)
                     }
-                    return (samples, events, errors)
+                    return tally
                 }
             }
-            var all = ([Double](), 0, [String]())
-            for try await r in group {
-                all.0 += r.0
-                all.1 += r.1
-                all.2 += r.2
-            }
-            return all
+            return try await group.reduce(into: []) { $0.append($1) }
         }
-        return (.latency(name, samples: results.0, wall: ContinuousClock.now - start, events: results.1), results.2)
+        return ClientTally.figure(name, tallies, wall: ContinuousClock.now - start)
+    }
+
+    /// `measure` for the HTTP clients, each driven on its connection's event loop: an answer's
+    /// arrival sends the next query there and then. Through a task per client, each query crossed
+    /// threads twice (the answer to the task, the request back to the loop), and perf of the
+    /// PostgreSQL run showed the benchmark's own process at 12% of the machine it measures the
+    /// server on, a fifth of it waking threads.
+    private func measureHTTP(
+        _ name: String, window: Int64, layout: Layout, rate: Double?, connections: [BenchHTTPConnection]
+    ) async throws -> (figure: BenchFigure, errors: [String]) {
+        let start = ContinuousClock.now
+        let (clients, seconds) = (clients, seconds)
+        let tallies = try await withThrowingTaskGroup(of: ClientTally.self) { group in
+            for (client, connection) in connections.enumerated() {
+                group.addTask {
+                    let tally = ClientTally(name, client: client, of: clients, window: window, layout: layout, rate: rate, start: start, seconds: seconds)
+                    return try await connection.run(tally) { read in
+                        "/v1/events?scope=\(DeviceFrames.scope)&from=\(read.from.rfc3339)&to=\(read.to.rfc3339)&lane=raw&limit=\(read.limit)"
+                    }
+                }
+            }
+            return try await group.reduce(into: []) { $0.append($1) }
+        }
+        return ClientTally.figure(name, tallies, wall: ContinuousClock.now - start)
     }
 
     /// The lines of an NDJSON answer, by `memchr`: counted byte by byte in Swift, this check was
@@ -242,8 +230,72 @@ struct BenchQuery: AsyncParsableCommand {
     }
 }
 
+/// One benchmark client's schedule and tally: the window it asks for next and when that query
+/// falls due, the latencies of its answers, and what was wrong with any of them. The same for a
+/// client driven by a task (a baseline's) and one driven on an event loop (HTTP).
+struct ClientTally: Sendable {
+    let name: String
+    let window: Int64
+    let layout: BenchQuery.Layout
+    /// Between a paced client's queries; nil for one that asks as fast as it can.
+    let interval: Duration?
+    let deadline: ContinuousClock.Instant
+    var rng: Xorshift
+    var due: ContinuousClock.Instant
+    var samples = [Double]()
+    var events = 0
+    var errors = [String]()
+
+    init(
+        _ name: String, client: Int, of clients: Int, window: Int64, layout: BenchQuery.Layout, rate: Double?,
+        start: ContinuousClock.Instant, seconds: Int
+    ) {
+        self.name = name
+        self.window = window
+        self.layout = layout
+        rng = Xorshift(seed: UInt64(client + 1) &* 0x9E37_79B9_7F4A_7C15 | 1)
+        let interval = rate.map { Duration.seconds(Double(clients) / $0) }
+        self.interval = interval
+        due = start + (interval.map { $0 * (Double(client) / Double(clients)) } ?? .zero)
+        deadline = start + .seconds(seconds)
+    }
+
+    /// The next query and when it is due (now, unless paced), or nil once time is up.
+    mutating func next() -> (read: LaneRead, due: ContinuousClock.Instant)? {
+        let now = ContinuousClock.now
+        guard now < deadline else { return nil }
+        if interval == nil { due = now } else if due >= deadline { return nil }
+        let offset = Int64(rng.next() % UInt64(max(1, layout.span - window)))
+        let from = Timestamp(microseconds: layout.start.microseconds + offset)
+        let read = LaneRead(lane: .raw, scopeId: DeviceFrames.scope, timebase: .canonical, from: from,
+                            to: Timestamp(microseconds: from.microseconds + window), limit: 100_000)
+        return (read, due)
+    }
+
+    /// Takes the answer to `read`, which fell due at `due`, as it arrives.
+    mutating func record(_ answer: ByteBuffer, for read: LaneRead, dueAt due: ContinuousClock.Instant) {
+        samples.append((ContinuousClock.now - due).seconds)
+        if let interval { self.due += interval }
+        let expected = layout.count(from: read.from, to: read.to)
+        let got = answer.readableBytes == 8 ? Int(answer.getInteger(at: answer.readerIndex, as: Int64.self)!) : BenchQuery.lines(answer)
+        if got != expected, errors.count < 5 { errors.append("\(name): \(got) events for [\(read.from), \(read.to)), expected \(expected)") }
+        // Each event of the answer is decoded and its id recomputed: on every tenth answer that
+        // took 4% of the machine that the server is measured on (perf), on every hundredth 0.4%.
+        // A client's first answer is one of them.
+        if answer.readableBytes != 8, samples.count % 100 == 1, let order = BenchQuery.orderError(answer), errors.count < 5 {
+            errors.append("\(name): \(order)")
+        }
+        events += got
+    }
+
+    /// The clients' tallies as one figure, and their errors.
+    static func figure(_ name: String, _ tallies: [ClientTally], wall: Duration) -> (figure: BenchFigure, errors: [String]) {
+        (.latency(name, samples: tallies.flatMap(\.samples), wall: wall, events: tallies.reduce(0) { $0 + $1.events }), tallies.flatMap(\.errors))
+    }
+}
+
 /// A small fast generator for picking windows.
-struct Xorshift {
+struct Xorshift: Sendable {
     var state: UInt64
     init(seed: UInt64) { state = seed == 0 ? 1 : seed }
     mutating func next() -> UInt64 {
