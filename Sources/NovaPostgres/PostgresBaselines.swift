@@ -128,22 +128,21 @@ public enum PostgresBaselines {
 /// `PostgresClient`, counting rows without decoding them into events.
 public final class PostgresBareQuery: Sendable {
     let client: PostgresClient
-    let logger: Logger
+    let prepared = PreparedReads()
     private let running: Task<Void, Never>
 
     public init(location: PostgresLocation, connections: Int, logger: Logger) {
         let configuration = location.clientConfiguration(maximumConnections: connections, reads: true)
         let client = PostgresClient(configuration: configuration, backgroundLogger: adminLogger(logger))
         self.client = client
-        self.logger = logger
         running = Task { await client.run() }
     }
 
     public func count(_ read: LaneRead) async throws -> Int {
-        let logger = logger
+        let prepared = prepared
         return try await client.withConnection { conn in
             var n = 0
-            try await PostgresStore.forEachRow(of: read, on: conn, logger: logger) { _ in
+            try await PostgresStore.forEachRow(of: read, on: conn, prepared: prepared) { _ in
                 n += 1
                 return true
             }

@@ -1,9 +1,13 @@
+import Logging
+import NIOCore
 import NovaCore
 import PostgresNIO
+import Synchronization
 
-/// The ordered lane read as a named prepared statement, one per shape of `LaneSQL.select` (lane,
-/// timebase, keyset or `from`, filter, snapshot), run on the store's read pool, whose sessions
-/// keep one generic plan per statement (``PostgresLocation/clientConfiguration(maximumConnections:reads:)``).
+/// The ordered lane read as a prepared statement, one per shape of `LaneSQL.select` (lane,
+/// timebase, keyset or `from`, filter, snapshot), prepared once on each connection of a read
+/// pool, whose sessions keep one generic plan per statement
+/// (``PostgresLocation/clientConfiguration(maximumConnections:reads:)``).
 ///
 /// perf of the query benchmark (20 clients asking for 1-second windows as fast as they can)
 /// showed PostgreSQL spending a quarter to a third of its time parsing and planning each read
@@ -11,56 +15,11 @@ import PostgresNIO
 /// read's plan prunes partitions when it runs (`EXPLAIN EXECUTE` shows "Subplans Removed") over
 /// the same ordered index scans, with no Sort. Measured (2,000,000 events, alternating): 2,263
 /// and 2,269 queries/s through the HTTP API against 1,942 and 1,971; the bare driver 6,503 and
-/// 6,163 against 4,933 and 4,655. postgres-nio names a prepared statement by its type and takes
-/// its SQL from the type, so the shape's parts are type parameters, chosen by
-/// ``PostgresStore/statement(_:)``.
-protocol LaneReadStatement: PostgresPreparedStatement where Row == PostgresRow {
-    init(bindings: PostgresBindings)
-}
-
-/// A value known from a type: the parts of a read's shape.
-protocol ShapePart<Value> {
-    associatedtype Value
-    static var value: Value { get }
-}
-
-enum RawLane: ShapePart { static var value: Lane { .raw } }
-enum ParsedLane: ShapePart { static var value: Lane { .parsed } }
-enum UILane: ShapePart { static var value: Lane { .ui } }
-enum CommandLane: ShapePart { static var value: Lane { .command } }
-enum MetadataLane: ShapePart { static var value: Lane { .metadata } }
-enum CanonicalTime: ShapePart { static var value: Timebase { .canonical } }
-enum SourceTime: ShapePart { static var value: Timebase { .source } }
-enum With: ShapePart { static var value: Bool { true } }
-enum Without: ShapePart { static var value: Bool { false } }
-
-struct ShapedRead<
-    L: ShapePart<Lane>, T: ShapePart<Timebase>, Keyset: ShapePart<Bool>, Filter: ShapePart<Bool>, Snapshot: ShapePart<Bool>
->: LaneReadStatement {
-    typealias Row = PostgresRow
-
-    static var name: String { readShapes[shape].name }
-    static var sql: String { readShapes[shape].sql }
-
-    /// This shape's place in ``readShapes``.
-    static var shape: Int {
-        ReadShape.index(lane: L.value, timebase: T.value, keyset: Keyset.value, filter: Filter.value, snapshot: Snapshot.value)
-    }
-
-    let bindings: PostgresBindings
-    init(bindings: PostgresBindings) { self.bindings = bindings }
-    func makeBindings() -> PostgresBindings { bindings }
-    func decodeRow(_ row: PostgresRow) -> PostgresRow { row }
-}
-
-/// A read shape's statement name and SQL.
+/// 6,163 against 4,933 and 4,655.
 struct ReadShape: Sendable {
-    let name: String
     let sql: String
 
-    /// Short and unique per shape: PostgreSQL cuts a statement's name at 63 bytes.
     init(lane: Lane, timebase: Timebase, keyset: Bool, filter: Bool, snapshot: Bool) {
-        name = "nova_read_\(lane.rawValue)_\(timebase.rawValue)_\(keyset ? 1 : 0)\(filter ? 1 : 0)\(snapshot ? 1 : 0)"
         sql = LaneSQL(lane).select(timebase, keyset: keyset, hasFilter: filter, hasSnapshot: snapshot, dialect: PostgresStore.dialect)
     }
 
@@ -68,10 +27,14 @@ struct ReadShape: Sendable {
         func bit(_ b: Bool) -> Int { b ? 1 : 0 }
         return (((lane.rank * 2 + bit(timebase == .source)) * 2 + bit(keyset)) * 2 + bit(filter)) * 2 + bit(snapshot)
     }
+
+    /// `read`'s place in ``readShapes``.
+    static func index(of read: LaneRead) -> Int {
+        index(lane: read.lane, timebase: read.timebase, keyset: read.effectiveAfter != nil, filter: read.filter != nil, snapshot: read.throughSeq != nil)
+    }
 }
 
-/// Every shape's name and SQL, built once: postgres-nio asks a statement's type for both on every
-/// execute, and building them each time was about 1% of the hub's query CPU (perf).
+/// Every shape's SQL, built once.
 let readShapes: [ReadShape] = Lane.allCases.sorted().flatMap { lane in
     [Timebase.canonical, .source].flatMap { timebase in
         [false, true].flatMap { keyset in
@@ -84,50 +47,86 @@ let readShapes: [ReadShape] = Lane.allCases.sorted().flatMap { lane in
     }
 }
 
-extension PostgresStore {
-    /// Runs the ordered read of `read` on `conn` (of a read pool) as its shape's prepared
-    /// statement, handing each row to `body` until it returns false; the driver discards the rest.
-    static func forEachRow(
-        of read: LaneRead, on conn: PostgresConnection, logger: Logger, _ body: (PostgresRow) throws -> Bool
-    ) async throws {
-        try await run(Self.statement(read), on: conn, logger: logger, body)
-    }
+/// The read shapes' statements as prepared on each connection of one pool, forgotten when the
+/// connection closes (its session and statements end with it).
+final class PreparedReads: Sendable {
+    private let statements = Mutex<[PostgresConnection.ID: [Int: PreparedQuery]]>([:])
 
-    private static func run<S: LaneReadStatement>(
-        _ statement: S, on conn: PostgresConnection, logger: Logger, _ body: (PostgresRow) throws -> Bool
-    ) async throws {
-        for try await row in try await conn.execute(statement, logger: logger) where try !body(row) { break }
-    }
-
-    /// The statement of `read`'s shape with its parameters bound in `LaneSQL` order.
-    static func statement(_ read: LaneRead) -> any LaneReadStatement {
-        let bindings = binds(read)
-        switch read.lane {
-        case .raw: return shape(RawLane.self, read, bindings)
-        case .parsed: return shape(ParsedLane.self, read, bindings)
-        case .ui: return shape(UILane.self, read, bindings)
-        case .command: return shape(CommandLane.self, read, bindings)
-        case .metadata: return shape(MetadataLane.self, read, bindings)
+    /// Shape `shape`'s statement on `conn`, prepared there on first use. A pooled connection
+    /// serves one lease at a time, so no two callers prepare on the same one at once.
+    func statement(_ shape: Int, on conn: PostgresConnection) async throws -> PreparedQuery {
+        let id = conn.id
+        if let known = statements.withLock({ $0[id]?[shape] }) { return known }
+        let prepared = try await conn.prepare(query: readShapes[shape].sql).get()
+        let firstOnConnection = statements.withLock { statements in
+            defer { statements[id, default: [:]][shape] = prepared }
+            return statements[id] == nil
         }
+        if firstOnConnection {
+            conn.closeFuture.whenComplete { [self] _ in statements.withLock { $0[id] = nil } }
+        }
+        return prepared
     }
 
-    private static func shape<L: ShapePart<Lane>>(_: L.Type, _ read: LaneRead, _ b: PostgresBindings) -> any LaneReadStatement {
-        read.timebase == .canonical ? shape(L.self, CanonicalTime.self, read, b) : shape(L.self, SourceTime.self, read, b)
+    /// The connections with statements prepared (for tests: closed ones are forgotten).
+    var connections: Int { statements.withLock { $0.count } }
+}
+
+extension PostgresStore {
+    /// Runs the ordered read of `read` on `conn` (of the pool that `prepared` belongs to) as its
+    /// shape's prepared statement, handing each row to `body` as it arrives, on the connection's
+    /// event loop, until `body` returns false; the rest of the answer is passed over.
+    ///
+    /// Rows are taken in postgres-nio's callback rather than through its async sequence: each
+    /// row of the sequence cost an async call with a cancellation handler, an allocation of its
+    /// frame and a lock (perf of the query benchmark: a tenth of the hub's CPU), where a callback
+    /// is a plain call on the thread that decoded the row. Measured (10,000,000 events): the
+    /// hub's CPU per query 0.49 and 0.43 ms against 0.51 and 0.53 ms.
+    static func forEachRow(
+        of read: LaneRead, on conn: PostgresConnection, prepared: PreparedReads, _ body: @escaping (PostgresRow) throws -> Bool
+    ) async throws {
+        let statement = try await prepared.statement(ReadShape.index(of: read), on: conn)
+        let rows = RowHandler(body)
+        try await statement.execute(binds(read)) { row in try rows.take(row) }.get()
     }
 
-    private static func shape<L: ShapePart<Lane>, T: ShapePart<Timebase>>(_: L.Type, _: T.Type, _ read: LaneRead, _ b: PostgresBindings) -> any LaneReadStatement {
-        read.effectiveAfter != nil ? shape(L.self, T.self, With.self, read, b) : shape(L.self, T.self, Without.self, read, b)
+    /// `read`'s parameters in `LaneSQL.select`'s order, in binary form.
+    static func binds(_ read: LaneRead) -> [PostgresData] {
+        func text(_ s: String) -> PostgresData { PostgresData(type: .text, formatCode: .binary, value: ByteBuffer(string: s)) }
+        func int8(_ v: Int64) -> PostgresData { PostgresData(type: .int8, formatCode: .binary, value: ByteBuffer(integer: v)) }
+        func time(_ t: Timestamp) -> PostgresData {
+            PostgresData(type: .timestamptz, formatCode: .binary, value: ByteBuffer(integer: t.microseconds - PostgresTimestamp.epochOffset))
+        }
+        var binds = [text(read.scopeId), time(read.to), int8(Int64(read.limit))]
+        if let after = read.effectiveAfter {
+            binds.append(time(after.time))
+            if after.lane == .raw {
+                binds.append(text(after.connectionId))
+                binds.append(int8(after.sequence))
+            }
+            after.eventId.withUnsafeBytes { binds.append(PostgresData(type: .bytea, formatCode: .binary, value: ByteBuffer(bytes: $0))) }
+        } else {
+            binds.append(time(read.from))
+        }
+        if let filter = read.filter { binds.append(text(filter)) }
+        if let seq = read.throughSeq { binds.append(int8(seq)) }
+        return binds
+    }
+}
+
+/// A read's row handler, called by postgres-nio for one statement's rows, one after another on
+/// its connection's event loop, while the reading task waits for the statement's end; the task
+/// reads what the handler gathered only after that.
+private final class RowHandler: @unchecked Sendable {
+    private let body: (PostgresRow) throws -> Bool
+    private var done = false
+
+    init(_ body: @escaping (PostgresRow) throws -> Bool) {
+        self.body = body
     }
 
-    private static func shape<L: ShapePart<Lane>, T: ShapePart<Timebase>, K: ShapePart<Bool>>(
-        _: L.Type, _: T.Type, _: K.Type, _ read: LaneRead, _ b: PostgresBindings
-    ) -> any LaneReadStatement {
-        read.filter != nil ? shape(L.self, T.self, K.self, With.self, read, b) : shape(L.self, T.self, K.self, Without.self, read, b)
-    }
-
-    private static func shape<L: ShapePart<Lane>, T: ShapePart<Timebase>, K: ShapePart<Bool>, F: ShapePart<Bool>>(
-        _: L.Type, _: T.Type, _: K.Type, _: F.Type, _ read: LaneRead, _ b: PostgresBindings
-    ) -> any LaneReadStatement {
-        read.throughSeq != nil ? ShapedRead<L, T, K, F, With>(bindings: b) : ShapedRead<L, T, K, F, Without>(bindings: b)
+    func take(_ row: PostgresRow) throws {
+        guard !done else { return }
+        done = try !body(row)
     }
 }

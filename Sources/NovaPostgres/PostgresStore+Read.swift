@@ -9,13 +9,13 @@ extension PostgresStore {
         _ = try ensureReady()
         if read.limit <= 0 || read.from >= read.to { return LaneReadResult(events: [], reachedBytes: false) }
         do {
-            let logger = logger
+            let prepared = preparedReads
             return try await connection(reads: true) { conn in
                 var events = [Event]()
                 events.reserveCapacity(min(read.limit, 1024))
                 var bytes = 0
                 var reached = false
-                try await Self.forEachRow(of: read, on: conn, logger: logger) { row in
+                try await Self.forEachRow(of: read, on: conn, prepared: prepared) { row in
                     // Measured before it is appended: read back from the array, each event was
                     // copied (perf of a REWIND: the event's copy went from 0.4% to 1.4%).
                     let event = try Self.decode(row, lane: read.lane, scopeId: read.scopeId)
@@ -29,27 +29,6 @@ extension PostgresStore {
         } catch {
             throw mapError(error)
         }
-    }
-
-    /// `read`'s parameters in `LaneSQL.select`'s order.
-    static func binds(_ read: LaneRead) -> PostgresBindings {
-        var binds = PostgresBindings()
-        binds.append(read.scopeId)
-        binds.append(PostgresTimestamp(value: read.to))
-        binds.append(Int64(read.limit))
-        if let after = read.effectiveAfter {
-            binds.append(PostgresTimestamp(value: after.time))
-            if after.lane == .raw {
-                binds.append(after.connectionId)
-                binds.append(after.sequence)
-            }
-            after.eventId.withUnsafeBytes { binds.append(PostgresBytes(bytes: Array($0))) }
-        } else {
-            binds.append(PostgresTimestamp(value: read.from))
-        }
-        if let filter = read.filter { binds.append(filter) }
-        if let seq = read.throughSeq { binds.append(seq) }
-        return binds
     }
 
     public func readCommitted(_ lane: Lane, seqs: ClosedRange<Int64>, maxBytes: Int?) async throws(StoreError) -> [CommittedEvent] {
@@ -151,15 +130,17 @@ extension PostgresStore {
     }
 
     /// PostgreSQL's plan for an ordered lane read with its values (`EXPLAIN`, text format), one
-    /// line per node. Reads run the generic plan of a prepared statement (``LaneReadStatement``),
-    /// which the conformance tests check for the same shape.
+    /// line per node. Reads run the generic plan of a prepared statement (``ReadShape``), which
+    /// the conformance tests check for the same shape.
     public func explain(_ read: LaneRead) async throws(StoreError) -> [String] {
         _ = try ensureReady()
         do {
             let logger = logger
             return try await connection { conn in
-                let sql = type(of: Self.statement(read)).sql
-                let rows = try await conn.query(PostgresQuery(unsafeSQL: "EXPLAIN " + sql, binds: Self.binds(read)), logger: logger)
+                var binds = PostgresBindings()
+                for bind in Self.binds(read) { binds.append(bind) }
+                let sql = "EXPLAIN " + readShapes[ReadShape.index(of: read)].sql
+                let rows = try await conn.query(PostgresQuery(unsafeSQL: sql, binds: binds), logger: logger)
                 var lines = [String]()
                 for try await line in rows.decode(String.self) { lines.append(line) }
                 return lines

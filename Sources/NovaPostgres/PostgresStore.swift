@@ -29,9 +29,11 @@ func sqlState(_ error: any Error) -> String? {
 public final class PostgresStore: EventStore, Service, Sendable {
     public let location: PostgresLocation
     let client: PostgresClient
-    /// The ordered reads' own pool (``LaneReadStatement``), of up to `pool.readMaxSize`
-    /// connections beside `client`'s.
+    /// The ordered reads' own pool (``ReadShape``), of up to `pool.readMaxSize` connections
+    /// beside `client`'s.
     let readClient: PostgresClient
+    /// The read statements prepared on `readClient`'s connections.
+    let preparedReads = PreparedReads()
     let logger: Logger
     let partitions: PartitionCatalog
     let state: Mutex<State>

@@ -78,10 +78,44 @@ import Testing
         #expect(NovaConfiguration.Pool().readMaxSize == max(2, 2 * ProcessInfo.processInfo.activeProcessorCount))
     }
 
-    /// Each read shape finds its own statement in the table built once (its name and SQL are
-    /// looked up by an index computed from the shape's type parameters).
+    /// Reads prepare their statement on each read connection once; when the server ends those
+    /// sessions (their statements with them), reads go on through new ones, prepared afresh, and
+    /// the ended connections are forgotten.
+    @Test func readsOutliveTheSessionsTheirStatementsWerePreparedIn() async throws {
+        let (store, cleanup) = try await TestPostgres.makeStore()
+        defer { Task { await cleanup() } }
+        let start = Timestamp(microseconds: 1_780_000_000_000_000)
+        let frames = Self.frames(days: 1, perDay: 300, start: start)
+        _ = try await store.append(frames)
+        let read = LaneRead(lane: .raw, scopeId: "p", timebase: .canonical, from: start, to: Timestamp(microseconds: start.microseconds + 86_400_000_000), limit: 1000)
+        func readAll() async throws -> Int {
+            try await withThrowingTaskGroup(of: Int.self) { group in
+                for _ in 0..<8 { group.addTask { try await store.read(read).events.count } }
+                return try await group.reduce(0) { $0 + $1 }
+            }
+        }
+        #expect(try await readAll() == 8 * frames.count)
+        let before = store.preparedReads.connections
+        #expect(before >= 1)
+
+        _ = try await store.client.query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND application_name = 'nova'")
+        try await waitFor("the ended sessions to be forgotten", timeout: .seconds(30)) { store.preparedReads.connections == 0 }
+        // The pool may hand out a connection before it notices its end: a read then fails, and
+        // the next one runs on a live connection.
+        var answered = 0
+        for _ in 0..<20 where answered == 0 {
+            answered = (try? await store.read(read).events.count) ?? 0
+        }
+        #expect(answered == frames.count)
+        #expect(try await readAll() == 8 * frames.count)
+        #expect(store.preparedReads.connections >= 1)
+    }
+
+    /// Each read shape finds its own statement in the table built once (by an index computed
+    /// from the shape).
     @Test func everyReadShapeRunsItsOwnStatement() {
-        var names = Set<String>()
+        var seen = Set<Int>()
         for lane in Lane.allCases {
             for timebase in Timebase.allCases {
                 for keyset in [false, true] {
@@ -91,17 +125,16 @@ import Testing
                                 lane: lane, scopeId: "p", timebase: timebase, from: Timestamp(microseconds: 1), to: Timestamp(microseconds: 9),
                                 filter: filter ? "f" : nil, after: keyset ? OrderingKey(time: Timestamp(microseconds: 5), lane: lane, connectionId: "c", sequence: 1, eventId: .zero) : nil,
                                 limit: 10, throughSeq: snapshot ? 7 : nil)
-                            let statement = type(of: PostgresStore.statement(read))
+                            let index = ReadShape.index(of: read)
                             let expected = ReadShape(lane: lane, timebase: timebase, keyset: keyset, filter: filter, snapshot: snapshot)
-                            #expect(statement.name == expected.name)
-                            #expect(statement.sql == expected.sql)
-                            names.insert(statement.name)
+                            #expect(readShapes[index].sql == expected.sql)
+                            seen.insert(index)
                         }
                     }
                 }
             }
         }
-        #expect(names.count == readShapes.count)
+        #expect(seen.count == readShapes.count)
     }
 
     /// `EXPLAIN EXECUTE` of `read`'s prepared statement on a read-pool session, after running it
@@ -117,10 +150,17 @@ import Testing
             values.append("'\(read.from.rfc3339)'")
         }
         if let filter = read.filter { values.append("'\(filter)'") }
-        let sql = "EXPLAIN EXECUTE \"\(type(of: PostgresStore.statement(read)).name)\"(\(values.joined(separator: ", ")))"
         let logger = store.logger
+        let prepared = store.preparedReads
+        let arguments = values.joined(separator: ", ")
         return try await store.connection(reads: true) { conn in
-            try await PostgresStore.forEachRow(of: read, on: conn, logger: logger) { _ in false }
+            try await PostgresStore.forEachRow(of: read, on: conn, prepared: prepared) { _ in false }
+            // The statement's name is the driver's; the session lists it beside its SQL.
+            let statement = readShapes[ReadShape.index(of: read)].sql
+            let names = try await conn.query("SELECT name FROM pg_prepared_statements WHERE statement = \(statement)", logger: logger).collect()
+            #expect(names.count == 1, "the read's statement is prepared once on its connection")
+            let name = try #require(try names.first?.decode(String.self))
+            let sql = "EXPLAIN EXECUTE \"\(name)\"(\(arguments))"
             var lines = [String]()
             for try await line in try await conn.query(PostgresQuery(unsafeSQL: sql), logger: logger).decode(String.self) { lines.append(line) }
             return lines
