@@ -47,17 +47,21 @@ let readShapes: [ReadShape] = Lane.allCases.sorted().flatMap { lane in
     }
 }
 
-/// The read shapes' statements as prepared on each connection of one pool, forgotten when the
-/// connection closes (its session and statements end with it).
+/// The read shapes' statements as prepared on each connection, forgotten when the connection
+/// closes (its session and statements end with it).
+///
+/// Keyed by the connection object, not its `id`, which each pool numbers on its own: a statement
+/// runs on the connection it was prepared on, whatever connection it is looked up for. The entry
+/// holds its connection, so no other can take its address while it is there.
 final class PreparedReads: Sendable {
-    private let statements = Mutex<[PostgresConnection.ID: [Int: PreparedQuery]]>([:])
+    private let statements = Mutex<[ObjectIdentifier: [Int: PreparedQuery]]>([:])
 
     /// Shape `shape`'s statement on `conn`, prepared there on first use. A pooled connection
     /// serves one lease at a time, so no two callers prepare on the same one at once.
     func statement(_ shape: Int, on conn: PostgresConnection) async throws -> PreparedQuery {
-        let id = conn.id
+        let id = ObjectIdentifier(conn)
         if let known = statements.withLock({ $0[id]?[shape] }) { return known }
-        let prepared = try await conn.prepare(query: readShapes[shape].sql).get()
+        let prepared = try await PostgresStore.answer(conn.prepare(query: readShapes[shape].sql), on: conn)
         let firstOnConnection = statements.withLock { statements in
             defer { statements[id, default: [:]][shape] = prepared }
             return statements[id] == nil
@@ -66,6 +70,11 @@ final class PreparedReads: Sendable {
             conn.closeFuture.whenComplete { [self] _ in statements.withLock { $0[id] = nil } }
         }
         return prepared
+    }
+
+    /// Forgets `conn`'s statements, which its session no longer has.
+    func forget(_ conn: PostgresConnection) {
+        _ = statements.withLock { $0.removeValue(forKey: ObjectIdentifier(conn)) }
     }
 
     /// The connections with statements prepared (for tests: closed ones are forgotten).
@@ -82,12 +91,44 @@ extension PostgresStore {
     /// frame and a lock (perf of the query benchmark: a tenth of the hub's CPU), where a callback
     /// is a plain call on the thread that decoded the row. Measured (10,000,000 events): the
     /// hub's CPU per query 0.49 and 0.43 ms against 0.51 and 0.53 ms.
+    ///
+    /// A session that lost its statements while the connection stayed open (`DISCARD ALL`, say,
+    /// or a plan whose result type changed) has them prepared again, once: the server refuses
+    /// such a statement at its start, before any row.
     static func forEachRow(
         of read: LaneRead, on conn: PostgresConnection, prepared: PreparedReads, _ body: @escaping (PostgresRow) throws -> Bool
     ) async throws {
-        let statement = try await prepared.statement(ReadShape.index(of: read), on: conn)
+        let shape = ReadShape.index(of: read)
         let rows = RowHandler(body)
-        try await statement.execute(binds(read)) { row in try rows.take(row) }.get()
+        do {
+            try await answer(prepared.statement(shape, on: conn).execute(binds(read)) { row in try rows.take(row) }, on: conn)
+        } catch where ["26000", "0A000"].contains(sqlState(error) ?? "") {
+            prepared.forget(conn)
+            try await answer(prepared.statement(shape, on: conn).execute(binds(read)) { row in try rows.take(row) }, on: conn)
+        }
+    }
+
+    /// The answer of a request just sent on `conn`, or `connectionClosed` when the connection
+    /// had closed by then: postgres-nio writes a request to its channel with no promise, so one
+    /// sent as the channel closes is lost and its answer never comes (a read on a session the
+    /// server had just ended waited for the store's 70 s bound). The check runs on the
+    /// connection's event loop after the request's write; a request that the connection did
+    /// take is failed by the connection itself when it closes.
+    static func answer<T: Sendable>(_ request: EventLoopFuture<T>, on conn: PostgresConnection) async throws -> T {
+        let loop = request.eventLoop
+        let answer = loop.makePromise(of: T.self)
+        let settled = NIOLoopBoundBox.makeBoxSendingValue(false, eventLoop: loop)
+        request.whenComplete { result in
+            guard !settled.value else { return }
+            settled.value = true
+            answer.completeWith(result)
+        }
+        loop.execute {
+            guard conn.isClosed, !settled.value else { return }
+            settled.value = true
+            answer.fail(PostgresError.connectionClosed)
+        }
+        return try await answer.futureResult.get()
     }
 
     /// `read`'s parameters in `LaneSQL.select`'s order, in binary form.

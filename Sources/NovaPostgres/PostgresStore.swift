@@ -1,16 +1,19 @@
 import Foundation
 import Logging
+import NIOCore
 import NIOPosix
 import NovaCore
 import PostgresNIO
 import ServiceLifecycle
 import Synchronization
 
-/// The server's SQLSTATE of a failure, looking inside transaction wrappers.
+/// The server's SQLSTATE of a failure, looking inside transaction wrappers; also in the form
+/// postgres-nio's callback API gives it (``PostgresError``).
 func sqlState(_ error: any Error) -> String? {
     if let tx = error as? PostgresTransactionError, let inner = tx.closureError ?? tx.beginError ?? tx.commitError {
         return sqlState(inner)
     }
+    if case .server(let message)? = error as? PostgresError { return message.fields[.sqlState] }
     return (error as? PSQLError)?.serverInfo?[.sqlState]
 }
 
@@ -323,6 +326,23 @@ public final class PostgresStore: EventStore, Service, Sendable {
         if let tx = error as? PostgresTransactionError, let inner = tx.closureError ?? tx.beginError ?? tx.commitError {
             return mapError(inner)
         }
+        // The reads' callback API (``PreparedReads``) gives postgres-nio's older error type.
+        switch error as? PostgresError {
+        case .server(let message)?:
+            return serverError(state: message.fields[.sqlState] ?? "", message: message.fields[.message] ?? "server error")
+        case .connectionClosed?:
+            return StoreError(.unavailable, "\(location): cannot reach the server (the connection closed)")
+        case .protocol(let problem)?:
+            // An unclean shutdown has no case of its own in this type, only its text.
+            let lost = problem == "Unexpected connection close"
+            return StoreError(lost ? .unavailable : .internalError, "\(location): \(lost ? "cannot reach the server (\(problem))" : problem)")
+        case nil:
+            break
+        }
+        // A connection's own failure, as the callback API passes it on.
+        if error is IOError || error is ChannelError {
+            return StoreError(.unavailable, "\(location): cannot reach the server (\(error))")
+        }
         guard let psql = error as? PSQLError else {
             if error is CancellationError { return StoreError(.unavailable, "\(location): cancelled") }
             // The pool's own errors (its module is not public): it cannot get a connection now.
@@ -333,26 +353,29 @@ public final class PostgresStore: EventStore, Service, Sendable {
         }
         switch psql.code {
         case .server:
-            let state = psql.serverInfo?[.sqlState] ?? ""
-            let message = psql.serverInfo?[.message] ?? "server error"
-            switch state {
-            case "28P01", "28000":
-                return StoreError(.unavailable, "\(location): the server refused the credentials of user \(location.user) (\(message)); check \(location.passwordEnv)")
-            case "3D000":
-                return StoreError(.unavailable, "\(location): \(message); create it, or name another (database.timescaledb.database in config.json, the path of a postgres:// locator)")
-            case "53100":
-                return StoreError(.full, "\(location): the server's disk is full (\(message))")
-            case "57014", "57P01", "57P02", "57P03", "53300", "40001", "40P01":
-                return StoreError(.unavailable, "\(location): \(message)")
-            default:
-                return StoreError(.internalError, "\(location): \(message) (SQLSTATE \(state))")
-            }
+            return serverError(state: psql.serverInfo?[.sqlState] ?? "", message: psql.serverInfo?[.message] ?? "server error")
         case .connectionError, .serverClosedConnection, .clientClosedConnection, .poolClosed, .uncleanShutdown:
             return StoreError(.unavailable, "\(location): cannot reach the server (\(Self.reason(psql.underlying) ?? "\(psql.code)"))")
         case .authMechanismRequiresPassword:
             return StoreError(.unavailable, "\(location): the server asks for a password; set \(location.passwordEnv)")
         default:
             return StoreError(.internalError, "\(location): \(psql.code)")
+        }
+    }
+
+    /// The store's error for the server's error `state` (SQLSTATE).
+    private func serverError(state: String, message: String) -> StoreError {
+        switch state {
+        case "28P01", "28000":
+            return StoreError(.unavailable, "\(location): the server refused the credentials of user \(location.user) (\(message)); check \(location.passwordEnv)")
+        case "3D000":
+            return StoreError(.unavailable, "\(location): \(message); create it, or name another (database.timescaledb.database in config.json, the path of a postgres:// locator)")
+        case "53100":
+            return StoreError(.full, "\(location): the server's disk is full (\(message))")
+        case "57014", "57P01", "57P02", "57P03", "53300", "40001", "40P01":
+            return StoreError(.unavailable, "\(location): \(message)")
+        default:
+            return StoreError(.internalError, "\(location): \(message) (SQLSTATE \(state))")
         }
     }
 }

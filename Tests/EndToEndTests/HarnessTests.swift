@@ -55,12 +55,22 @@ final class HangUpListener: Sendable {
         let bound = withUnsafeMutablePointer(to: &address) { pointer in
             pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && listen(fd, 8) == 0 && getsockname(fd, $0, &length) == 0 }
         }
-        guard fd >= 0, bound else { throw ProcessError("a loopback listener could not be opened: errno \(errno)") }
+        guard fd >= 0, bound else {
+            let failure = errno
+            if fd >= 0 { Glibc.close(fd) }
+            throw ProcessError("a loopback listener could not be opened: errno \(failure)")
+        }
         port = Int(UInt16(bigEndian: address.sin_port))
+        // The thread owns the socket and closes it when `accept` fails (after `close()` shuts it
+        // down): closed from outside, its number could be reused by another test's socket before
+        // the thread's next `accept`.
         Thread.detachNewThread {
             while true {
                 let connection = accept(fd, nil, nil)
-                guard connection >= 0 else { return }
+                guard connection >= 0 else {
+                    Glibc.close(fd)
+                    return
+                }
                 var head = [UInt8]()
                 var chunk = [UInt8](repeating: 0, count: 4_096)
                 while !head.suffix(4).elementsEqual(Array("\r\n\r\n".utf8)) {
@@ -73,8 +83,8 @@ final class HangUpListener: Sendable {
         }
     }
 
+    /// Ends the listening: its thread's `accept` fails, and the thread closes the socket.
     func close() {
         shutdown(fd, Int32(SHUT_RDWR))
-        Glibc.close(fd)
     }
 }

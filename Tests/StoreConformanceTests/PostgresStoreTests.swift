@@ -3,6 +3,7 @@ import NovaCore
 @testable import NovaPostgres
 import NovaTestSupport
 import PostgresNIO
+import Synchronization
 import Testing
 
 /// What only the PostgreSQL backend has: plans over partitions, schema refusal, partition
@@ -101,15 +102,63 @@ import Testing
         _ = try await store.client.query(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND application_name = 'nova'")
         try await waitFor("the ended sessions to be forgotten", timeout: .seconds(30)) { store.preparedReads.connections == 0 }
-        // The pool may hand out a connection before it notices its end: a read then fails, and
-        // the next one runs on a live connection.
+        // The pool may hand out a connection before it notices its end: a read then fails as
+        // unavailable (503, to be retried), and the next one runs on a live connection.
         var answered = 0
         for _ in 0..<20 where answered == 0 {
-            answered = (try? await store.read(read).events.count) ?? 0
+            do {
+                answered = try await store.read(read).events.count
+            } catch {
+                #expect(error.kind == .unavailable, "\(error)")
+            }
         }
         #expect(answered == frames.count)
         #expect(try await readAll() == 8 * frames.count)
         #expect(store.preparedReads.connections >= 1)
+    }
+
+    /// A read on a session that the server ends fails at once as unavailable (HTTP 503, to be
+    /// retried), not as an internal error and not after the store's 70 s bound (postgres-nio
+    /// loses a request written as its channel closes); a session that lost its prepared
+    /// statements while its connection stayed open has them prepared again.
+    @Test func readsOnEndedOrDiscardedSessionsFailAsUnavailableOrRecover() async throws {
+        let (store, cleanup) = try await TestPostgres.makeStore()
+        defer { Task { await cleanup() } }
+        let start = Timestamp(microseconds: 1_780_000_000_000_000)
+        let frames = Self.frames(days: 1, perDay: 50, start: start)
+        _ = try await store.append(frames)
+        let read = LaneRead(lane: .raw, scopeId: "p", timebase: .canonical, from: start, to: Timestamp(microseconds: start.microseconds + 86_400_000_000), limit: 1000)
+        let (prepared, client) = (store.preparedReads, store.client)
+        let count: @Sendable (PostgresConnection) async throws -> Int = { conn in
+            let n = Mutex(0)
+            try await PostgresStore.forEachRow(of: read, on: conn, prepared: prepared) { _ in
+                n.withLock { $0 += 1 }
+                return true
+            }
+            return n.withLock { $0 }
+        }
+
+        let afterDiscard = try await store.connection(reads: true) { conn in
+            #expect(try await count(conn) == frames.count)
+            _ = try await conn.query("DEALLOCATE ALL", logger: store.logger).collect()
+            return try await count(conn)
+        }
+        #expect(afterDiscard == frames.count, "prepared again after DEALLOCATE ALL")
+
+        let terminated = ContinuousClock.now
+        do {
+            _ = try await store.connection(reads: true) { conn in
+                #expect(try await count(conn) == frames.count)
+                let pid = try await conn.query("SELECT pg_backend_pid()", logger: store.logger).collect().first?.decode(Int32.self) ?? 0
+                _ = try await client.query("SELECT pg_terminate_backend(\(pid))").collect()
+                return try await count(conn)
+            }
+            Issue.record("a read on an ended session answered")
+        } catch {
+            let mapped = store.mapError(error)
+            #expect(mapped.kind == .unavailable, "\(mapped) (from \(error))")
+        }
+        #expect(ContinuousClock.now - terminated < .seconds(30), "the read failed when its connection closed")
     }
 
     /// Each read shape finds its own statement in the table built once (by an index computed
