@@ -79,53 +79,20 @@ import Testing
         #expect(NovaConfiguration.Pool().readMaxSize == max(2, 2 * ProcessInfo.processInfo.activeProcessorCount))
     }
 
-    /// Reads prepare their statement on each read connection once; when the server ends those
-    /// sessions (their statements with them), reads go on through new ones, prepared afresh, and
-    /// the ended connections are forgotten.
+    /// Reads prepare their statement on each read connection once, and outlive the sessions they
+    /// were prepared in:
+    /// - a session that lost its statements while its connection stayed open (`DEALLOCATE ALL`)
+    ///   has them prepared again;
+    /// - a read on a session that the server ends fails at once as unavailable (HTTP 503, to be
+    ///   retried), not as an internal error and not after the store's 70 s bound (postgres-nio
+    ///   loses a request written as its channel closes);
+    /// - when the server ends every session, reads go on through new ones, prepared afresh, and
+    ///   the ended connections are forgotten.
     @Test func readsOutliveTheSessionsTheirStatementsWerePreparedIn() async throws {
         let (store, cleanup) = try await TestPostgres.makeStore()
         defer { Task { await cleanup() } }
         let start = Timestamp(microseconds: 1_780_000_000_000_000)
         let frames = Self.frames(days: 1, perDay: 300, start: start)
-        _ = try await store.append(frames)
-        let read = LaneRead(lane: .raw, scopeId: "p", timebase: .canonical, from: start, to: Timestamp(microseconds: start.microseconds + 86_400_000_000), limit: 1000)
-        func readAll() async throws -> Int {
-            try await withThrowingTaskGroup(of: Int.self) { group in
-                for _ in 0..<8 { group.addTask { try await store.read(read).events.count } }
-                return try await group.reduce(0) { $0 + $1 }
-            }
-        }
-        #expect(try await readAll() == 8 * frames.count)
-        let before = store.preparedReads.connections
-        #expect(before >= 1)
-
-        _ = try await store.client.query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND application_name = 'nova'")
-        try await waitFor("the ended sessions to be forgotten", timeout: .seconds(30)) { store.preparedReads.connections == 0 }
-        // The pool may hand out a connection before it notices its end: a read then fails as
-        // unavailable (503, to be retried), and the next one runs on a live connection.
-        var answered = 0
-        for _ in 0..<20 where answered == 0 {
-            do {
-                answered = try await store.read(read).events.count
-            } catch {
-                #expect(error.kind == .unavailable, "\(error)")
-            }
-        }
-        #expect(answered == frames.count)
-        #expect(try await readAll() == 8 * frames.count)
-        #expect(store.preparedReads.connections >= 1)
-    }
-
-    /// A read on a session that the server ends fails at once as unavailable (HTTP 503, to be
-    /// retried), not as an internal error and not after the store's 70 s bound (postgres-nio
-    /// loses a request written as its channel closes); a session that lost its prepared
-    /// statements while its connection stayed open has them prepared again.
-    @Test func readsOnEndedOrDiscardedSessionsFailAsUnavailableOrRecover() async throws {
-        let (store, cleanup) = try await TestPostgres.makeStore()
-        defer { Task { await cleanup() } }
-        let start = Timestamp(microseconds: 1_780_000_000_000_000)
-        let frames = Self.frames(days: 1, perDay: 50, start: start)
         _ = try await store.append(frames)
         let read = LaneRead(lane: .raw, scopeId: "p", timebase: .canonical, from: start, to: Timestamp(microseconds: start.microseconds + 86_400_000_000), limit: 1000)
         let (prepared, client) = (store.preparedReads, store.client)
@@ -145,6 +112,7 @@ import Testing
         }
         #expect(afterDiscard == frames.count, "prepared again after DEALLOCATE ALL")
 
+        let preparedOn = prepared.connections
         let terminated = ContinuousClock.now
         do {
             _ = try await store.connection(reads: true) { conn in
@@ -159,6 +127,34 @@ import Testing
             #expect(mapped.kind == .unavailable, "\(mapped) (from \(error))")
         }
         #expect(ContinuousClock.now - terminated < .seconds(30), "the read failed when its connection closed")
+        // (Forgotten, so the pool has seen its end too and hands it out no more.)
+        try await waitFor("the ended session to be forgotten", timeout: .seconds(30)) { prepared.connections < preparedOn }
+
+        func readAll() async throws -> Int {
+            try await withThrowingTaskGroup(of: Int.self) { group in
+                for _ in 0..<8 { group.addTask { try await store.read(read).events.count } }
+                return try await group.reduce(0) { $0 + $1 }
+            }
+        }
+        #expect(try await readAll() == 8 * frames.count)
+        #expect(store.preparedReads.connections >= 1)
+
+        _ = try await store.client.query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND application_name = 'nova'")
+        try await waitFor("the ended sessions to be forgotten", timeout: .seconds(30)) { store.preparedReads.connections == 0 }
+        // The pool may hand out a connection before it notices its end: a read then fails as
+        // unavailable (503, to be retried), and the next one runs on a live connection.
+        var answered = 0
+        for _ in 0..<20 where answered == 0 {
+            do {
+                answered = try await store.read(read).events.count
+            } catch {
+                #expect(error.kind == .unavailable, "\(error)")
+            }
+        }
+        #expect(answered == frames.count)
+        #expect(try await readAll() == 8 * frames.count)
+        #expect(store.preparedReads.connections >= 1)
     }
 
     /// Each read shape finds its own statement in the table built once (by an index computed
