@@ -145,13 +145,8 @@ public enum TestPostgres {
     }
 
     /// A running hub store on a new database, and a cleanup that stops it and drops the database.
-    /// `adjust`: changes to the location's settings (its pool's timeouts, say) before the store opens.
-    public static func makeStore(
-        logger: Logger = quietLogger, adjust: (inout PostgresLocation) -> Void = { _ in }
-    ) async throws -> (PostgresStore, @Sendable () async -> Void) {
-        var adjusted = try await createDatabase()
-        adjust(&adjusted)
-        let location = adjusted
+    public static func makeStore(logger: Logger = quietLogger) async throws -> (PostgresStore, @Sendable () async -> Void) {
+        let location = try await createDatabase()
         let store = PostgresStore(location: location, logger: logger)
         let running = Task { try await store.run() }
         do {
